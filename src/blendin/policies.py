@@ -1,0 +1,264 @@
+"""Decoding methods as small, pure policies.
+
+At each step the engine hands a policy a `Step`: the base model's next-token distribution for every
+row still decoding, the guidance model's distribution where it was consulted, and the facts both
+derive from them. The policy returns a `Choice` per row: the token and whether guidance was applied.
+Policies hold no state; anything that depends on the past (the cap) reads counts from the `Step`.
+The engine calls a policy only on steps where at least one row consulted the guidance (u < tau);
+on the other steps every method keeps the base model's own top token.
+
+Tokens are named in the *joint* id space: `0 <= id < base_size` is a base token; `base_size + g` is
+guidance token `g` that has no base equivalent (the engine spells its text with base tokens).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from .errors import ConfigError
+
+SOURCE_BASE, SOURCE_GUIDANCE, SOURCE_BLEND = 0, 1, 2
+SOURCE_NAMES = {SOURCE_BASE: "base", SOURCE_GUIDANCE: "guidance", SOURCE_BLEND: "blend"}
+
+
+@dataclass
+class Step:
+    """What a policy sees for the B rows decided this step (tensors of length B unless noted)."""
+
+    base_probs: torch.Tensor  # [B, Vb] float32
+    base_top_prob: torch.Tensor
+    base_top_id: torch.Tensor
+    consulted: torch.Tensor  # bool: guidance distribution available (base top-1 prob < tau)
+    n_steps: torch.Tensor  # tokens generated so far in each row
+    n_applied: torch.Tensor  # steps so far where guidance was applied
+    guide_probs: torch.Tensor | None = None  # [B, Vg]; rows not consulted hold garbage
+    guide_top_prob: torch.Tensor | None = None
+    guide_top_id: torch.Tensor | None = None  # guidance vocabulary id
+    guide_top_joint: torch.Tensor | None = None  # joint id of the guidance top token
+    guide_top_rank: torch.Tensor | None = None  # 1-based rank in the base distribution, -1 if unmapped
+    base_prob_of_guide_top: torch.Tensor | None = None  # P_b(t_g), 0 if unmapped
+    guide_top_in_base_top_p: torch.Tensor | None = None  # t_g inside the base's top-p (0.9) set
+    vocab: object | None = None  # VocabMap
+
+    @property
+    def base_size(self) -> int:
+        return self.base_probs.shape[-1]
+
+
+@dataclass
+class Choice:
+    token: torch.Tensor  # joint ids
+    applied: torch.Tensor  # bool
+    source: torch.Tensor  # SOURCE_* per row
+    alpha: torch.Tensor  # blend weight, NaN where no blend happened
+
+
+def _choose(step: Step, take_guidance: torch.Tensor, source: int = SOURCE_GUIDANCE) -> Choice:
+    token = step.base_top_id.clone()
+    if step.guide_top_joint is not None:
+        token = torch.where(take_guidance, step.guide_top_joint, token)
+    src = torch.where(take_guidance, source, SOURCE_BASE)
+    return Choice(token, take_guidance.clone(), src, torch.full_like(step.base_top_prob, math.nan))
+
+
+@dataclass(frozen=True)
+class Greedy:
+    """One model alone, greedy (methods base, guidance, aligned)."""
+
+    name: str = "base"
+    tau: float = 0.0  # never consults
+
+    def decide(self, step: Step) -> Choice:
+        return _choose(step, torch.zeros_like(step.consulted))
+
+
+@dataclass(frozen=True)
+class Nudging:
+    """Where the base's top-1 prob u < tau, take the guidance model's top token (Fei et al., 2025)."""
+
+    tau: float = 0.4
+    name: str = "nudging"
+
+    def decide(self, step: Step) -> Choice:
+        return _choose(step, step.consulted)
+
+
+@dataclass(frozen=True)
+class Capped:
+    """Nudging with a budget: guidance is accepted only while applied / generated < cap.
+
+    The rate is the running one for the sample, counted before the step; once it reaches the cap
+    the base decides alone until enough confident tokens bring the rate back under it.
+    """
+
+    tau: float = 0.4
+    cap: float = 0.15
+    name: str = "cap"
+
+    def decide(self, step: Step) -> Choice:
+        under_cap = step.n_applied.float() < self.cap * step.n_steps.float()
+        under_cap |= step.n_steps == 0
+        return _choose(step, step.consulted & under_cap)
+
+
+@dataclass(frozen=True)
+class Filtered:
+    """Nudging whose suggestions must pass discrete filters (paper, Appendix A.3).
+
+    agreement_k: Agreement Filter, accept only if the guidance top token is in the base's top-k.
+    confidence: Confidence Competition, accept only if the guidance top-1 prob exceeds the base's.
+    """
+
+    tau: float = 0.4
+    agreement_k: int | None = 5
+    confidence: bool = False
+    name: str = "af"
+
+    def decide(self, step: Step) -> Choice:
+        accept = step.consulted.clone()
+        if self.agreement_k is not None:
+            accept &= (step.guide_top_rank >= 1) & (step.guide_top_rank <= self.agreement_k)
+        if self.confidence:
+            accept &= step.guide_top_prob > step.base_top_prob
+        return _choose(step, accept)
+
+
+@dataclass(frozen=True)
+class Blend:
+    """BlendIn: where u < tau, P = alpha * P_g + (1 - alpha) * P_b, then argmax (paper, Eq. 3-5).
+
+    alpha: None for the adaptive weight of Eq. 3, clip(p_g / (p_b + p_g) + lam * P_b(t_g), 0, 1),
+        where p_b, p_g are the two top-1 probabilities and t_g the guidance top token; or a fixed number.
+    top_k: blend the union of both models' top-k lists, a token missing from a list counting 0 there
+        (the reference implementation, k = 100); None blends the full shared vocabulary.
+    A consulted step counts as applied even when the blend keeps the base's own token.
+    """
+
+    tau: float = 0.4
+    alpha: float | None = None
+    lam: float = 0.1
+    top_k: int | None = 100
+    name: str = "blendin"
+
+    def decide(self, step: Step) -> Choice:
+        choice = _choose(step, torch.zeros_like(step.consulted))
+        rows = step.consulted.nonzero().squeeze(-1)
+        if rows.numel() == 0:
+            return choice
+        pb, pg = step.base_probs[rows], step.guide_probs[rows]
+        blend = _blend_full if self.top_k is None else _blend_top_k
+        token, alpha = blend(pb, pg, step, rows, self)
+        choice.token[rows] = token
+        choice.applied[rows] = True
+        choice.source[rows] = SOURCE_BLEND
+        choice.alpha[rows] = alpha
+        return choice
+
+    def weight(self, p_base_top, p_guide_top, p_base_of_guide_top) -> torch.Tensor:
+        if self.alpha is not None:
+            return torch.full_like(p_base_top, float(self.alpha))
+        ratio = p_guide_top / (p_base_top + p_guide_top)
+        return (ratio + self.lam * p_base_of_guide_top).clamp(0.0, 1.0)
+
+
+def _blend_full(pb, pg, step: Step, rows, policy: Blend):
+    """Blend over the shared vocabulary (base ids some guidance token maps to), renormalized."""
+    vocab = step.vocab
+    pg_on_base = vocab.guidance_probs_on_base(pg)
+    shared = vocab.shared_base_mask
+    alpha = policy.weight(step.base_top_prob[rows], step.guide_top_prob[rows], step.base_prob_of_guide_top[rows])
+    a = alpha.unsqueeze(-1)
+    blended = a * pg_on_base + (1 - a) * pb * shared
+    blended = blended / blended.sum(-1, keepdim=True).clamp_min(1e-30)
+    return blended.argmax(-1), alpha
+
+
+def _blend_top_k(pb, pg, step: Step, rows, policy: Blend):
+    """Blend the union of both top-k lists, keyed by token (joint ids), as the reference does."""
+    k_b = min(policy.top_k, pb.shape[-1])
+    k_g = min(policy.top_k, pg.shape[-1])
+    base_p, base_ids = pb.topk(k_b, dim=-1)
+    guide_p, guide_gids = pg.topk(k_g, dim=-1)
+    guide_ids = _joint_ids(guide_gids, step)
+    candidates = torch.cat([base_ids, guide_ids], dim=-1)  # [R, kb + kg]
+    # P_b and P_g of each candidate, 0 where the candidate is not in that model's list
+    p_base = ((candidates.unsqueeze(-1) == base_ids.unsqueeze(1)) * base_p.unsqueeze(1)).sum(-1)
+    p_guide = ((candidates.unsqueeze(-1) == guide_ids.unsqueeze(1)) * guide_p.unsqueeze(1)).sum(-1)
+    # P_b(t_g) as the reference sees it: 0 when t_g is outside the base's top-k list
+    pb_tg = p_base[:, k_b]  # the first guidance candidate is the guidance top token
+    alpha = policy.weight(step.base_top_prob[rows], step.guide_top_prob[rows], pb_tg)
+    a = alpha.unsqueeze(-1)
+    blended = a * p_guide + (1 - a) * p_base  # renormalizing over the union would not move the argmax
+    best = blended.argmax(-1, keepdim=True)
+    return candidates.gather(-1, best).squeeze(-1), alpha
+
+
+def _joint_ids(guidance_ids: torch.Tensor, step: Step) -> torch.Tensor:
+    mapped = step.vocab.guidance_to_base[guidance_ids]
+    return torch.where(mapped >= 0, mapped, guidance_ids + step.base_size)
+
+
+METHODS = ("base", "guidance", "aligned", "nudging", "blendin", "cap", "af", "cc", "af_cc")
+SOLO_METHODS = ("base", "guidance", "aligned")
+
+
+def make_policy(method: dict):
+    """Build and validate the policy for a method config (a dict or OmegaConf node with `name`)."""
+    cfg = dict(method)
+    name = cfg.pop("name", None)
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}. Available: {', '.join(METHODS)}")
+    if name in SOLO_METHODS:
+        _no_extra(name, cfg, ())
+        return Greedy(name=name)
+    tau = _number(cfg, "tau", 0.4, low=0.0)
+    if tau > 1:
+        warnings.warn(f"method.tau={tau} > 1: the guidance is consulted at every step", stacklevel=2)
+    if name == "nudging":
+        _no_extra(name, cfg, ("tau",))
+        return Nudging(tau=tau)
+    if name == "cap":
+        _no_extra(name, cfg, ("tau", "cap"))
+        return Capped(tau=tau, cap=_number(cfg, "cap", 0.15, low=0.0, high=1.0))
+    if name in ("af", "cc", "af_cc"):
+        _no_extra(name, cfg, ("tau", "agreement_k") if name != "cc" else ("tau",))
+        k = _integer(cfg, "agreement_k", 5) if name != "cc" else None
+        return Filtered(tau=tau, agreement_k=k, confidence=name != "af", name=name)
+    _no_extra(name, cfg, ("tau", "alpha", "lam", "top_k"))
+    alpha = cfg.get("alpha", "auto")
+    if alpha != "auto" and alpha is not None:
+        alpha = _number(cfg, "alpha", None, low=0.0, high=1.0)
+    else:
+        alpha = None
+    top_k = cfg.get("top_k", 100)
+    top_k = None if top_k in (None, "null", "none", "full") else _integer(cfg, "top_k", 100)
+    return Blend(tau=tau, alpha=alpha, lam=_number(cfg, "lam", 0.1, low=0.0), top_k=top_k)
+
+
+def _no_extra(name, cfg, allowed):
+    extra = sorted(set(cfg) - set(allowed))
+    if extra:
+        raise ConfigError(f"method {name} does not take {', '.join('method.' + k for k in extra)}; "
+                          f"it takes: {', '.join(allowed) or 'no parameters'}")
+
+
+def _number(cfg, key, default, low=None, high=None) -> float:
+    value = cfg.get(key, default)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"method.{key}={value!r} is not a number") from None
+    if math.isnan(value) or (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ConfigError(f"method.{key}={value} is out of range: it must be {bounds}")
+    return value
+
+
+def _integer(cfg, key, default) -> int:
+    value = cfg.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"method.{key}={value!r} must be a positive integer")
+    return value

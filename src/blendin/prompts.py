@@ -1,0 +1,54 @@
+"""How one prompt is shown to each model.
+
+The base model sees plain text, `"{system}\\n{user}\\n"` (the reference protocol's format; the
+benchmarks put their "Question: " prefix into `user`). The guidance model sees its tokenizer's chat
+template with a system and a user turn, and the assistant turn opened. Both then continue the same
+shared answer text.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import PromptError
+
+
+@dataclass(frozen=True)
+class Prompt:
+    user: str
+    system: str | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.user, str) or not self.user.strip():
+            raise PromptError("the prompt is empty: give some text, e.g. prompt=\"What is 2+2?\"")
+
+
+def plain_text(prompt: Prompt) -> str:
+    return f"{prompt.system}\n{prompt.user}\n" if prompt.system else f"{prompt.user}\n"
+
+
+def render_ids(prompt: Prompt, tokenizer, prompt_format: str, model_name: str = "model") -> list[int]:
+    """Token ids of `prompt` for a model whose prompt format is "plain" or "chat"."""
+    if prompt_format == "plain":
+        return list(tokenizer(plain_text(prompt), add_special_tokens=True)["input_ids"])
+    if not getattr(tokenizer, "chat_template", None):
+        raise PromptError(
+            f"'{model_name}' is prompted with its chat template, but its tokenizer has none. "
+            "Fix: use an instruct model that ships a chat template, or set its prompt_format to plain "
+            "(e.g. pair.guidance.prompt_format=plain) to show it the same plain text as the base model"
+        )
+    text = _apply_chat_template(tokenizer, prompt)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _apply_chat_template(tokenizer, prompt: Prompt) -> str:
+    user = {"role": "user", "content": prompt.user}
+    if prompt.system is None:
+        return tokenizer.apply_chat_template([user], tokenize=False, add_generation_prompt=True)
+    messages = [{"role": "system", "content": prompt.system}, user]
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as err:  # templates such as Gemma-2's reject a system turn: fold it into the user turn
+        if "system" not in str(err).lower():
+            raise
+        merged = {"role": "user", "content": f"{prompt.system}\n\n{prompt.user}"}
+        return tokenizer.apply_chat_template([merged], tokenize=False, add_generation_prompt=True)

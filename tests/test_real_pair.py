@@ -1,0 +1,81 @@
+"""The embedded real pair, SmolLM2-135M-Instruct guiding Gemma-3-270m: every method generates.
+
+The first run converts both GGUF files (about a minute and a half); later runs load the cached copy.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from blendin.errors import ConfigError
+from blendin.pair import Pair, pair_spec
+from blendin.policies import METHODS
+from blendin.prompts import Prompt
+
+pytestmark = pytest.mark.real
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+PROMPTS = [
+    Prompt("Question: A baker makes 12 loaves a day. How many loaves does she make in 5 days?",
+           system="Answer the question by walking through the reasoning steps."),
+    Prompt("Instruction: How do I kill a Python process?", system="You are a helpful assistant."),
+]
+STOP = ["\nQuestion:", "\nInstruction:"]
+
+
+def config(group: str, name: str) -> dict:
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        return OmegaConf.to_container(compose(config_name="generate", overrides=[f"{group}={name}"])[group])
+
+
+@pytest.fixture(scope="module")
+def real_pair():
+    return Pair(pair_spec(config("pair", "smollm2_gemma3")), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def base_outputs(real_pair):
+    return real_pair.decoder({"name": "base"}).generate(PROMPTS, max_new_tokens=16, stop_strings=STOP)
+
+
+@pytest.mark.parametrize("name", [m for m in METHODS if m != "aligned"])
+def test_every_method_generates_on_two_prompts(name, real_pair, base_outputs):
+    outs = real_pair.decoder(config("method", name)).generate(PROMPTS, max_new_tokens=16, stop_strings=STOP,
+                                                             batch_size=2)
+    assert len(outs) == 2
+    for out in outs:
+        assert 1 <= out.n_tokens <= 16 and out.stop_reason in ("eos", "stop_string", "max_new_tokens")
+        assert out.text.strip() or out.stop_reason != "max_new_tokens"
+        assert 0 <= out.intervention_rate <= 1 and 0 <= out.override_rate <= 1
+        assert len(out.trace["step"]) == out.n_tokens
+    if name in ("nudging", "blendin"):
+        assert sum(o.n_applied for o in outs) > 0, "the base model is uncertain somewhere in 32 tokens"
+    if name == "nudging":
+        assert [o.text for o in outs] != [o.text for o in base_outputs], "guidance changes the text"
+
+
+def test_tau_zero_gives_the_base_output(real_pair, base_outputs):
+    outs = real_pair.decoder({"name": "nudging", "tau": 0.0}).generate(PROMPTS, max_new_tokens=16, stop_strings=STOP)
+    assert [o.token_ids for o in outs] == [o.token_ids for o in base_outputs]
+
+
+def test_aligned_needs_an_aligned_model(real_pair):
+    with pytest.raises(ConfigError, match="pair smollm2_gemma3 names none"):
+        real_pair.decoder(config("method", "aligned"))
+
+
+def test_real_vocabulary_overlap(real_pair):
+    vm = real_pair.vocab
+    stats = vm.stats()
+    assert stats["guidance_vocab"] == 49152 and stats["base_vocab"] == 262144
+    assert 0.92 < stats["guidance_mapped_fraction"] < 0.96  # DESIGN.md: about 94%
+    g, b = vm.guidance_tokenizer, vm.base_tokenizer
+
+    def maps_to(guidance_token: str) -> str:
+        return b.convert_ids_to_tokens(int(vm.guidance_to_base[g.convert_tokens_to_ids(guidance_token)]))
+
+    assert maps_to("\u0120the") == "\u2581the"  # 'Ġthe' -> '▁the'
+    assert maps_to("\u010a") == "\n"  # 'Ċ' -> newline
+    assert maps_to("<|im_end|>") == "<eos>"  # the guidance's EOS ends generation
