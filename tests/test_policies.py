@@ -47,6 +47,12 @@ def test_blend_weight_and_choice_by_hand():
         assert choice.alpha.item() == pytest.approx(alpha, abs=1e-6)
         # blended: token 0 -> a*.1 + (1-a)*.3 = .16; token 1 -> a*.6 + (1-a)*.25 = .49
         assert choice.token.item() == 1 and choice.source.item() == SOURCE_BLEND and choice.applied.item()
+    # renormalized over the top-2 union {0, 1}: mass a*(.1+.6) + (1-a)*(.3+.25)
+    top2 = make_policy({"name": "blendin", "tau": 0.4, "top_k": 2}).decide(step)
+    union_mass = alpha * 0.7 + (1 - alpha) * 0.55
+    assert top2.blend_prob.item() == pytest.approx((alpha * 0.6 + (1 - alpha) * 0.25) / union_mass, abs=1e-6)
+    full = make_policy({"name": "blendin", "tau": 0.4, "top_k": None}).decide(step)
+    assert full.blend_prob.item() == pytest.approx(alpha * 0.6 + (1 - alpha) * 0.25, abs=1e-6)  # mass is 1
 
 
 def test_blend_keeps_the_base_token_when_guidance_is_weak_and_still_counts_as_applied():
@@ -102,9 +108,14 @@ def test_cross_vocabulary_blend_renormalizes_over_shared_tokens_and_can_pick_gui
     assert nudged.token.item() == 4
     top_k = make_policy({"name": "blendin", "alpha": 0.9}).decide(step)
     assert top_k.token.item() == 4  # the union keeps the guidance-only token: .9*.8 wins
+    # the union is {0, 1, 2} from the base and {1, 4, 0, 2} from the guidance: total mass .9*1 + .1*1
+    assert top_k.blend_prob.item() == pytest.approx(0.9 * 0.8, abs=1e-6)
     full = make_policy({"name": "blendin", "alpha": 0.9, "top_k": None}).decide(step)
-    # full shared vocabulary: guidance mass on base ids [0: .05, 1: .1, 2: .05]; base 1 -> .9*.1 + .1*.33
+    # full shared vocabulary: guidance mass on base ids [0: .05, 1: .1, 2: .05] (the .8 on the
+    # guidance-only token is dropped); base 0 -> .9*.05 + .1*.35 = .08, base 1 -> .9*.1 + .1*.33 = .123
     assert full.token.item() == 1
+    total = 0.9 * 0.2 + 0.1 * 1.0  # renormalized over the shared vocabulary
+    assert full.blend_prob.item() == pytest.approx((0.9 * 0.1 + 0.1 * 0.33) / total, abs=1e-6)
 
 
 def reference_blend(pb: list[float], pg: list[float], g2b: list[int], k: int, lam: float = 0.1):
@@ -124,7 +135,7 @@ def reference_blend(pb: list[float], pg: list[float], g2b: list[int], k: int, la
     total = sum(blended.values())
     blended = {t: v / total for t, v in blended.items()}
     best = max(blended.values())
-    return {t for t, v in blended.items() if v >= best - 1e-6}, alpha
+    return {t for t, v in blended.items() if v >= best - 1e-6}, alpha, best
 
 
 def test_top_k_blend_matches_dict_reference_on_random_distributions():
@@ -139,9 +150,10 @@ def test_top_k_blend_matches_dict_reference_on_random_distributions():
         step = make_step([pb], [pg], g2b=g2b, tau=1.1)
         with pytest.warns(UserWarning, match="every step"):
             choice = make_policy({"name": "blendin", "tau": 1.1, "top_k": k}).decide(step)
-        winners, alpha = reference_blend(pb, pg, g2b, k)
+        winners, alpha, best = reference_blend(pb, pg, g2b, k)
         assert choice.token.item() in winners, trial
         assert choice.alpha.item() == pytest.approx(alpha, abs=1e-5), trial
+        assert choice.blend_prob.item() == pytest.approx(best, abs=1e-5), trial
 
 
 def test_agreement_filter_and_confidence_competition():

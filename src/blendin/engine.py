@@ -19,7 +19,7 @@ from .prompts import Prompt, render_ids
 from .streams import CachedStream, RecomputeStream
 
 TRACE_COLUMNS = (
-    "step", "base_top_prob", "base_top_id", "consulted", "applied", "alpha", "source", "chosen_id",
+    "step", "base_top_prob", "base_top_id", "consulted", "applied", "alpha", "blend_prob", "source", "chosen_id",
     "override", "guide_top_id", "guide_top_prob", "base_prob_of_guide_top", "guide_top_rank",
     "guide_top_in_base_top_p",
 )
@@ -188,7 +188,8 @@ class Decoder:
         mapped_top = torch.where(step.guide_top_joint < size, step.guide_top_joint, minus) if has_g else minus
         columns = {
             "base_top_prob": step.base_top_prob, "base_top_id": step.base_top_id, "consulted": consulted,
-            "applied": choice.applied, "alpha": choice.alpha, "source": choice.source, "joint": choice.token,
+            "applied": choice.applied, "alpha": choice.alpha, "blend_prob": choice.blend_prob, "source": choice.source,
+            "joint": choice.token,
             "guide_top_id": torch.where(consulted, mapped_top, minus),
             "guide_top_prob": torch.where(consulted, step.guide_top_prob, nan) if has_g else nan,
             "base_prob_of_guide_top": torch.where(consulted, step.base_prob_of_guide_top, nan) if has_g else nan,

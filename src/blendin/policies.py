@@ -54,6 +54,7 @@ class Choice:
     applied: torch.Tensor  # bool
     source: torch.Tensor  # SOURCE_* per row
     alpha: torch.Tensor  # blend weight, NaN where no blend happened
+    blend_prob: torch.Tensor  # renormalized blended probability of the chosen token, NaN where no blend
 
 
 def _choose(step: Step, take_guidance: torch.Tensor, source: int = SOURCE_GUIDANCE) -> Choice:
@@ -61,7 +62,8 @@ def _choose(step: Step, take_guidance: torch.Tensor, source: int = SOURCE_GUIDAN
     if step.guide_top_joint is not None:
         token = torch.where(take_guidance, step.guide_top_joint, token)
     src = torch.where(take_guidance, source, SOURCE_BASE)
-    return Choice(token, take_guidance.clone(), src, torch.full_like(step.base_top_prob, math.nan))
+    nan = torch.full_like(step.base_top_prob, math.nan)
+    return Choice(token, take_guidance.clone(), src, nan, nan.clone())
 
 
 @dataclass(frozen=True)
@@ -150,11 +152,12 @@ class Blend:
             return choice
         pb, pg = step.base_probs[rows], step.guide_probs[rows]
         blend = _blend_full if self.top_k is None else _blend_top_k
-        token, alpha = blend(pb, pg, step, rows, self)
+        token, alpha, prob = blend(pb, pg, step, rows, self)
         choice.token[rows] = token
         choice.applied[rows] = True
         choice.source[rows] = SOURCE_BLEND
         choice.alpha[rows] = alpha
+        choice.blend_prob[rows] = prob
         return choice
 
     def weight(self, p_base_top, p_guide_top, p_base_of_guide_top) -> torch.Tensor:
@@ -173,7 +176,8 @@ def _blend_full(pb, pg, step: Step, rows, policy: Blend):
     a = alpha.unsqueeze(-1)
     blended = a * pg_on_base + (1 - a) * pb * shared
     blended = blended / blended.sum(-1, keepdim=True).clamp_min(1e-30)
-    return blended.argmax(-1), alpha
+    prob, token = blended.max(-1)
+    return token, alpha, prob
 
 
 def _blend_top_k(pb, pg, step: Step, rows, policy: Blend):
@@ -191,9 +195,11 @@ def _blend_top_k(pb, pg, step: Step, rows, policy: Blend):
     pb_tg = p_base[:, k_b]  # the first guidance candidate is the guidance top token
     alpha = policy.weight(step.base_top_prob[rows], step.guide_top_prob[rows], pb_tg)
     a = alpha.unsqueeze(-1)
-    blended = a * p_guide + (1 - a) * p_base  # renormalizing over the union would not move the argmax
-    best = blended.argmax(-1, keepdim=True)
-    return candidates.gather(-1, best).squeeze(-1), alpha
+    blended = a * p_guide + (1 - a) * p_base
+    # total mass over the union: each list's probabilities count once, whatever the overlap
+    total = a.squeeze(-1) * guide_p.sum(-1) + (1 - a.squeeze(-1)) * base_p.sum(-1)
+    prob, best = blended.max(-1, keepdim=True)
+    return candidates.gather(-1, best).squeeze(-1), alpha, prob.squeeze(-1) / total.clamp_min(1e-30)
 
 
 def _joint_ids(guidance_ids: torch.Tensor, step: Step) -> torch.Tensor:
