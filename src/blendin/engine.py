@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .errors import ConfigError
 from .policies import Greedy, Step
 from .prompts import Prompt, render_ids
 from .streams import CachedStream, RecomputeStream
@@ -105,13 +106,20 @@ class Decoder:
         self.policy = policy or Greedy()
         self.use_cache = use_cache
         if self.policy.tau > 0 and guidance is None:
-            raise ValueError(f"method {self.policy.name} needs a guidance model")
+            raise ConfigError(f"method {self.policy.name} needs a guidance model")
 
     def generate(self, prompts: Sequence[Prompt], max_new_tokens: int = 256, stop_strings: Sequence[str] = (),
-                 batch_size: int = 8, on_batch: Callable[[list[Generation]], None] | None = None) -> list[Generation]:
-        """Decode every prompt; batches group prompts of similar length. Outputs keep input order."""
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1")
+                 batch_size: int = 8, on_batch: Callable[[list[int], list[Generation]], None] | None = None,
+                 ) -> list[Generation]:
+        """Decode every prompt; batches group prompts of similar length. Outputs keep input order.
+
+        on_batch(indices, generations) is called after each batch (indices into `prompts`), so a
+        caller can store finished samples as they come.
+        """
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be a positive integer")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size!r} must be a positive integer")
         lead_ids = [render_ids(p, self.lead.tokenizer, self.lead.spec.prompt_format, self.lead.name) for p in prompts]
         guide_ids = None
         if self.guidance is not None:
@@ -127,7 +135,7 @@ class Decoder:
             for i, out in zip(batch, outs):
                 results[i] = out
             if on_batch:
-                on_batch(outs)
+                on_batch(batch, outs)
         return results
 
     @torch.inference_mode()

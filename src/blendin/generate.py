@@ -16,7 +16,7 @@ import time
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import BlendinError
+from .errors import BlendinError, ConfigError
 from .pair import Pair, pair_spec
 from .prompts import Prompt
 
@@ -26,12 +26,14 @@ log = logging.getLogger("blendin")
 def run(cfg: DictConfig) -> dict:
     """Load the pair, decode the prompt, print the text; return the statistics."""
     prompt = Prompt(str(cfg.prompt), cfg.system)  # validate before any model loads
+    if isinstance(cfg.max_new_tokens, bool) or not isinstance(cfg.max_new_tokens, int) or cfg.max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens={cfg.max_new_tokens!r} must be a positive integer")
     pair = Pair(pair_spec(cfg.pair), device=cfg.device, dtype=cfg.dtype)
     method = OmegaConf.to_container(cfg.method, resolve=True)
     started = time.perf_counter()
     decoder = pair.decoder(method, use_cache=cfg.use_cache)
     loaded = time.perf_counter()
-    [gen] = decoder.generate([prompt], max_new_tokens=int(cfg.max_new_tokens), stop_strings=list(cfg.stop or []))
+    [gen] = decoder.generate([prompt], max_new_tokens=cfg.max_new_tokens, stop_strings=list(cfg.stop or []))
     elapsed = time.perf_counter() - loaded
     print(gen.text)
     stats = {

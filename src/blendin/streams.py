@@ -14,6 +14,17 @@ from __future__ import annotations
 import torch
 
 
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of rows of different lengths, padded on the left."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
 def _positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids that count real tokens only (as transformers' generate does for left padding)."""
     pos = mask.long().cumsum(-1) - 1
@@ -32,12 +43,8 @@ class CachedStream:
         """Feed the prompts (left-padded); return each row's next-token logits [B, V]."""
         from transformers import DynamicCache
 
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p):] = 1
+        ids, mask = _left_pad(prompts, self.pad_id)
+        width = ids.shape[1]
         self.mask = mask.to(self.device)
         self.rows = [list(p) for p in prompts]  # each row's real tokens
         self.slots = [list(range(width - len(p), width)) for p in prompts]  # their cache columns
@@ -116,13 +123,7 @@ class RecomputeStream:
 
     @torch.inference_mode()
     def _forward(self, which: list[int]) -> torch.Tensor:
-        rows = [self.rows[i] for i in which]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, r in enumerate(rows):
-            ids[j, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[j, width - len(r):] = 1
+        ids, mask = _left_pad([self.rows[i] for i in which], self.pad_id)
         mask = mask.to(self.device)
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask, position_ids=_positions(mask),
                          use_cache=False, logits_to_keep=1)
