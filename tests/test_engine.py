@@ -142,7 +142,9 @@ def test_stop_string_max_tokens_and_guidance_eos(model_dirs, cross_pair):
     eos = guidance.tokenizer.eos_token_id
     guidance.model.lm_head.register_forward_hook(lambda m, i, out: out.index_add(
         -1, torch.tensor([eos]), torch.full(out.shape[:-1] + (1,), 50.0)))
-    [ended] = pair.decoder({"name": "nudging", "tau": 1.5}).generate(prompt, max_new_tokens=MAX_NEW)
+    with pytest.warns(UserWarning, match="every step"):
+        decoder = pair.decoder({"name": "nudging", "tau": 1.5})
+    [ended] = decoder.generate(prompt, max_new_tokens=MAX_NEW)
     assert ended.stop_reason == "eos" and ended.n_tokens == 1 and ended.text == "" and ended.token_ids == []
     assert ended.trace["source"] == [1]
 
