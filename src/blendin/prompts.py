@@ -28,16 +28,22 @@ def plain_text(prompt: Prompt) -> str:
 
 def render_ids(prompt: Prompt, tokenizer, prompt_format: str, model_name: str = "model") -> list[int]:
     """Token ids of `prompt` for a model whose prompt format is "plain" or "chat"."""
+    text = render_text(prompt, tokenizer, prompt_format, model_name)
+    # plain text gets the tokenizer's own BOS; a chat template writes its special tokens itself
+    return list(tokenizer(text, add_special_tokens=prompt_format == "plain")["input_ids"])
+
+
+def render_text(prompt: Prompt, tokenizer, prompt_format: str, model_name: str = "model") -> str:
+    """The text a model is shown for `prompt` (before its tokenizer adds any BOS)."""
     if prompt_format == "plain":
-        return list(tokenizer(plain_text(prompt), add_special_tokens=True)["input_ids"])
+        return plain_text(prompt)
     if not getattr(tokenizer, "chat_template", None):
         raise PromptError(
             f"'{model_name}' is prompted with its chat template, but its tokenizer has none. "
             "Fix: use an instruct model that ships a chat template, or set its prompt_format to plain "
             "(e.g. pair.guidance.prompt_format=plain) to show it the same plain text as the base model"
         )
-    text = _apply_chat_template(tokenizer, prompt)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return _apply_chat_template(tokenizer, prompt)
 
 
 def _apply_chat_template(tokenizer, prompt: Prompt) -> str:

@@ -1,0 +1,182 @@
+"""Run one (pair, benchmark, method) and store it: `python -m blendin.run [pair=P] benchmark=B
+method=M [method.tau=T] benchmark.n=N benchmark.max_new_tokens=K results_dir=DIR [force=true]
+[judge=openai|local]`.
+
+Writes DIR/runs/<pair>/<benchmark>/<run_name>/ (see `blendin.store`). The run name spells out the
+method, its parameters and the subset, plus a short hash of everything that shapes the outputs, so
+two different runs never share a directory and the same command finds its own run again.
+Config: conf/config.yaml.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from .benchmarks import Benchmark, get_benchmark
+from .data import REPO_ROOT
+from .errors import BlendinError
+from .judges import make_judge
+from .pair import Pair, pair_spec
+from .policies import make_policy
+from .prompts import render_text
+from .store import RunStore, atomic_write_text
+
+log = logging.getLogger("blendin.run")
+
+
+def run_name(cfg: DictConfig) -> str:
+    method = OmegaConf.to_container(cfg.method, resolve=True)
+    params = "".join(f"-{k}{v}" for k, v in method.items() if k != "name")
+    shaping = {"pair": OmegaConf.to_container(cfg.pair, resolve=True), "method": method, "dtype": cfg.dtype,
+               "benchmark": {k: v for k, v in OmegaConf.to_container(cfg.benchmark, resolve=True).items()
+                             if k not in ("data_dir", "source")}}
+    digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{method['name']}{params}-n{cfg.benchmark.n}-s{cfg.benchmark.seed}-{digest}".replace("/", "_")
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.results_dir) / "runs" / cfg.pair.name / cfg.benchmark.name / run_name(cfg)
+
+
+def load_benchmark(cfg_benchmark) -> Benchmark:
+    return get_benchmark(cfg_benchmark.name, data_dir=cfg_benchmark.get("data_dir"),
+                         source=cfg_benchmark.get("source", "auto"), seed=cfg_benchmark.get("seed", 0))
+
+
+def execute(cfg: DictConfig, pair: Pair | None = None) -> dict:
+    """Decode what is not yet stored, score, and write metrics.json; return the metrics."""
+    method = OmegaConf.to_container(cfg.method, resolve=True)
+    make_policy(method)  # bad method values fail here, before data or models load
+    benchmark = load_benchmark(cfg.benchmark)
+    samples = benchmark.samples(cfg.benchmark.n)
+    judge = make_judge(cfg.get("judge"))
+    store = RunStore(run_dir(cfg))
+    if store.finished and not cfg.force:
+        log.info("finished run, skipped (force=true to redo): %s", store.path)
+        return json.loads(store.metrics_path.read_text())
+    if cfg.force:
+        store.reset()
+    atomic_write_text(store.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    pair = pair or Pair(pair_spec(cfg.pair), device=cfg.device, dtype=cfg.dtype)
+    done = {r["id"] for r in store.samples()}
+    store.prune_parts(done)
+    pending = [s for s in samples if s.id not in done]
+    if pending:
+        log.info("%s: %d of %d samples to decode -> %s", run_name(cfg), len(pending), len(samples), store.path)
+        _decode(cfg, pair, method, pending, store)
+    return finish(store, benchmark, samples, judge, cfg)
+
+
+def _decode(cfg, pair: Pair, method: dict, pending, store: RunStore) -> None:
+    from tqdm import tqdm
+
+    decoder = pair.decoder(method)
+    stop = list(cfg.benchmark.get("stop") or [])
+    bar = tqdm(total=len(pending), desc=f"{cfg.benchmark.name}/{method['name']}", unit="sample", file=sys.stderr)
+    totals = {"tokens": 0, "applied": 0, "start": time.perf_counter(), "last": time.perf_counter()}
+
+    def on_batch(indices, generations):
+        now = time.perf_counter()
+        seconds = (now - totals["last"]) / len(generations)
+        totals["last"] = now
+        records, trace = [], {}
+        for i, gen in zip(indices, generations):
+            sample = pending[i]
+            records.append(_record(sample, gen, seconds, decoder))
+            for key, values in gen.trace.items():
+                trace.setdefault(key, []).extend(values)
+            trace.setdefault("sample_id", []).extend([sample.id] * gen.n_tokens)
+            totals["tokens"] += gen.n_tokens
+            totals["applied"] += gen.n_applied
+        store.append(records, trace)
+        bar.update(len(generations))
+        bar.set_postfix(tok_s=f"{totals['tokens'] / (now - totals['start']):.1f}",
+                        intervention=f"{totals['applied'] / max(1, totals['tokens']):.3f}")
+
+    decoder.generate([s.prompt for s in pending], max_new_tokens=cfg.benchmark.max_new_tokens, stop_strings=stop,
+                     batch_size=cfg.batch_size, on_batch=on_batch)
+    bar.close()
+
+
+def _record(sample, gen, seconds: float, decoder) -> dict:
+    guidance = decoder.guidance
+    return {
+        "id": sample.id,
+        "prompt_base": render_text(sample.prompt, decoder.lead.tokenizer, decoder.lead.spec.prompt_format),
+        "prompt_guidance": render_text(sample.prompt, guidance.tokenizer, guidance.spec.prompt_format)
+        if guidance else None,
+        "output": gen.text, "stop_reason": gen.stop_reason, "n_tokens": gen.n_tokens,
+        "n_interventions": gen.n_applied, "n_overrides": gen.n_overrides,
+        "intervention_rate": gen.intervention_rate, "override_rate": gen.override_rate, "gen_seconds": seconds,
+    }
+
+
+def finish(store: RunStore, benchmark: Benchmark, samples, judge, cfg) -> dict:
+    """Score the stored outputs (rule-based or judge) and write the final files."""
+    by_id = {r["id"]: r for r in store.samples()}
+    records = []
+    for sample in samples:
+        record = dict(by_id[sample.id])
+        for key in [k for k in record if k.startswith("judge_")] + ["prediction", "score"]:
+            record.pop(key, None)
+        record.update(gold=sample.gold, **benchmark.score(sample, record["output"], judge))
+        records.append(record)
+    summary = benchmark.summarize(records)
+    method = OmegaConf.to_container(cfg.method, resolve=True)
+    tokens = sum(r["n_tokens"] for r in records)
+    seconds = sum(r["gen_seconds"] * 1.0 for r in records)
+    metrics = {
+        "pair": cfg.pair.name, "base_model": cfg.pair.base.source, "guidance_model": cfg.pair.guidance.source,
+        "benchmark": cfg.benchmark.name, "method": method["name"], "tau": method.get("tau"),
+        "alpha": method.get("alpha"), "top_k": method.get("top_k"), "method_params": method,
+        "n_samples": len(records), "seed": cfg.benchmark.seed, "max_new_tokens": cfg.benchmark.max_new_tokens,
+        **summary,
+        "intervention_rate": _mean([r["intervention_rate"] for r in records]),
+        "override_rate": _mean([r["override_rate"] for r in records]),
+        "tokens_generated": tokens, "wall_time_s": round(seconds, 3),
+        "tokens_per_s": round(tokens / seconds, 3) if seconds > 0 else None,
+        "judge": getattr(judge, "name", None), "git_commit": _git_commit(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    store.finalize(records, metrics)
+    return metrics
+
+
+def _mean(values):
+    return sum(values) / len(values) if values else None
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+@hydra.main(version_base=None, config_path="../../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from .generate import _quiet_transformers
+
+    _quiet_transformers()
+    try:
+        metrics = execute(cfg)
+    except BlendinError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps({k: metrics.get(k) for k in ("pair", "benchmark", "method", "n_samples", "score", "score_name",
+                                                  "ci95", "intervention_rate", "override_rate", "tokens_per_s")}))
+
+
+if __name__ == "__main__":
+    main()

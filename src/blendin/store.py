@@ -1,0 +1,99 @@
+"""One run's directory (DESIGN.md section 7), written so that nothing is lost when a run dies.
+
+While decoding, each finished batch is appended to `samples.jsonl` (flushed and fsynced) and its
+per-token trace written as `_parts/tokens-<k>.parquet`. A restarted run reads the finished sample
+ids and skips them; a line torn by a kill is dropped. Once every sample is decoded and scored,
+`samples.jsonl` is rewritten with the scores, the parts become `tokens.parquet`, and `metrics.json`
+is written last: its presence marks a finished run. Every whole-file write is temp file + rename.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+class RunStore:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.samples_path = self.path / "samples.jsonl"
+        self.metrics_path = self.path / "metrics.json"
+        self.parts = self.path / "_parts"
+
+    @property
+    def finished(self) -> bool:
+        return self.metrics_path.is_file()
+
+    def reset(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def samples(self) -> list[dict]:
+        """Records written so far; a torn last line (killed mid-write) is cut off the file."""
+        if not self.samples_path.is_file():
+            return []
+        records, good_bytes = [], 0
+        with open(self.samples_path, "rb") as fh:
+            for line in fh:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break
+                good_bytes += len(line)
+        if good_bytes != self.samples_path.stat().st_size:
+            with open(self.samples_path, "r+b") as fh:
+                fh.truncate(good_bytes)
+        return records
+
+    def prune_parts(self, done: set[str]) -> None:
+        """Drop trace parts of batches whose samples were not all recorded (killed in between)."""
+        import pandas as pd
+
+        for part in sorted(self.parts.glob("tokens-*.parquet")) if self.parts.is_dir() else []:
+            if not set(pd.read_parquet(part, columns=["sample_id"])["sample_id"]) <= done:
+                part.unlink()
+
+    def append(self, records: list[dict], trace_rows: dict[str, list]) -> None:
+        """Store a finished batch: its trace first, then its sample lines (which mark it done)."""
+        import pandas as pd
+
+        self.parts.mkdir(parents=True, exist_ok=True)
+        part = self.parts / f"tokens-{records[0]['id']}.parquet"
+        tmp = part.with_suffix(".tmp")
+        pd.DataFrame(trace_rows).to_parquet(tmp, index=False)
+        os.replace(tmp, part)
+        with open(self.samples_path, "a", encoding="utf-8") as fh:
+            fh.write("".join(json.dumps(r, default=str) + "\n" for r in records))
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def finalize(self, records: list[dict], metrics: dict) -> None:
+        """Scored samples, one trace file, then metrics.json (the run is finished once it exists)."""
+        import pandas as pd
+
+        atomic_write_text(self.samples_path, "".join(json.dumps(r, default=str) + "\n" for r in records))
+        done = {r["id"] for r in records}
+        parts = sorted(self.parts.glob("tokens-*.parquet")) if self.parts.is_dir() else []
+        frames = [pd.read_parquet(p) for p in parts]
+        tokens = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"sample_id": []})
+        tokens = tokens[tokens["sample_id"].isin(done)].drop_duplicates(["sample_id", "step"])
+        tmp = self.path / ".tokens.parquet.tmp"
+        tokens.to_parquet(tmp, index=False)
+        os.replace(tmp, self.path / "tokens.parquet")
+        atomic_write_json(self.metrics_path, metrics)
+        shutil.rmtree(self.parts, ignore_errors=True)
