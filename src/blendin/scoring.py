@@ -47,7 +47,7 @@ def same_number(a: float | None, b: float) -> bool:
 
 
 # ---------------------------------------------------------------- multiple choice
-LETTERS = "ABCDEFGHIJ"
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # TruthfulQA MC1 has up to 13 options
 
 
 def extract_choice(output: str, options: list[str]) -> str | None:
