@@ -28,8 +28,14 @@ test: $(STAMP)  ## the whole test suite (tiny local models + the embedded real p
 test-fast: $(STAMP)  ## tests on tiny local models only (skips the real pair)
 	$(PY) -m pytest -q -m "not real"
 
-reproduce: $(STAMP)  ## the main job on the embedded default pair (grows with the benchmark/runner issues)
-	$(PY) scripts/reproduce.py
+# The main job: the six benchmarks x {base, guidance, nudging, blendin} on the embedded pair, a small
+# subset each (about half an hour on 2 CPU cores). Re-running skips finished runs and resumes a killed one.
+REPRO_N      ?= 10
+REPRO_TOKENS ?= 128
+reproduce: $(STAMP)  ## the main job on the embedded default pair, then its results table
+	$(PY) -m blendin.run -m benchmark=gsm8k,truthfulqa,mmlu,arc_challenge,xstest,justeval_safe \
+		method=base,guidance,nudging,blendin benchmark.n=$(REPRO_N) benchmark.max_new_tokens=$(REPRO_TOKENS)
+	$(PY) scripts/results_table.py --pair smollm2_gemma3
 
 bench: $(STAMP)  ## speed of every method against base-only decoding on the embedded pair
 	$(PY) scripts/bench_speed.py

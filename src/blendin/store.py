@@ -87,11 +87,14 @@ class RunStore:
         import pandas as pd
 
         atomic_write_text(self.samples_path, "".join(json.dumps(r, default=str) + "\n" for r in records))
-        done = {r["id"] for r in records}
+        order = {r["id"]: i for i, r in enumerate(records)}
         parts = sorted(self.parts.glob("tokens-*.parquet")) if self.parts.is_dir() else []
         frames = [pd.read_parquet(p) for p in parts]
-        tokens = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"sample_id": []})
-        tokens = tokens[tokens["sample_id"].isin(done)].drop_duplicates(["sample_id", "step"])
+        tokens = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"sample_id": [], "step": []})
+        tokens = tokens[tokens["sample_id"].isin(order)].drop_duplicates(["sample_id", "step"])
+        # sample order, then step: the file does not depend on how the samples were batched
+        tokens = tokens.sort_values(["sample_id", "step"], key=lambda col: col.map(order) if col.name == "sample_id"
+                                    else col, kind="stable").reset_index(drop=True)
         tmp = self.path / ".tokens.parquet.tmp"
         tokens.to_parquet(tmp, index=False)
         os.replace(tmp, self.path / "tokens.parquet")
