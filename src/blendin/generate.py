@@ -9,18 +9,15 @@ Config: conf/generate.yaml. Values with commas need quoting: prompt='"a, b"'.
 from __future__ import annotations
 
 import json
-import logging
-import sys
 import time
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import BlendinError, ConfigError
+from .cli import call
+from .errors import ConfigError
 from .pair import Pair, pair_spec
 from .prompts import Prompt
-
-log = logging.getLogger("blendin")
 
 
 def run(cfg: DictConfig) -> dict:
@@ -52,21 +49,7 @@ def run(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base=None, config_path="../../conf", config_name="generate")
 def main(cfg: DictConfig) -> None:
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    _quiet_transformers()
-    try:
-        stats = run(cfg)
-    except BlendinError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(json.dumps(stats), flush=True)
-
-
-def _quiet_transformers() -> None:
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
+    print(json.dumps(call(run, cfg)), flush=True)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .errors import BlendinError, ConfigError
+from .cli import call
+from .errors import ConfigError
 from .judges import make_judge
 from .run import finish, load_benchmark
 from .store import RunStore
@@ -50,11 +50,7 @@ def main(argv=None) -> None:
     if args.judge:
         judge_cfg = OmegaConf.to_container(OmegaConf.load(_JUDGES / f"{args.judge}.yaml"), resolve=True)
         judge_cfg.update({k: v for k, v in (("model", args.judge_model), ("base_url", args.judge_base_url)) if v})
-    try:
-        metrics = rescore(args.run_dir, judge_cfg)
-    except BlendinError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    metrics = call(rescore, args.run_dir, judge_cfg)
     print(json.dumps({k: metrics.get(k) for k in ("benchmark", "method", "score", "score_name", "ci95", "judge")}))
 
 

@@ -22,8 +22,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .benchmarks import Benchmark, get_benchmark
+from .cli import call
 from .data import REPO_ROOT
-from .errors import BlendinError
 from .judges import make_judge
 from .pair import Pair, pair_spec
 from .policies import make_policy
@@ -165,15 +165,7 @@ def _git_commit() -> str:
 
 @hydra.main(version_base=None, config_path="../../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from .generate import _quiet_transformers
-
-    _quiet_transformers()
-    try:
-        metrics = execute(cfg)
-    except BlendinError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    metrics = call(execute, cfg)
     print(json.dumps({k: metrics.get(k) for k in ("pair", "benchmark", "method", "n_samples", "score", "score_name",
                                                   "ci95", "intervention_rate", "override_rate", "tokens_per_s")}))
 

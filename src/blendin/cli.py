@@ -1,0 +1,22 @@
+"""What every command-line entry point shares: logging to stderr, quiet transformers, and user
+errors (BlendinError) printed as one clear line with exit code 2 instead of a traceback."""
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def call(fn, *args):
+    """Run fn(*args) as a command: set up logging, and turn a BlendinError into `error: ...`, exit 2."""
+    import transformers
+
+    from .errors import BlendinError
+
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    try:
+        return fn(*args)
+    except BlendinError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
