@@ -101,11 +101,11 @@ def make_judge(cfg) -> HTTPJudge | LocalJudge | None:
         return None
     if kind == "http":
         return HTTPJudge(cfg.get("base_url"), cfg.get("model"), cfg.get("api_key"), cfg.get("timeout_s", 60.0),
-                         cfg.get("retries", 3), cfg.get("backoff_s", 1.0))
+                         cfg.get("retries", 3), cfg.get("backoff_s", 1.0), cfg.get("max_tokens", 256))
     if kind == "local":
         if not cfg.get("model"):
             raise ConfigError("judge=local needs judge.model (a hub id, folder, .gguf file or embedded:<name>)")
-        return LocalJudge(cfg["model"], cfg.get("device", "auto"), cfg.get("dtype", "auto"))
+        return LocalJudge(cfg["model"], cfg.get("device", "auto"), cfg.get("dtype", "auto"), cfg.get("max_tokens", 256))
     raise ConfigError(f"judge.kind={kind!r} must be none, http or local")
 
 
