@@ -30,7 +30,8 @@ TOP_P = 0.9  # the top-p set used by the vocabulary-overlap analysis (paper, App
 @dataclass
 class Generation:
     """One sample's output. Rates are per step: a step chooses one token (a guidance-only token may
-    be spelled as several base tokens but counts once)."""
+    be spelled as several base tokens but counts once). `text` ends before a stop string;
+    `token_ids` holds every generated token (EOS excluded), those that spelled the stop string too."""
 
     text: str
     token_ids: list[int]
@@ -131,7 +132,7 @@ class Decoder:
             batch = order[start:start + batch_size]
             outs = self._decode_batch([lead_ids[i] for i in batch],
                                       [guide_ids[i] for i in batch] if guide_ids else None,
-                                      max_new_tokens, tuple(stop_strings))
+                                      max_new_tokens, tuple(s for s in stop_strings if s))
             for i, out in zip(batch, outs):
                 results[i] = out
             if on_batch:
@@ -148,7 +149,6 @@ class Decoder:
         anchors = [p[-1:] for p in lead_prompts]
         rows = [_Row(anchor) for anchor in anchors]
         logits = lead.start(lead_prompts)
-        guide_logits = None
         device = logits.device
         while True:
             active = [r for r in range(batch) if not rows[r].finished]
