@@ -4,7 +4,7 @@
 Prints the continuation, then ONE final line of JSON with the step statistics (n_tokens,
 intervention_rate, override_rate, tokens_per_s, ...). With no overrides it runs BlendIn on the
 embedded pair (SmolLM2-135M-Instruct guiding Gemma-3-270m) on a GSM8K-style example question.
-Config: conf/generate.yaml. Values with commas need quoting: prompt='"a, b"'.
+Config: conf/generate.yaml. A prompt with commas or quotes needs Hydra quoting: 'prompt="a, b"'.
 """
 from __future__ import annotations
 
