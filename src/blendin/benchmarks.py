@@ -129,7 +129,6 @@ class MultipleChoice(Benchmark):
         summary["rule_accuracy"] = _mean([s["rule_score"] for s in scored])
         if any("judge_verdict" in s for s in scored):
             summary["n_judge_malformed"] = sum(s.get("judge_verdict") is None for s in scored)
-            summary["n_unparseable"] = sum(s.get("prediction") is None for s in scored)
         return summary
 
 
