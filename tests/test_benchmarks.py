@@ -129,6 +129,9 @@ def test_missing_and_malformed_data(tmp_path, monkeypatch):
     (tmp_path / "gsm8k" / "test.jsonl").write_text(json.dumps({"question": "q"}) + "\n")
     with pytest.raises(DataError, match=r"lacks the fields \['answer'\]"):
         get_benchmark("gsm8k").samples()
+    monkeypatch.setenv("BLENDIN_DATA_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match=f"no data directory at {tmp_path}/nowhere, and the hub fallback failed"):
+        get_benchmark("gsm8k").samples()
     with pytest.raises(ConfigError, match="unknown benchmark 'gsm9k'"):
         get_benchmark("gsm9k")
     monkeypatch.delenv("BLENDIN_DATA_DIR")

@@ -56,9 +56,16 @@ class Benchmark:
         return [everything[i] for i in D.subset(len(everything), n, self.seed)]
 
     def load_all(self) -> list[Sample]:
-        if self.source == "hub" or (self.source == "auto" and not D.data_dir(self.data_dir).exists()):
+        if self.source == "hub":
             return self.from_hub()
-        return self.from_local()
+        if self.source == "local" or D.data_dir(self.data_dir).exists():
+            return self.from_local()
+        try:  # auto, and no local data directory: the hub is the fallback
+            return self.from_hub()
+        except D.DataError as err:
+            raise D.DataError(f"benchmark {self.name}: no data directory at {D.data_dir(self.data_dir)}, and the hub "
+                              f"fallback failed ({err}). Fix: set BLENDIN_DATA_DIR=/path/to/data or "
+                              "benchmark.data_dir=/path/to/data") from None
 
     def from_local(self) -> list[Sample]:
         raise NotImplementedError
