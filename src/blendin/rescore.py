@@ -30,8 +30,9 @@ def rescore(run_dir: Path, judge_cfg: dict | None = None) -> dict:
     cfg = OmegaConf.load(config_path)
     benchmark = load_benchmark(cfg.benchmark)
     stored = {r["id"] for r in store.samples()}
-    samples = [s for s in benchmark.samples(cfg.benchmark.n) if s.id in stored]
-    missing = len(benchmark.samples(cfg.benchmark.n)) - len(samples)
+    wanted = benchmark.samples(cfg.benchmark.n)
+    samples = [s for s in wanted if s.id in stored]
+    missing = len(wanted) - len(samples)
     if missing:
         raise ConfigError(f"{store.path} lacks {missing} decoded samples: finish it with its blendin.run command first")
     if judge_cfg is not None:
