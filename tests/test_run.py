@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from blendin.data import data_dir
 from blendin.judges import JudgeError
 from blendin.rescore import rescore
-from blendin.run import execute, run_dir
+from blendin.run import execute, run_dir, shared_pair
 from blendin.store import RunStore
 
 pytestmark = pytest.mark.skipif(not data_dir().exists(), reason="no benchmark data directory")
@@ -116,3 +116,11 @@ def test_judge_down_keeps_outputs_and_rescoring_finishes_the_run(model_dirs, tmp
     assert metrics["score"] is None and metrics["refusal_rate"] is not None
     plain = rescore(path, {"kind": "none"})
     assert plain["score_name"] == "refusal_rate (no judge)" and plain["score"] == metrics["refusal_rate"]
+
+
+def test_runs_in_one_process_share_the_loaded_pair(model_dirs, tmp_path):
+    a = config(model_dirs, tmp_path, "benchmark=gsm8k", "method=base")
+    b = config(model_dirs, tmp_path, "benchmark=xstest", "method=nudging")
+    assert shared_pair(a) is shared_pair(b)
+    other = config(model_dirs, tmp_path, "benchmark=gsm8k", "method=base", "dtype=bfloat16")
+    assert shared_pair(other) is not shared_pair(a)

@@ -66,7 +66,7 @@ def execute(cfg: DictConfig, pair: Pair | None = None) -> dict:
     if cfg.force:
         store.reset()
     atomic_write_text(store.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    pair = pair or Pair(pair_spec(cfg.pair), device=cfg.device, dtype=cfg.dtype)
+    pair = pair or shared_pair(cfg)
     done = {r["id"] for r in store.samples()}
     store.prune_parts(done)
     pending = [s for s in samples if s.id not in done]
@@ -74,6 +74,19 @@ def execute(cfg: DictConfig, pair: Pair | None = None) -> dict:
         log.info("%s: %d of %d samples to decode -> %s", run_name(cfg), len(pending), len(samples), store.path)
         _decode(cfg, pair, method, pending, store)
     return finish(store, benchmark, samples, judge, cfg)
+
+
+_PAIRS: dict[str, Pair] = {}
+
+
+def shared_pair(cfg: DictConfig) -> Pair:
+    """One Pair per (pair config, device, dtype) in this process: the runs of a sweep that share a
+    pair load its models once (a Pair loads each model on first use)."""
+    key = json.dumps([OmegaConf.to_container(cfg.pair, resolve=True), cfg.device, cfg.dtype], sort_keys=True)
+    if key not in _PAIRS:
+        _PAIRS.clear()  # keep one pair in memory: a sweep over pairs should not pile them up
+        _PAIRS[key] = Pair(pair_spec(cfg.pair), device=cfg.device, dtype=cfg.dtype)
+    return _PAIRS[key]
 
 
 def _decode(cfg, pair: Pair, method: dict, pending, store: RunStore) -> None:
