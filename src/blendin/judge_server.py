@@ -37,8 +37,8 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8011, device: str = "
                 messages = request["messages"]
             except (ValueError, KeyError) as err:
                 return self._send(400, {"error": {"message": f"bad request: {err}"}})
-            judge.max_tokens = int(request.get("max_tokens") or 256)
-            with lock:
+            with lock:  # one request at a time, with its own answer budget
+                judge.max_tokens = int(request.get("max_tokens") or 256)
                 text = judge.chat(messages)
             self._send(200, {"id": f"chatcmpl-{time.time_ns()}", "object": "chat.completion", "model": model,
                              "choices": [{"index": 0, "finish_reason": "stop",

@@ -28,6 +28,7 @@ from .judges import make_judge
 from .pair import Pair, pair_spec
 from .policies import make_policy
 from .prompts import render_text
+from .scoring import mean
 from .store import RunStore, atomic_write_text
 
 log = logging.getLogger("blendin.run")
@@ -71,7 +72,7 @@ def execute(cfg: DictConfig, pair: Pair | None = None) -> dict:
     store.prune_parts(done)
     pending = [s for s in samples if s.id not in done]
     if pending:
-        log.info("%s: %d of %d samples to decode -> %s", run_name(cfg), len(pending), len(samples), store.path)
+        log.info("%s: %d of %d samples to decode -> %s", store.path.name, len(pending), len(samples), store.path)
         _decode(cfg, pair, method, pending, store)
     return finish(store, benchmark, samples, judge, cfg)
 
@@ -146,15 +147,15 @@ def finish(store: RunStore, benchmark: Benchmark, samples, judge, cfg) -> dict:
     summary = benchmark.summarize(records)
     method = OmegaConf.to_container(cfg.method, resolve=True)
     tokens = sum(r["n_tokens"] for r in records)
-    seconds = sum(r["gen_seconds"] * 1.0 for r in records)
+    seconds = sum(r["gen_seconds"] for r in records)
     metrics = {
         "pair": cfg.pair.name, "base_model": cfg.pair.base.source, "guidance_model": cfg.pair.guidance.source,
         "benchmark": cfg.benchmark.name, "method": method["name"], "tau": method.get("tau"),
         "alpha": method.get("alpha"), "top_k": method.get("top_k"), "method_params": method,
         "n_samples": len(records), "seed": cfg.benchmark.seed, "max_new_tokens": cfg.benchmark.max_new_tokens,
         **summary,
-        "intervention_rate": _mean([r["intervention_rate"] for r in records]),
-        "override_rate": _mean([r["override_rate"] for r in records]),
+        "intervention_rate": mean([r["intervention_rate"] for r in records]),
+        "override_rate": mean([r["override_rate"] for r in records]),
         "tokens_generated": tokens, "wall_time_s": round(seconds, 3),
         "tokens_per_s": round(tokens / seconds, 3) if seconds > 0 else None,
         "judge": getattr(judge, "name", None), "git_commit": _git_commit(),
@@ -162,10 +163,6 @@ def finish(store: RunStore, benchmark: Benchmark, samples, judge, cfg) -> dict:
     }
     store.finalize(records, metrics)
     return metrics
-
-
-def _mean(values):
-    return sum(values) / len(values) if values else None
 
 
 def _git_commit() -> str:

@@ -117,7 +117,12 @@ def is_refusal(output: str) -> bool:
     return any(phrase in opening for phrase in _REFUSAL_ANYWHERE)
 
 
-# ---------------------------------------------------------------- confidence intervals
+# ---------------------------------------------------------------- summaries
+def mean(values) -> float | None:
+    """Mean of a list, None for an empty one (no samples scored is not a score of 0)."""
+    return sum(values) / len(values) if values else None
+
+
 def bootstrap_ci(values: list[float], n_resamples: int = 2000, seed: int = 0, level: float = 0.95):
     """Percentile bootstrap interval of the mean; [nan, nan] for no values."""
     if not values:

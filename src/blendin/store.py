@@ -29,6 +29,16 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def _jsonl(records: list[dict]) -> str:
+    return "".join(json.dumps(r, default=str) + "\n" for r in records)
+
+
+def _write_parquet(frame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
 class RunStore:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -73,12 +83,9 @@ class RunStore:
         import pandas as pd
 
         self.parts.mkdir(parents=True, exist_ok=True)
-        part = self.parts / f"tokens-{records[0]['id']}.parquet"
-        tmp = part.with_suffix(".tmp")
-        pd.DataFrame(trace_rows).to_parquet(tmp, index=False)
-        os.replace(tmp, part)
+        _write_parquet(pd.DataFrame(trace_rows), self.parts / f"tokens-{records[0]['id']}.parquet")
         with open(self.samples_path, "a", encoding="utf-8") as fh:
-            fh.write("".join(json.dumps(r, default=str) + "\n" for r in records))
+            fh.write(_jsonl(records))
             fh.flush()
             os.fsync(fh.fileno())
 
@@ -86,7 +93,7 @@ class RunStore:
         """Scored samples, one trace file, then metrics.json (the run is finished once it exists)."""
         import pandas as pd
 
-        atomic_write_text(self.samples_path, "".join(json.dumps(r, default=str) + "\n" for r in records))
+        atomic_write_text(self.samples_path, _jsonl(records))
         order = {r["id"]: i for i, r in enumerate(records)}
         parts = sorted(self.parts.glob("tokens-*.parquet")) if self.parts.is_dir() else []
         frames = [pd.read_parquet(p) for p in parts]
@@ -95,8 +102,6 @@ class RunStore:
         # sample order, then step: the file does not depend on how the samples were batched
         tokens = tokens.sort_values(["sample_id", "step"], key=lambda col: col.map(order) if col.name == "sample_id"
                                     else col, kind="stable").reset_index(drop=True)
-        tmp = self.path / ".tokens.parquet.tmp"
-        tokens.to_parquet(tmp, index=False)
-        os.replace(tmp, self.path / "tokens.parquet")
+        _write_parquet(tokens, self.path / "tokens.parquet")
         atomic_write_json(self.metrics_path, metrics)
         shutil.rmtree(self.parts, ignore_errors=True)
