@@ -39,7 +39,8 @@ def test_run_directory_holds_everything_and_metrics_recompute(model_dirs, tmp_pa
     metrics = execute(cfg)
     path = run_dir(cfg)
     assert path.parent == tmp_path / "runs" / "tiny_cross" / "xstest"
-    assert sorted(p.name for p in path.iterdir()) == ["config.yaml", "metrics.json", "samples.jsonl", "tokens.parquet"]
+    visible = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
+    assert visible == ["config.yaml", "metrics.json", "samples.jsonl", "tokens.parquet"]
     assert json.loads((path / "metrics.json").read_text()) == metrics
     for field in METRIC_FIELDS:
         assert field in metrics, field

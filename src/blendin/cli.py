@@ -6,15 +6,19 @@ import logging
 import sys
 
 
-def call(fn, *args):
-    """Run fn(*args) as a command: set up logging, and turn a BlendinError into `error: ...`, exit 2."""
+def setup_logging() -> None:
     import transformers
-
-    from .errors import BlendinError
 
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
+
+
+def call(fn, *args):
+    """Run fn(*args) as a command: set up logging, and turn a BlendinError into `error: ...`, exit 2."""
+    from .errors import BlendinError
+
+    setup_logging()
     try:
         return fn(*args)
     except BlendinError as err:

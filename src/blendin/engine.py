@@ -16,7 +16,7 @@ import torch
 
 from .errors import ConfigError
 from .policies import Greedy, Step
-from .prompts import Prompt, render_ids
+from .prompts import Prompt
 from .streams import CachedStream, RecomputeStream
 
 TRACE_COLUMNS = (
@@ -121,11 +121,8 @@ class Decoder:
             raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be a positive integer")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size={batch_size!r} must be a positive integer")
-        lead_ids = [render_ids(p, self.lead.tokenizer, self.lead.spec.prompt_format, self.lead.name) for p in prompts]
-        guide_ids = None
-        if self.guidance is not None:
-            guide_ids = [render_ids(p, self.guidance.tokenizer, self.guidance.spec.prompt_format, self.guidance.name)
-                         for p in prompts]
+        lead_ids = [self.lead.prompt_ids(p) for p in prompts]
+        guide_ids = [self.guidance.prompt_ids(p) for p in prompts] if self.guidance is not None else None
         order = sorted(range(len(prompts)), key=lambda i: len(lead_ids[i]))
         results: list[Generation | None] = [None] * len(prompts)
         for start in range(0, len(order), batch_size):

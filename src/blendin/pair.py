@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from omegaconf import OmegaConf
+
 from .engine import Decoder
 from .errors import ConfigError
 from .models import LoadedModel, ModelSpec, load_model
@@ -26,13 +28,17 @@ def _model_spec(cfg, role: str, default_format: str, pair: str) -> ModelSpec:
     if cfg is None or not cfg.get("source"):
         raise ConfigError(f"pair {pair} has no {role} model: set pair.{role}.source "
                           "(a hub id, a local directory, a .gguf file or embedded:<name>)")
-    known = {"source", "gguf_file", "revision", "prompt_format", "name"}
+    known = {"source", "gguf_file", "revision", "prompt_format", "name", "chat_template_kwargs"}
     extra = sorted(set(cfg) - known)
     if extra:
         raise ConfigError(f"pair.{role} has unknown keys {extra}; known keys: {sorted(known)}")
-    values = {k: cfg.get(k) for k in known if cfg.get(k) is not None}
+    values = {k: _plain(cfg.get(k)) for k in known if cfg.get(k) is not None}
     values.setdefault("prompt_format", default_format)
     return ModelSpec(**values)
+
+
+def _plain(value):
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def pair_spec(cfg) -> PairSpec:

@@ -26,15 +26,20 @@ def plain_text(prompt: Prompt) -> str:
     return f"{prompt.system}\n{prompt.user}\n" if prompt.system else f"{prompt.user}\n"
 
 
-def render_ids(prompt: Prompt, tokenizer, prompt_format: str, model_name: str = "model") -> list[int]:
+def render_ids(prompt: Prompt, tokenizer, prompt_format: str, model_name: str = "model",
+               template_kwargs: dict | None = None) -> list[int]:
     """Token ids of `prompt` for a model whose prompt format is "plain" or "chat"."""
-    text = render_text(prompt, tokenizer, prompt_format, model_name)
+    text = render_text(prompt, tokenizer, prompt_format, model_name, template_kwargs)
     # plain text gets the tokenizer's own BOS; a chat template writes its special tokens itself
     return list(tokenizer(text, add_special_tokens=prompt_format == "plain")["input_ids"])
 
 
-def render_text(prompt: Prompt, tokenizer, prompt_format: str, model_name: str = "model") -> str:
-    """The text a model is shown for `prompt` (before its tokenizer adds any BOS)."""
+def render_text(prompt: Prompt, tokenizer, prompt_format: str, model_name: str = "model",
+                template_kwargs: dict | None = None) -> str:
+    """The text a model is shown for `prompt` (before its tokenizer adds any BOS).
+
+    template_kwargs go to the chat template, e.g. {"enable_thinking": False} for Qwen3.
+    """
     if prompt_format == "plain":
         return plain_text(prompt)
     if not getattr(tokenizer, "chat_template", None):
@@ -43,18 +48,18 @@ def render_text(prompt: Prompt, tokenizer, prompt_format: str, model_name: str =
             "Fix: use an instruct model that ships a chat template, or set its prompt_format to plain "
             "(e.g. pair.guidance.prompt_format=plain) to show it the same plain text as the base model"
         )
-    return _apply_chat_template(tokenizer, prompt)
+    return _apply_chat_template(tokenizer, prompt, dict(template_kwargs or {}))
 
 
-def _apply_chat_template(tokenizer, prompt: Prompt) -> str:
+def _apply_chat_template(tokenizer, prompt: Prompt, kwargs: dict) -> str:
     user = {"role": "user", "content": prompt.user}
     if prompt.system is None:
-        return tokenizer.apply_chat_template([user], tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template([user], tokenize=False, add_generation_prompt=True, **kwargs)
     messages = [{"role": "system", "content": prompt.system}, user]
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
     except Exception as err:  # templates such as Gemma-2's reject a system turn: fold it into the user turn
         if "system" not in str(err).lower():
             raise
         merged = {"role": "user", "content": f"{prompt.system}\n\n{prompt.user}"}
-        return tokenizer.apply_chat_template([merged], tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template([merged], tokenize=False, add_generation_prompt=True, **kwargs)

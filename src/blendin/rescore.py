@@ -37,7 +37,10 @@ def rescore(run_dir: Path, judge_cfg: dict | None = None) -> dict:
         raise ConfigError(f"{store.path} lacks {missing} decoded samples: finish it with its blendin.run command first")
     if judge_cfg is not None:
         cfg.judge = judge_cfg
-    return finish(store, benchmark, samples, make_judge(cfg.get("judge")), cfg)
+    previous = json.loads(store.metrics_path.read_text()) if store.finished else {}
+    with store.lock():
+        return finish(store, benchmark, samples, make_judge(cfg.get("judge")), cfg,
+                      reused_from=previous.get("reused_from"))
 
 
 def main(argv=None) -> None:

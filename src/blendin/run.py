@@ -22,22 +22,34 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .benchmarks import Benchmark, get_benchmark
+from .checks import check_run_config
 from .cli import call
 from .data import REPO_ROOT
 from .judges import make_judge
+from .models import resolve_device, resolve_dtype
 from .pair import Pair, pair_spec
-from .policies import make_policy
-from .prompts import render_text
+from .policies import SOLO_METHODS
 from .scoring import mean
 from .store import RunStore, atomic_write_text
+from .sweep import run_job, sweeping
+from .tracking import log_run
 
 log = logging.getLogger("blendin.run")
 
 
 def run_name(cfg: DictConfig) -> str:
+    """<method>-<params>-n<N>-s<seed>-<hash of everything that shapes the outputs>.
+
+    A run of one model alone (base, guidance, aligned) hashes only that model, so pairs that share
+    a base model give their base runs the same name, and a finished one is reused (see `_reuse`).
+    """
     method = OmegaConf.to_container(cfg.method, resolve=True)
     params = "".join(f"-{k}{v}" for k, v in method.items() if k != "name")
-    shaping = {"pair": OmegaConf.to_container(cfg.pair, resolve=True), "method": method, "dtype": cfg.dtype,
+    pair = OmegaConf.to_container(cfg.pair, resolve=True)
+    roles = (method["name"],) if method["name"] in SOLO_METHODS else ("base", "guidance")
+    models = {role: pair.get(role) for role in roles}
+    shaping = {"pair": models, "method": method,
+               "dtype": str(resolve_dtype(cfg.dtype, resolve_device(cfg.device, strict=False))),
                "benchmark": {k: v for k, v in OmegaConf.to_container(cfg.benchmark, resolve=True).items()
                              if k not in ("data_dir", "source")}}
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:8]
@@ -54,27 +66,46 @@ def load_benchmark(cfg_benchmark) -> Benchmark:
 
 
 def execute(cfg: DictConfig, pair: Pair | None = None) -> dict:
-    """Decode what is not yet stored, score, and write metrics.json; return the metrics."""
-    method = OmegaConf.to_container(cfg.method, resolve=True)
-    make_policy(method)  # bad method values fail here, before data or models load
+    """Decode what is not yet stored, score, and write metrics.json; return the metrics.
+
+    The config is checked first, so a bad value fails before any data or model loads.
+    """
+    check_run_config(cfg)
     benchmark = load_benchmark(cfg.benchmark)
     samples = benchmark.samples(cfg.benchmark.n)
     judge = make_judge(cfg.get("judge"))
     store = RunStore(run_dir(cfg))
-    if store.finished and not cfg.force:
-        log.info("finished run, skipped (force=true to redo): %s", store.path)
-        return json.loads(store.metrics_path.read_text())
-    if cfg.force:
-        store.reset()
-    atomic_write_text(store.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    pair = pair or shared_pair(cfg)
-    done = {r["id"] for r in store.samples()}
-    store.prune_parts(done)
-    pending = [s for s in samples if s.id not in done]
-    if pending:
-        log.info("%s: %d of %d samples to decode -> %s", store.path.name, len(pending), len(samples), store.path)
-        _decode(cfg, pair, method, pending, store)
-    return finish(store, benchmark, samples, judge, cfg)
+    with store.lock():
+        if store.finished and not cfg.force:
+            log.info("finished run, skipped (force=true to redo): %s", store.path)
+            return json.loads(store.metrics_path.read_text())
+        if cfg.force:
+            store.reset()
+        atomic_write_text(store.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        done = {r["id"] for r in store.samples()}
+        store.prune_parts(done)
+        pending = [s for s in samples if s.id not in done]
+        reused = _reuse(cfg, store) if pending and not done else None
+        if pending and not reused:
+            log.info("%s: %d of %d samples to decode -> %s", store.path.name, len(pending), len(samples), store.path)
+            _decode(cfg, pair or shared_pair(cfg), OmegaConf.to_container(cfg.method, resolve=True), pending, store)
+        metrics = finish(store, benchmark, samples, judge, cfg, reused_from=reused)
+    log_run(cfg, metrics, store.samples(), store.path)
+    return metrics
+
+
+def _reuse(cfg: DictConfig, store: RunStore) -> str | None:
+    """For a one-model run (base, guidance, aligned): copy the outputs of the same finished run
+    stored under another pair that shares the model, instead of decoding them again."""
+    if cfg.method.name not in SOLO_METHODS:
+        return None
+    for metrics_path in sorted(store.path.parents[2].glob(f"*/{store.path.parent.name}/{store.path.name}/metrics.json")):
+        source = metrics_path.parent
+        if source != store.path and (source / "tokens.parquet").is_file():
+            store.copy_outputs_from(source)
+            log.info("%s: outputs reused from %s (same model, benchmark and settings)", store.path.name, source)
+            return str(source)
+    return None
 
 
 _PAIRS: dict[str, Pair] = {}
@@ -125,16 +156,15 @@ def _record(sample, gen, seconds: float, decoder) -> dict:
     guidance = decoder.guidance
     return {
         "id": sample.id,
-        "prompt_base": render_text(sample.prompt, decoder.lead.tokenizer, decoder.lead.spec.prompt_format),
-        "prompt_guidance": render_text(sample.prompt, guidance.tokenizer, guidance.spec.prompt_format)
-        if guidance else None,
+        "prompt_base": decoder.lead.prompt_text(sample.prompt),
+        "prompt_guidance": guidance.prompt_text(sample.prompt) if guidance else None,
         "output": gen.text, "stop_reason": gen.stop_reason, "n_tokens": gen.n_tokens,
         "n_interventions": gen.n_applied, "n_overrides": gen.n_overrides,
         "intervention_rate": gen.intervention_rate, "override_rate": gen.override_rate, "gen_seconds": seconds,
     }
 
 
-def finish(store: RunStore, benchmark: Benchmark, samples, judge, cfg) -> dict:
+def finish(store: RunStore, benchmark: Benchmark, samples, judge, cfg, reused_from: str | None = None) -> dict:
     """Score the stored outputs (rule-based or judge) and write the final files."""
     by_id = {r["id"]: r for r in store.samples()}
     records = []
@@ -158,7 +188,7 @@ def finish(store: RunStore, benchmark: Benchmark, samples, judge, cfg) -> dict:
         "override_rate": mean([r["override_rate"] for r in records]),
         "tokens_generated": tokens, "wall_time_s": round(seconds, 3),
         "tokens_per_s": round(tokens / seconds, 3) if seconds > 0 else None,
-        "judge": getattr(judge, "name", None), "git_commit": _git_commit(),
+        "judge": getattr(judge, "name", None), "reused_from": reused_from, "git_commit": _git_commit(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     store.finalize(records, metrics)
@@ -173,11 +203,16 @@ def _git_commit() -> str:
         return "unknown"
 
 
+SUMMARY_KEYS = ("pair", "benchmark", "method", "n_samples", "score", "score_name", "ci95", "intervention_rate",
+                "override_rate", "tokens_per_s")
+
+
 @hydra.main(version_base=None, config_path="../../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> dict | None:
+    if sweeping():  # one job of a multirun: a failure is recorded and reported at the end, not raised
+        return run_job(cfg, execute, SUMMARY_KEYS)
     metrics = call(execute, cfg)
-    print(json.dumps({k: metrics.get(k) for k in ("pair", "benchmark", "method", "n_samples", "score", "score_name",
-                                                  "ci95", "intervention_rate", "override_rate", "tokens_per_s")}))
+    print(json.dumps({k: metrics.get(k) for k in SUMMARY_KEYS}))
 
 
 if __name__ == "__main__":

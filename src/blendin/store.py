@@ -8,11 +8,16 @@ is written last: its presence marks a finished run. Every whole-file write is te
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
+
+from .errors import RunBusyError
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -50,8 +55,36 @@ class RunStore:
     def finished(self) -> bool:
         return self.metrics_path.is_file()
 
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the run's lock while writing it. A second process on the same run stops with
+        RunBusyError. The OS drops the lock when its holder dies, even by SIGKILL, so a killed run
+        never blocks its own restart (POSIX record locks also work on NFS-mounted results)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path / ".lock", "a+")
+        try:
+            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise RunBusyError(f"{self.path} is being written by {holder}. Wait for it to finish, or stop it; "
+                               "a run never needs two writers (rerun the same command later to resume)") from None
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            fh.flush()
+            yield self
+        finally:
+            fcntl.lockf(fh, fcntl.LOCK_UN)
+            fh.close()
+
     def reset(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Delete everything of the run except its lock file (force=true starts over)."""
+        for item in self.path.iterdir() if self.path.is_dir() else []:
+            if item.name != ".lock":
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
 
     def samples(self) -> list[dict]:
         """Records written so far; a torn last line (killed mid-write) is cut off the file."""
@@ -88,6 +121,14 @@ class RunStore:
             fh.write(_jsonl(records))
             fh.flush()
             os.fsync(fh.fileno())
+
+    def copy_outputs_from(self, other: Path) -> None:
+        """Take the decoded samples and trace of a finished run with the same outputs (trace first:
+        the sample lines mark the samples done, as in `append`)."""
+        self.parts.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(other) / "tokens.parquet", self.parts / ".tokens-reused.tmp")
+        os.replace(self.parts / ".tokens-reused.tmp", self.parts / "tokens-reused.parquet")
+        atomic_write_text(self.samples_path, (Path(other) / "samples.jsonl").read_text(encoding="utf-8"))
 
     def finalize(self, records: list[dict], metrics: dict) -> None:
         """Scored samples, one trace file, then metrics.json (the run is finished once it exists)."""

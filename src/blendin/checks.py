@@ -1,0 +1,120 @@
+"""Check a composed run config before anything loads, so that a typo or an out-of-range value in
+run 37 of a sweep fails at once, with the key named, instead of after hours of decoding.
+
+Hydra already refuses command-line keys that do not exist (`benchmark.nn=5`); these checks cover
+values, and keys that a hand-written config file (a new pair or experiment) may have got wrong.
+"""
+from __future__ import annotations
+
+import torch
+from omegaconf import OmegaConf
+
+from .benchmarks import BENCHMARKS
+from .errors import ConfigError
+from .judges import make_judge
+from .models import _DTYPES
+from .pair import pair_spec
+from .policies import make_policy
+
+RUN_KEYS = {"results_dir", "force", "batch_size", "device", "dtype", "pair", "benchmark", "method", "judge", "logger"}
+PAIR_KEYS = {"name", "label", "base", "guidance", "aligned"}
+BENCHMARK_KEYS = {"name", "n", "seed", "max_new_tokens", "stop", "data_dir", "source"}
+LOGGER_KEYS = {"name", "project", "entity", "mode", "dir", "group", "tags"}
+LOGGER_MODES = ("offline", "online", "disabled")
+
+
+def check_run_config(cfg) -> None:
+    """Raise ConfigError naming the first bad key of a `blendin.run` config."""
+    plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    plain.pop("hydra", None)
+    _known("", plain, RUN_KEYS)
+    if not isinstance(plain.get("results_dir"), str) or not plain["results_dir"].strip():
+        raise ConfigError(f"results_dir={plain.get('results_dir')!r} must be a directory path, e.g. results_dir=results")
+    _boolean("force", plain.get("force", False))
+    _positive_int("batch_size", plain.get("batch_size"))
+    check_device(plain.get("device", "auto"), plain.get("dtype", "auto"))
+    check_pair(plain.get("pair"))
+    check_benchmark(plain.get("benchmark"))
+    method = _node(plain, "method")
+    make_policy(method)
+    if method.get("name") == "aligned" and not plain["pair"].get("aligned"):
+        raise ConfigError(f"method=aligned needs pair.aligned, and pair {plain['pair'].get('name')} has none. "
+                          "Fix: set pair.aligned.source (or model@pair.aligned=<name>) to the base model's "
+                          "instruct sibling")
+    make_judge(plain.get("judge"))
+    check_logger(plain.get("logger"))
+
+
+def check_pair(pair) -> None:
+    pair = _node({"pair": pair}, "pair")
+    _known("pair.", pair, PAIR_KEYS)
+    name = pair.get("name")
+    if not isinstance(name, str) or not name.strip() or "/" in name or name.startswith("."):
+        raise ConfigError(f"pair.name={name!r} must be a plain folder name (it names results/runs/<pair>/)")
+    pair_spec(pair)
+
+
+def check_benchmark(benchmark) -> None:
+    benchmark = _node({"benchmark": benchmark}, "benchmark")
+    _known("benchmark.", benchmark, BENCHMARK_KEYS)
+    if benchmark.get("name") not in BENCHMARKS:
+        raise ConfigError(f"benchmark.name={benchmark.get('name')!r} is unknown. Available: {', '.join(BENCHMARKS)}")
+    n = benchmark.get("n")
+    if n != "full":
+        _positive_int("benchmark.n", n, "or 'full'")
+    seed = benchmark.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"benchmark.seed={seed!r} must be a non-negative integer")
+    _positive_int("benchmark.max_new_tokens", benchmark.get("max_new_tokens"))
+    stop = benchmark.get("stop") or []
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+        raise ConfigError(f"benchmark.stop={stop!r} must be a list of non-empty strings, e.g. ['\\nQuestion:']")
+    if benchmark.get("source", "auto") not in ("auto", "local", "hub"):
+        raise ConfigError(f"benchmark.source={benchmark.get('source')!r} must be auto, local or hub")
+
+
+def check_device(device, dtype) -> None:
+    """Spelling only: a sweep checked on a login node may run on GPU nodes."""
+    if device != "auto":
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ConfigError(f"device={device!r} is not a torch device (use auto, cpu, cuda, cuda:1)") from None
+    if dtype != "auto" and dtype not in _DTYPES:
+        raise ConfigError(f"dtype={dtype!r} is not one of auto, {', '.join(_DTYPES)}")
+
+
+def check_logger(logger) -> None:
+    if logger is None:
+        return
+    logger = _node({"logger": logger}, "logger")
+    _known("logger.", logger, LOGGER_KEYS)
+    if logger.get("name") not in ("none", "wandb"):
+        raise ConfigError(f"logger.name={logger.get('name')!r} must be none or wandb (logger=none | logger=wandb)")
+    if logger.get("name") == "wandb" and logger.get("mode") not in LOGGER_MODES:
+        raise ConfigError(f"logger.mode={logger.get('mode')!r} must be one of {', '.join(LOGGER_MODES)}")
+
+
+def _node(parent: dict, key: str) -> dict:
+    value = parent.get(key)
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key} is missing or not a config group: choose one, e.g. {key}=<name> "
+                          f"(see conf/{key}/)")
+    return value
+
+
+def _known(prefix: str, node: dict, keys: set) -> None:
+    unknown = sorted(set(node) - keys)
+    if unknown:
+        raise ConfigError(f"unknown config key{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(prefix + k for k in unknown)}; known: {', '.join(sorted(keys))}")
+
+
+def _boolean(key: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} must be true or false")
+
+
+def _positive_int(key: str, value, also: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}={value!r} must be a positive integer{' ' + also if also else ''}")

@@ -1,0 +1,154 @@
+"""Multiruns (`python -m blendin.run -m ...` or `experiment=...`): check every job before any
+starts, keep going when one fails, and report all of them at the end.
+
+- `SweepReport.on_multirun_start` composes the config of every job of the sweep and checks it
+  (`blendin.checks`), so a bad value in job 37 stops the sweep before job 1 loads a model.
+- Each job runs through `run_job`, which never raises for a failed run: it logs the error and
+  writes `<sweep dir>/<job>/job.json` (status, overrides, run directory, summary or error).
+- `SweepReport.on_multirun_end` reads those files (the jobs may have run in other processes or on
+  other machines: joblib, submitit), prints one line per job, writes `<sweep dir>/sweep.json`, and
+  exits with status 1 if any job failed.
+The callback is registered in conf/config.yaml (hydra.callbacks), so every launcher gets it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import BlendinError
+
+log = logging.getLogger("blendin.sweep")
+
+
+def sweeping() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def run_job(cfg: DictConfig, execute, summary_keys) -> dict:
+    """Run one job of a multirun and record its outcome; a failure is recorded, not raised."""
+    from .cli import setup_logging
+    from .run import run_dir
+    from .store import RunStore, atomic_write_json
+
+    setup_logging()
+    hydra_cfg = HydraConfig.get()
+    _share_cpu_threads(hydra_cfg.launcher)
+    record = {"job": hydra_cfg.job.num, "overrides": list(hydra_cfg.overrides.task)}
+    try:
+        path = run_dir(cfg)
+        record["run_dir"] = str(path)
+        finished_before = RunStore(path).finished and not cfg.force
+        metrics = execute(cfg)
+        record.update(status="skipped" if finished_before else "done",
+                      summary={k: metrics.get(k) for k in summary_keys})
+    except BlendinError as err:
+        log.error("job %s (%s) failed: %s", record["job"], " ".join(record["overrides"]), err)
+        record.update(status="failed", error=str(err))
+    except Exception as err:  # a bug or a crash (CUDA OOM...): keep its traceback, let the sweep go on
+        log.exception("job %s (%s) crashed", record["job"], " ".join(record["overrides"]))
+        record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+    atomic_write_json(Path(hydra_cfg.runtime.output_dir) / "job.json", record)
+    return record
+
+
+def _share_cpu_threads(launcher) -> None:
+    """Parallel jobs on one machine each take their share of the CPU threads instead of all of them
+    (joblib: cores / n_jobs; submitit: the cpus_per_task it was given)."""
+    import os
+
+    import torch
+
+    threads = launcher.get("cpus_per_task")
+    if "joblib" in str(launcher.get("_target_", "")).lower():
+        n_jobs = launcher.get("n_jobs") or 1
+        n_jobs = os.cpu_count() if n_jobs < 0 else n_jobs
+        threads = max(1, (os.cpu_count() or 1) // n_jobs)
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+class SweepReport(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        jobs = job_overrides(config)
+        problems = []
+        for number, overrides in enumerate(jobs):
+            try:
+                check_job(config.hydra.job.config_name, overrides)
+            except BlendinError as err:
+                problems.append(f"  job {number} ({' '.join(overrides)}): {err}")
+        if problems:
+            print(f"error: {len(problems)} of {len(jobs)} runs of this sweep have a bad config; nothing was "
+                  "started:\n" + "\n".join(problems), file=sys.stderr)
+            sys.exit(2)
+        print(f"sweep: {len(jobs)} runs, configs checked; job records in {config.hydra.sweep.dir}", file=sys.stderr)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from .store import atomic_write_json
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        records = sorted((json.loads(p.read_text()) for p in sweep_dir.glob("*/job.json")), key=lambda r: r["job"])
+        expected = len(job_overrides(config))
+        atomic_write_json(sweep_dir / "sweep.json", records)
+        print(report(records, expected), file=sys.stderr)
+        if len(records) < expected or any(r["status"] == "failed" for r in records):
+            sys.exit(1)
+
+
+def job_overrides(config: DictConfig) -> list[list[str]]:
+    """The override list of every job, as Hydra's basic sweeper builds them (params, then command line)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    arguments = params + list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
+    overrides = OverridesParser.create().parse_overrides(arguments)
+    return BasicSweeper.split_arguments(overrides, None)[0]
+
+
+def check_job(config_name: str, overrides: list[str]) -> None:
+    from hydra import compose
+    from hydra.errors import HydraException
+
+    from .checks import check_run_config
+    from .errors import ConfigError
+
+    try:
+        cfg = compose(config_name=config_name, overrides=overrides)
+    except HydraException as err:
+        raise ConfigError(str(err).replace("\n", " ")) from None
+    check_run_config(cfg)
+
+
+def report(records: list[dict], expected: int) -> str:
+    """One line per job, naming only the overrides that differ between jobs."""
+    counts = {s: sum(r["status"] == s for r in records) for s in ("done", "skipped", "failed")}
+    lines = [f"sweep finished: {counts['done']} done, {counts['skipped']} skipped (already finished), "
+             f"{counts['failed']} failed" + (f", {expected - len(records)} never reported" if len(records) < expected
+                                             else "")]
+    shared = set.intersection(*(set(r["overrides"]) for r in records)) if len(records) > 1 else set()
+    if shared:
+        lines.append(f"  every job: {' '.join(o for o in records[0]['overrides'] if o in shared)}")
+    for r in records:
+        own = " ".join(o for o in r["overrides"] if o not in shared)
+        if r["status"] == "failed":
+            detail = f"error: {r['error'].splitlines()[0] if r['error'] else ''}"
+        else:
+            summary = r.get("summary") or {}
+            detail = f"{summary.get('score_name')}={_fmt(summary.get('score'))} " \
+                     f"intervention={_fmt(summary.get('intervention_rate'))}"
+        lines.append(f"  [{r['status']:>7}] job {r['job']}: {own}: {detail}")
+        if r["status"] != "failed" and r.get("run_dir"):
+            lines.append(f"            {r['run_dir']}")
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
