@@ -29,14 +29,14 @@ test-fast: $(STAMP)  ## tests on tiny local models only (skips the real pair)
 	$(PY) -m pytest -q -m "not real"
 
 # The main job: the six benchmarks x {base, guidance, nudging, blendin} on the embedded pair, a small
-# subset each (measured: 24 min 17 s on 2 CPU cores from a fresh clone, install included).
-# Re-running skips finished runs and resumes a killed one.
+# subset each (conf/experiment/embedded_overview.yaml; measured: 24 min 17 s on 2 CPU cores from a
+# fresh clone, install included). Re-running skips finished runs and resumes a killed one.
 REPRO_N      ?= 10
 REPRO_TOKENS ?= 128
 reproduce: $(STAMP)  ## the main job on the embedded default pair, then its results table
-	$(PY) -m blendin.run -m benchmark=gsm8k,truthfulqa,mmlu,arc_challenge,xstest,justeval_safe \
-		method=base,guidance,nudging,blendin benchmark.n=$(REPRO_N) benchmark.max_new_tokens=$(REPRO_TOKENS)
-	$(PY) scripts/results_table.py --pair smollm2_gemma3
+	$(PY) -m blendin.run -m experiment=embedded_overview \
+		benchmark.n=$(REPRO_N) benchmark.max_new_tokens=$(REPRO_TOKENS)
+	$(PY) scripts/results_table.py --sweep latest
 
 bench: $(STAMP)  ## speed of every method against base-only decoding on the embedded pair
 	$(PY) scripts/bench_speed.py

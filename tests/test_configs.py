@@ -99,6 +99,7 @@ def test_command_line_values_win_over_an_experiment():
     ("method=aligned", "method=aligned needs pair.aligned"),
     ("logger=wandb logger.mode=sometimes", "logger.mode='sometimes' must be one of offline, online, disabled"),
     ("judge=openai judge.kind=carrier-pigeon", "judge.kind='carrier-pigeon'"),
+    ("+model=llama-3.1-8b", "Use model@pair.base=<name>"),
 ])
 def test_a_bad_config_fails_before_any_model_loads_with_the_key_named(model_dirs, tmp_path, monkeypatch,
                                                                        override, message):

@@ -150,3 +150,23 @@ def _wait_for_run_dir(results: Path, proc: subprocess.Popen) -> Path:
             pytest.fail(f"the run ended early: {proc.stderr.read()[-2000:]}")
         time.sleep(0.01)
     pytest.fail("no run directory appeared")
+
+
+def test_the_slurm_launcher_config_submits_a_valid_array_job(model_dirs, tmp_path):
+    """hydra/launcher=slurm end to end against stand-ins for sbatch/srun/sacct (tests/fake_slurm/),
+    which run the array tasks here: our sbatch options reach the script, and the runs complete."""
+    fake = REPO / "tests" / "fake_slurm"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "FAKE_SLURM_LOG": str(tmp_path),
+           "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"}
+    args = command(model_dirs, tmp_path, "benchmark=gsm8k,xstest", "method=nudging", "benchmark.n=3",
+                   "benchmark.max_new_tokens=8", "hydra/launcher=slurm", "hydra.launcher.partition=testq",
+                   multirun=True)
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert set(finished_runs(tmp_path)) == {("gsm8k", "nudging"), ("xstest", "nudging")}
+    [script] = list(tmp_path.glob("submitted-*.sh"))
+    lines = script.read_text().splitlines()
+    for flag in ("--partition=testq", "--gpus-per-node=1", "--cpus-per-task=8", "--mem=64GB", "--time=240",
+                 "--array=0-1%2", "--job-name=blendin"):
+        assert f"#SBATCH {flag}" in lines, flag
+    assert "export PYTHONUNBUFFERED=1" in lines

@@ -27,6 +27,9 @@ def check_run_config(cfg) -> None:
     """Raise ConfigError naming the first bad key of a `blendin.run` config."""
     plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
     plain.pop("hydra", None)
+    if "model" in plain:
+        raise ConfigError("model=<name> does not choose anything by itself: a model plays a role in a pair. "
+                          "Use model@pair.base=<name> (or @pair.guidance, @pair.aligned), or pair=<name>")
     _known("", plain, RUN_KEYS)
     if not isinstance(plain.get("results_dir"), str) or not plain["results_dir"].strip():
         raise ConfigError(f"results_dir={plain.get('results_dir')!r} must be a directory path, e.g. results_dir=results")
