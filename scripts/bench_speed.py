@@ -41,6 +41,14 @@ QUESTIONS = [
 ]
 
 
+def config(*overrides):
+    """The run config composed by Hydra (pairs are built from conf/model/ files)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        return compose(config_name="config", overrides=list(overrides))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pair", default="smollm2_gemma3", help="a name in conf/pair/")
@@ -53,11 +61,11 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=str(ROOT / "results" / "bench"))
     args = parser.parse_args(argv)
 
-    pair = Pair(pair_spec(OmegaConf.load(ROOT / "conf" / "pair" / f"{args.pair}.yaml")), args.device, args.dtype)
+    pair = Pair(pair_spec(config(f"pair={args.pair}").pair), args.device, args.dtype)
     prompts = [Prompt(f"Question: {q}", SYSTEM) for q in (QUESTIONS * (args.n // len(QUESTIONS) + 1))[:args.n]]
     rows = []
     for method in args.methods:
-        decoder = pair.decoder(OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "method" / f"{method}.yaml")))
+        decoder = pair.decoder(OmegaConf.to_container(config(f"method={method}").method))
         _never_stop(decoder)
         decoder.generate(prompts[:1], max_new_tokens=4)  # warm-up: first-call allocations, lazy tables
         for batch_size in args.batch_sizes:

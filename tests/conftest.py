@@ -4,6 +4,7 @@
 - `piece_tok`: a SentencePiece-style BPE tokenizer ('▁' for spaces, <0xNN> byte fallback; Gemma style).
 - `shared_pair`: Gemma-3 base + Llama guidance, both with `byte_tok` (one tokenizer).
 - `cross_pair`: Gemma-3 base with `piece_tok` + Llama guidance with `byte_tok` (two tokenizers).
+The Gemma-3 bases have a 36-token sliding window, so that decoding crosses it (Gemma-3-270m has 512).
 Models are random but with a wide initialisation, so their distributions are peaked enough that a
 threshold of 0.4 splits the steps into confident and uncertain ones.
 """
@@ -76,7 +77,7 @@ def _gemma(vocab_size: int, seed: int, eos: int, pad: int):
 
     torch.manual_seed(seed)
     cfg = Gemma3TextConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=512,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=36,
                            layer_types=["sliding_attention", "full_attention"], max_position_embeddings=1024,
                            initializer_range=0.45, tie_word_embeddings=False, eos_token_id=eos,
                            pad_token_id=pad, bos_token_id=None)

@@ -217,3 +217,50 @@ def test_batches_report_their_samples_and_outputs_keep_input_order(cross_pair):
     assert [seen[i] for i in range(len(prompts))] == outs
     alone = [decoder.generate([p], max_new_tokens=8)[0].token_ids for p in prompts]
     assert [o.token_ids for o in outs] == alone
+
+
+def _paper_architecture(name: str, tok):
+    """Tiny random models of the paper's other base architectures, with peaked distributions."""
+    import transformers as T
+
+    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
+                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
+    if name == "gemma2":  # google/gemma-2-9b: sliding window, logit soft-capping
+        return T.Gemma2ForCausalLM(T.Gemma2Config(**common, sliding_window=8, initializer_range=0.45,
+                                                    tie_word_embeddings=False))
+    if name == "qwen3":  # Qwen/Qwen3-*-Base: q/k norms
+        return T.Qwen3ForCausalLM(T.Qwen3Config(**common, initializer_range=0.5))
+    # google/gemma-3-4b-pt and -it are vision-language checkpoints: they load as Gemma3ForConditionalGeneration
+    text = dict(common, sliding_window=512, layer_types=["sliding_attention", "full_attention"])
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                  patch_size=14)
+    return T.Gemma3ForConditionalGeneration(T.Gemma3Config(
+        text_config=text, vision_config=vision, mm_tokens_per_image=4, initializer_range=0.45,
+        image_token_index=len(tok) - 1, boi_token_index=len(tok) - 2, eoi_token_index=len(tok) - 3))
+
+
+@pytest.mark.parametrize("architecture, class_name", [
+    ("gemma2", "Gemma2ForCausalLM"), ("qwen3", "Qwen3ForCausalLM"), ("gemma3_vl", "Gemma3ForConditionalGeneration")])
+def test_the_paper_base_architectures_decode_like_their_generate(architecture, class_name, model_dirs, tmp_path):
+    from conftest import _piece_tokenizer, _save
+
+    from blendin.pair import Pair, pair_spec
+
+    tok = _piece_tokenizer()
+    torch.manual_seed(5)
+    folder = _save(_paper_architecture(architecture, tok).eval(), tok, tmp_path / architecture)
+    pair = Pair(pair_spec({"name": architecture, "base": {"source": folder},
+                           "guidance": {"source": model_dirs["cross_guidance"]}}), device="cpu")
+    base = pair.model("base")
+    assert type(base.model).__name__ == class_name
+    expected = [hf_greedy(base, [ids], MAX_NEW)[0] for ids in rendered(base, PROMPTS)]
+    assert len({tuple(e) for e in expected}) > 1, "degenerate reference: every prompt gives the same tokens"
+    prompts = [Prompt(p) for p in PROMPTS]
+    for method in ({"name": "base"}, {"name": "nudging", "tau": 0.0}, {"name": "blendin", "tau": 0.0}):
+        outs = pair.decoder(method).generate(prompts, max_new_tokens=MAX_NEW, batch_size=4)
+        assert [o.token_ids for o in outs] == expected, method
+    cached = pair.decoder({"name": "blendin"}).generate(prompts, max_new_tokens=MAX_NEW, batch_size=4)
+    fresh = pair.decoder({"name": "blendin"}, use_cache=False).generate(prompts, max_new_tokens=MAX_NEW, batch_size=4)
+    assert [o.token_ids for o in cached] == [o.token_ids for o in fresh]
+    assert sum(o.n_applied for o in cached) > 0  # the guidance does take part

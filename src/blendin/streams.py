@@ -6,7 +6,9 @@ and may discard some of its latest tokens (the guidance view of a cross-tokenize
 the longest common prefix). `CachedStream` keeps one batched KV cache and never re-lays it out:
 rows that append fewer tokens than the widest row leave masked-out *holes*, and discarded tokens
 are masked out too. Position ids count only a row's real tokens, so each row computes exactly what
-it would alone. `RecomputeStream` has the same interface and recomputes every row from scratch each
+it would alone. Sliding-window layers (Gemma-2/3, Mistral) must see the last W *real* tokens, not
+the last W cache columns: for those models the stream keeps every column and builds the attention
+masks itself, with the window measured in real positions. `RecomputeStream` has the same interface and recomputes every row from scratch each
 step; it is the reference the tests hold the cached stream to.
 """
 from __future__ import annotations
@@ -31,12 +33,50 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return pos.masked_fill(mask == 0, 1)
 
 
+def sliding_window(config) -> int | None:
+    """The attention window of a model with sliding-window layers, else None."""
+    text = config.get_text_config()
+    types = getattr(text, "layer_types", None)
+    if types is not None:
+        return text.sliding_window if "sliding_attention" in types else None
+    return getattr(text, "sliding_window", None)  # one mask type for every layer (Mistral)
+
+
 class CachedStream:
     """One model + one batched KV cache over ragged rows (see module doc)."""
 
     def __init__(self, model, pad_id: int):
         self.model, self.pad_id = model, pad_id
         self.device = next(model.parameters()).device
+        self.window = sliding_window(model.config)
+        if self.window is not None and model.config._attn_implementation not in ("sdpa", "eager"):
+            raise NotImplementedError(f"sliding-window attention with attn_implementation="
+                                      f"{model.config._attn_implementation}; load the model with sdpa or eager")
+
+    def _attention(self, queries: int):
+        """The attention mask for the last `queries` columns: the 2D padding mask, or for sliding-window
+        models the 4D masks per layer type, with the window counted in real tokens (holes skipped)."""
+        if self.window is None:
+            return self.mask
+        real = self.mask.bool()
+        positions = self.mask.cumsum(-1) - 1
+        width = real.shape[1]
+        q_cols = torch.arange(width - queries, width, device=self.device)
+        own = q_cols[:, None] == torch.arange(width, device=self.device)[None, :]  # [Q, S]
+        full = (torch.arange(width, device=self.device)[None, :] <= q_cols[:, None])[None] & real[:, None, :]
+        q_pos = positions[:, width - queries:]
+        window = full & (q_pos[:, :, None] - positions[:, None, :] < self.window)
+        masks = {}
+        for kind, visible in (("full_attention", full), ("sliding_attention", window)):
+            visible = visible | (own[None] & ~visible.any(-1, keepdim=True))  # a padding query sees itself (no NaN)
+            visible = visible[:, None]  # [B, 1, Q, S]
+            if self.model.config._attn_implementation == "eager":
+                dtype = next(self.model.parameters()).dtype
+                visible = torch.zeros(visible.shape, dtype=dtype, device=self.device).masked_fill(
+                    ~visible, torch.finfo(dtype).min)
+            masks[kind] = visible
+        types = getattr(self.model.config.get_text_config(), "layer_types", None)
+        return masks if types is not None else masks["sliding_attention"]
 
     @torch.inference_mode()
     def start(self, prompts: list[list[int]]) -> torch.Tensor:
@@ -48,8 +88,10 @@ class CachedStream:
         self.mask = mask.to(self.device)
         self.rows = [list(p) for p in prompts]  # each row's real tokens
         self.slots = [list(range(width - len(p), width)) for p in prompts]  # their cache columns
-        self.cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=ids.to(self.device), attention_mask=self.mask, position_ids=_positions(self.mask),
+        # sliding layers of a config-built cache drop columns beyond the window; holes need them kept
+        self.cache = DynamicCache() if self.window is not None else DynamicCache(config=self.model.config)
+        out = self.model(input_ids=ids.to(self.device), attention_mask=self._attention(width),
+                         position_ids=_positions(self.mask),
                          past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         self.logits = out.logits[:, -1, :].float()
         return self.logits
@@ -84,7 +126,7 @@ class CachedStream:
                 self.slots[i].extend(range(start, start + len(n)))
                 self.rows[i].extend(n)
         self.mask = torch.cat([self.mask, chunk_mask.to(self.device)], dim=1)
-        out = self.model(input_ids=ids.to(self.device), attention_mask=self.mask,
+        out = self.model(input_ids=ids.to(self.device), attention_mask=self._attention(width),
                          position_ids=positions.to(self.device), past_key_values=self.cache, use_cache=True,
                          logits_to_keep=width)
         fed = [i for i, n in enumerate(new) if n]
