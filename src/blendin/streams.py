@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import ConfigError
+
 
 def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and attention mask of rows of different lengths, padded on the left."""
@@ -50,8 +52,9 @@ class CachedStream:
         self.device = next(model.parameters()).device
         self.window = sliding_window(model.config)
         if self.window is not None and model.config._attn_implementation not in ("sdpa", "eager"):
-            raise NotImplementedError(f"sliding-window attention with attn_implementation="
-                                      f"{model.config._attn_implementation}; load the model with sdpa or eager")
+            raise ConfigError(f"{type(model).__name__} has sliding-window layers and attn_implementation="
+                              f"{model.config._attn_implementation}, which takes no custom attention masks. "
+                              "Fix: load it with attn_implementation='sdpa' (the default) or 'eager'")
 
     def _attention(self, queries: int):
         """The attention mask for the last `queries` columns: the 2D padding mask, or for sliding-window
