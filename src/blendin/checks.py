@@ -6,13 +6,12 @@ values, and keys that a hand-written config file (a new pair or experiment) may 
 """
 from __future__ import annotations
 
-import torch
 from omegaconf import OmegaConf
 
 from .benchmarks import BENCHMARKS
 from .errors import ConfigError
 from .judges import make_judge
-from .models import _DTYPES
+from .models import resolve_device, resolve_dtype
 from .pair import pair_spec
 from .policies import make_policy
 
@@ -77,14 +76,8 @@ def check_benchmark(benchmark) -> None:
 
 
 def check_device(device, dtype) -> None:
-    """Spelling only: a sweep checked on a login node may run on GPU nodes."""
-    if device != "auto":
-        try:
-            torch.device(device)
-        except (RuntimeError, TypeError):
-            raise ConfigError(f"device={device!r} is not a torch device (use auto, cpu, cuda, cuda:1)") from None
-    if dtype != "auto" and dtype not in _DTYPES:
-        raise ConfigError(f"dtype={dtype!r} is not one of auto, {', '.join(_DTYPES)}")
+    """Spelling only (strict=False): a sweep checked on a login node may run on GPU nodes."""
+    resolve_dtype(dtype, resolve_device(device, strict=False))
 
 
 def check_logger(logger) -> None:

@@ -51,10 +51,14 @@ class CachedStream:
         self.model, self.pad_id = model, pad_id
         self.device = next(model.parameters()).device
         self.window = sliding_window(model.config)
-        if self.window is not None and model.config._attn_implementation not in ("sdpa", "eager"):
+        attention = model.config._attn_implementation
+        if self.window is not None and attention not in ("sdpa", "eager"):
             raise ConfigError(f"{type(model).__name__} has sliding-window layers and attn_implementation="
-                              f"{model.config._attn_implementation}, which takes no custom attention masks. "
+                              f"{attention}, which takes no custom attention masks. "
                               "Fix: load it with attn_implementation='sdpa' (the default) or 'eager'")
+        # models with layer_types take a mask per layer type; the others (Mistral) one sliding mask
+        self.per_layer_type = getattr(model.config.get_text_config(), "layer_types", None) is not None
+        self.additive_dtype = next(model.parameters()).dtype if attention == "eager" else None
 
     def _attention(self, queries: int):
         """The attention mask for the last `queries` columns: the 2D padding mask, or for sliding-window
@@ -69,17 +73,18 @@ class CachedStream:
         full = (torch.arange(width, device=self.device)[None, :] <= q_cols[:, None])[None] & real[:, None, :]
         q_pos = positions[:, width - queries:]
         window = full & (q_pos[:, :, None] - positions[:, None, :] < self.window)
+        kinds = {"full_attention": full, "sliding_attention": window} if self.per_layer_type else \
+            {"sliding_attention": window}
         masks = {}
-        for kind, visible in (("full_attention", full), ("sliding_attention", window)):
+        for kind, visible in kinds.items():
             visible = visible | (own[None] & ~visible.any(-1, keepdim=True))  # a padding query sees itself (no NaN)
             visible = visible[:, None]  # [B, 1, Q, S]
-            if self.model.config._attn_implementation == "eager":
-                dtype = next(self.model.parameters()).dtype
+            if self.additive_dtype is not None:  # eager attention adds the mask to the scores
+                dtype = self.additive_dtype
                 visible = torch.zeros(visible.shape, dtype=dtype, device=self.device).masked_fill(
                     ~visible, torch.finfo(dtype).min)
             masks[kind] = visible
-        types = getattr(self.model.config.get_text_config(), "layer_types", None)
-        return masks if types is not None else masks["sliding_attention"]
+        return masks if self.per_layer_type else masks["sliding_attention"]
 
     @torch.inference_mode()
     def start(self, prompts: list[list[int]]) -> torch.Tensor:
