@@ -39,7 +39,7 @@ reproduce: $(STAMP)  ## the main job on the embedded default pair, then its resu
 	$(PY) scripts/results_table.py --sweep latest
 
 bench: $(STAMP)  ## speed of every method against base-only decoding on the embedded pair
-	$(PY) scripts/bench_speed.py
+	$(PY) -m blendin.bench
 
 clean:  ## remove the virtual environment and caches in the tree (not ~/.cache/blendin)
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info

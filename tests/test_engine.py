@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import PROMPTS, make_pair
 
-from blendin.engine import GuidanceView
+from blendin.views import TokenView
 from blendin.prompts import Prompt, render_ids
 from blendin.streams import RecomputeStream
 
@@ -113,8 +113,8 @@ def test_trace_counts_agree_with_rates(kind, shared_pair, cross_pair):
                 assert (g == -1) if not c else (g == -1 or g >= 1)
 
 
-def test_cap_keeps_the_running_rate_under_the_cap(cross_pair):
-    outs = cross_pair.decoder({"name": "cap", "tau": 0.9, "cap": 0.15}).generate(
+def test_cap_running_keeps_the_rate_under_the_cap(cross_pair):
+    outs = cross_pair.decoder({"name": "cap", "tau": 0.9, "cap": 0.15, "mode": "running"}).generate(
         [Prompt(p) for p in PROMPTS], max_new_tokens=40)
     for out in outs:
         applied = out.trace["applied"]
@@ -125,6 +125,30 @@ def test_cap_keeps_the_running_rate_under_the_cap(cross_pair):
     uncapped = cross_pair.decoder({"name": "nudging", "tau": 0.9}).generate([Prompt(p) for p in PROMPTS],
                                                                            max_new_tokens=40)
     assert sum(o.n_applied for o in outs) < sum(o.n_applied for o in uncapped)
+
+
+def test_cap_latch_switches_guidance_off_for_good(cross_pair):
+    """The paper's cap: free for `warmup` tokens, then off for the rest of the sample at the first
+    uncertain step where applied / generated >= cap. Replayed here from the trace's consulted steps."""
+    cap, warmup = 0.15, 5
+    outs = cross_pair.decoder({"name": "cap", "tau": 0.9, "cap": cap, "mode": "latch", "warmup": warmup}).generate(
+        [Prompt(p) for p in PROMPTS], max_new_tokens=40)
+    latched_somewhere = False
+    for out in outs:
+        expected, latched = [], False
+        for t, consulted in enumerate(out.trace["consulted"]):
+            if consulted and t >= warmup and sum(expected) >= cap * t:
+                latched = True
+            expected.append(consulted and not latched)
+        assert out.trace["applied"] == expected
+        latched_somewhere |= latched and any(out.trace["consulted"][t] for t in range(len(expected))
+                                             if not expected[t] and t >= warmup)
+    assert latched_somewhere, "the test should see a latch switch guidance off"
+    free = cross_pair.decoder({"name": "cap", "tau": 0.9, "cap": 0.0}).generate([Prompt(p) for p in PROMPTS],
+                                                                              max_new_tokens=40)
+    nudged = cross_pair.decoder({"name": "nudging", "tau": 0.9}).generate([Prompt(p) for p in PROMPTS],
+                                                                         max_new_tokens=40)
+    assert [o.token_ids for o in free] == [o.token_ids for o in nudged], "cap=0 means no cap"
 
 
 def test_stop_string_max_tokens_and_guidance_eos(model_dirs, cross_pair):
@@ -154,13 +178,14 @@ def test_guidance_view_follows_text_across_tokenizers(cross_pair):
     guidance = cross_pair.model("guidance")
     tok = guidance.tokenizer
     prompts = rendered(guidance, PROMPTS[:2])
-    view = GuidanceView(guidance, prompts, identical=False, use_cache=True)
+    view = TokenView(guidance, by_text=True, use_cache=True)
+    view.admit(prompts)
     reference = RecomputeStream(guidance.model, guidance.pad_id)
     texts = [["", "hel", "hello", "hello wor", "hello world", "hello world.\n", "hello world.\nCaf", "hello world.\nCafé"],
              [" 日", " 日本", " 日本語", " 日本語 and", " 日本語 and emoji 🙂", " 日本語 and emoji 🙂!", "x", "xy"]]
     for step in range(len(texts[0])):
         now = [texts[0][step], texts[1][step]]
-        logits = view.logits([0, 1], [[], []], now)
+        logits = view.catch_up([0, 1], texts=now)
         want = [p + tok(t, add_special_tokens=False)["input_ids"] for p, t in zip(prompts, now)]
         assert [view.stream.tokens(r) for r in range(2)] == want
         expected = reference.start(want)

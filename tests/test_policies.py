@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from blendin.errors import ConfigError
+from blendin.facts import add_guidance_facts, top_k_overlap, top_p_size
 from blendin.policies import SOURCE_BASE, SOURCE_BLEND, SOURCE_GUIDANCE, Step, make_policy
 from blendin.vocab import VocabMap
 
@@ -24,9 +25,7 @@ def make_step(pb, pg, g2b=None, tau=0.4, n_steps=None, n_applied=None) -> Step:
     top_p, top_id = pb.max(-1)
     step = Step(pb, top_p, top_id, top_p < tau, torch.tensor(n_steps or [0] * len(pb)),
                 torch.tensor(n_applied or [0] * len(pb)), vocab=vocab)
-    from blendin.engine import Decoder
-
-    Decoder._add_guidance_facts(type("D", (), {"vocab": vocab})(), step, pg)
+    add_guidance_facts(step, pg)
     return step
 
 
@@ -178,14 +177,28 @@ def test_agreement_filter_and_confidence_competition():
     assert both.applied.tolist() == [True, False, False]
 
 
-def test_cap_accepts_only_while_the_running_rate_is_under_the_cap():
+def test_cap_running_accepts_only_while_the_running_rate_is_under_the_cap():
     pb = [[0.3, 0.3, 0.4 - 1e-3, 1e-3]] * 4
     pg = [[0.0, 0.0, 0.0, 1.0]] * 4
     step = make_step(pb, pg, n_steps=[0, 10, 10, 20], n_applied=[0, 1, 2, 3])
-    choice = make_policy({"name": "cap", "cap": 0.15}).decide(step)
+    choice = make_policy({"name": "cap", "cap": 0.15, "mode": "running"}).decide(step)
     # rates before the step: -, .1, .2, .15 -> accept, accept, reject, reject (rate must be < cap)
     assert choice.applied.tolist() == [True, True, False, False]
     assert choice.token.tolist() == [3, 3, 2, 2]
+
+
+def test_cap_latch_is_free_during_warmup_then_off_for_good():
+    pb = [[0.3, 0.3, 0.4 - 1e-3, 1e-3]] * 5
+    pg = [[0.0, 0.0, 0.0, 1.0]] * 5
+    # steps 5 and 19 are in the 20-token warm-up; step 20 at rate .15 latches; step 30 at rate .1 is under
+    # the cap but latched before; step 40 at rate .1 was never latched
+    step = make_step(pb, pg, n_steps=[5, 19, 20, 30, 40], n_applied=[5, 19, 3, 3, 4])
+    step.latched = torch.tensor([False, False, False, True, False])
+    choice = make_policy({"name": "cap", "cap": 0.15}).decide(step)
+    assert choice.applied.tolist() == [True, True, False, False, True]
+    assert choice.latch.tolist() == [False, False, True, False, False]
+    free = make_policy({"name": "cap", "cap": 0.0}).decide(step)
+    assert free.applied.tolist() == [True] * 5, "cap = 0 means no cap"
 
 
 def test_trace_facts_rank_and_top_p():
@@ -193,10 +206,24 @@ def test_trace_facts_rank_and_top_p():
     for guide_top, rank, in_top_p in [(0, 1, True), (1, 2, True), (2, 3, True), (3, 4, False)]:
         pg = [[0.0] * 4]
         pg[0][guide_top] = 1.0
-        step = make_step(pb, pg)
+        step = make_step(pb, pg, tau=0.9)  # facts are computed where the guidance is consulted
         assert step.guide_top_rank.item() == rank
         assert step.base_prob_of_guide_top.item() == pytest.approx(pb[0][guide_top])
         assert step.guide_top_in_base_top_p.item() == in_top_p  # .5+.3 < .9 so rank 3 is inside
+    unconsulted = make_step(pb, [[0.0, 1.0, 0.0, 0.0]], tau=0.4)
+    assert unconsulted.guide_top_rank.item() == -1 and unconsulted.base_top_p_size.item() == -1
+
+
+def test_top_p_size_and_top_k_overlap_by_hand():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.25, 0.25, 0.25, 0.25], [0.95, 0.03, 0.01, 0.01]])
+    assert top_p_size(probs).tolist() == [3, 4, 1]  # .5+.3+.15 = .95 >= .9; .25*4; .95
+    big = torch.softmax(torch.randn(3, 5000) * 0.1, dim=-1)  # flat: the set needs more than 256 tokens
+    expected = [int((row.sort(descending=True).values.cumsum(0) < 0.9).sum()) + 1 for row in big]
+    assert top_p_size(big).tolist() == expected
+    vocab = vocab_map([0, 1, 2, -1, 3], 4)
+    base = torch.tensor([[0.4, 0.3, 0.2, 0.1]])
+    guide = torch.tensor([[0.15, 0.1, 0.05, 0.6, 0.1]])  # top-2 by guidance: g3 (no twin), then g0 -> b0
+    assert top_k_overlap(base, guide, vocab, k=2).tolist() == [0.5]  # base top-2 {0, 1} vs {-, 0}
 
 
 @pytest.mark.parametrize("method, message", [
@@ -207,6 +234,9 @@ def test_trace_facts_rank_and_top_p():
     ({"name": "blendin", "alpha": -1}, "method.alpha=-1.0 is out of range"),
     ({"name": "blendin", "top_k": 0}, "method.top_k=0 must be a positive integer"),
     ({"name": "cap", "cap": 2}, "method.cap=2.0 is out of range"),
+    ({"name": "cap", "mode": "soft"}, "method.mode='soft' must be latch"),
+    ({"name": "cap", "warmup": -1}, "method.warmup=-1 must be a non-negative integer"),
+    ({"name": "probe", "alpha": 0.5}, "method probe does not take method.alpha"),
     ({"name": "nudging", "alpha": 0.5}, "method nudging does not take method.alpha"),
     ({"name": "af", "agreement_k": 2.5}, "method.agreement_k=2.5 must be a positive integer"),
     ({"name": "base", "tau": 0.4}, "method base does not take method.tau"),
@@ -219,6 +249,7 @@ def test_bad_method_configs_fail_with_the_key_named(method, message):
 def test_defaults_are_the_papers():
     blend = make_policy({"name": "blendin"})
     assert (blend.tau, blend.alpha, blend.lam, blend.top_k) == (0.4, None, 0.1, 100)
-    assert make_policy({"name": "cap"}).cap == 0.15
+    cap = make_policy({"name": "cap"})
+    assert (cap.cap, cap.mode, cap.warmup) == (0.15, "latch", 20)
     assert make_policy({"name": "af"}).agreement_k == 5
     assert math.isclose(make_policy({"name": "nudging"}).tau, 0.4)

@@ -40,7 +40,7 @@ def base_outputs(real_pair):
     return real_pair.decoder({"name": "base"}).generate(PROMPTS, max_new_tokens=16, stop_strings=STOP)
 
 
-@pytest.mark.parametrize("name", [m for m in METHODS if m != "aligned"])
+@pytest.mark.parametrize("name", [m for m in METHODS if m not in ("aligned", "forced")])
 def test_every_method_generates_on_two_prompts(name, real_pair, base_outputs):
     outs = real_pair.decoder(config("method", name)).generate(PROMPTS, max_new_tokens=16, stop_strings=STOP,
                                                              batch_size=2)
@@ -54,6 +54,43 @@ def test_every_method_generates_on_two_prompts(name, real_pair, base_outputs):
         assert sum(o.n_applied for o in outs) > 0, "the base model is uncertain somewhere in 32 tokens"
     if name == "nudging":
         assert [o.text for o in outs] != [o.text for o in base_outputs], "guidance changes the text"
+    if name == "nudging_words":
+        assert all(0 <= o.extras["word_intervention_rate"] <= 1 and o.extras["nudges"] for o in outs)
+    if name == "probe":
+        assert [o.text for o in outs] == [o.text for o in base_outputs] and sum(o.n_consulted for o in outs) > 0
+
+
+GOLD = ("Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether in April and May.\n"
+        "The answer is 72.")
+
+
+def test_teacher_forcing_walks_a_gold_answer(real_pair):
+    [out] = real_pair.decoder({"name": "forced"}).generate(
+        [Prompt("Question: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips "
+                "in May. How many clips did Natalia sell altogether in April and May?",
+                system="Answer the question by walking through the reasoning steps.")], continuations=[GOLD])
+    assert out.text == GOLD and out.n_tokens == len(out.trace["ref_id"])
+    assert 0.3 < sum(out.trace["base_correct"]) / out.n_tokens < 1  # a 270M base predicts much of a solution
+    assert all(0 <= a <= 1 for a in out.trace["alpha_auto"])
+
+
+def test_windowed_text_views_equal_full_decode_and_tokenization_on_real_tokenizers(real_pair):
+    """Detokenizer and TailTokenizer against whole-text decode/tokenize, step by step, on real text."""
+    from blendin.views import Detokenizer, TailTokenizer
+
+    base, guidance = real_pair.model("base").tokenizer, real_pair.model("guidance").tokenizer
+    text = (GOLD + " Café, naïve — 日本語 🙂!\n\n  Step 2:\tx = 3.5e-2; y = f(x) -> 'ok'") * 3
+    for tok, other in ((base, guidance), (guidance, base)):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        anchor = tok("Question:", add_special_tokens=False)["input_ids"][-1:]
+        detok, tail = Detokenizer(tok, anchor), TailTokenizer(other)
+        head = tok.decode(anchor, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        for i, token in enumerate(ids):
+            got = detok.push([token])
+            full = tok.decode(anchor + ids[:i + 1], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            assert got == full[len(head):], i
+            tail.update(got, detok.stable_length)
+            assert tail.ids == other(got, add_special_tokens=False)["input_ids"], i
 
 
 def test_tau_zero_gives_the_base_output(real_pair, base_outputs):

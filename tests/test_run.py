@@ -40,7 +40,9 @@ def test_run_directory_holds_everything_and_metrics_recompute(model_dirs, tmp_pa
     path = run_dir(cfg)
     assert path.parent == tmp_path / "runs" / "tiny_cross" / "xstest"
     visible = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
-    assert visible == ["config.yaml", "metrics.json", "samples.jsonl", "tokens.parquet"]
+    assert visible == ["config.yaml", "identity.json", "metrics.json", "samples.jsonl", "tokens.parquet"]
+    identity = json.loads((path / "identity.json").read_text())
+    assert len(identity["prompts_sha256"]) == 64 and identity["sessions"][0]["batch_size"] == 2
     assert json.loads((path / "metrics.json").read_text()) == metrics
     for field in METRIC_FIELDS:
         assert field in metrics, field
@@ -116,7 +118,9 @@ def test_judge_down_keeps_outputs_and_rescoring_finishes_the_run(model_dirs, tmp
     assert metrics["n_judge_malformed"] == 5  # a random tiny judge never answers in format: counted, not scored
     assert metrics["score"] is None and metrics["refusal_rate"] is not None
     plain = rescore(path, {"kind": "none"})
-    assert plain["score_name"] == "refusal_rate (no judge)" and plain["score"] == metrics["refusal_rate"]
+    # without a judge the 1-5 safety score is missing, never replaced by the refusal rate
+    assert plain["score"] is None and plain["score_name"] == "safety (1-5, LLM judge)"
+    assert plain["refusal_rate"] == metrics["refusal_rate"] and "judge" in plain["note"]
 
 
 def test_runs_in_one_process_share_the_loaded_pair(model_dirs, tmp_path):

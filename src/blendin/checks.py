@@ -8,16 +8,20 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from .benchmarks import BENCHMARKS
+from .benchmarks import BENCHMARKS, COMMON_KEYS, check_settings
 from .errors import ConfigError
 from .judges import make_judge
 from .models import resolve_device, resolve_dtype
 from .pair import pair_spec
 from .policies import make_policy
 
-RUN_KEYS = {"results_dir", "force", "batch_size", "device", "dtype", "pair", "benchmark", "method", "judge", "logger"}
+RUN_KEYS = {"results_dir", "force", "batch_size", "device", "dtype", "pair", "benchmark", "method", "judge", "logger",
+            "protocol", "base_view"}
+PROTOCOL_KEYS = {"name", "plain_guidance"}
 PAIR_KEYS = {"name", "label", "base", "guidance", "aligned"}
-BENCHMARK_KEYS = {"name", "n", "seed", "max_new_tokens", "stop", "data_dir", "source"}
+# every benchmark's keys, plus the benchmark-specific ones (TruthfulQA shuffle, XSTest part, ...);
+# check_settings refuses a specific key on a benchmark it does not apply to
+BENCHMARK_KEYS = set(COMMON_KEYS) | {key for cls in BENCHMARKS.values() for key in cls.OPTIONS}
 LOGGER_KEYS = {"name", "project", "entity", "mode", "dir", "group", "tags"}
 LOGGER_MODES = ("offline", "online", "disabled")
 
@@ -45,6 +49,24 @@ def check_run_config(cfg) -> None:
                           "instruct sibling")
     make_judge(plain.get("judge"))
     check_logger(plain.get("logger"))
+    check_protocol(plain.get("protocol"), plain.get("base_view", "ids"))
+
+
+def check_protocol(protocol, base_view) -> None:
+    from .engine import BASE_VIEWS
+
+    if base_view not in BASE_VIEWS:
+        raise ConfigError(f"base_view={base_view!r} must be ids (the base reads its own token ids, ours) or text "
+                          "(it re-reads the tokenized text every step, as the reference code's servers did)")
+    if protocol is None:
+        return
+    protocol = _node({"protocol": protocol}, "protocol")
+    _known("protocol.", protocol, PROTOCOL_KEYS)
+    if protocol.get("name") not in ("ours", "reference"):
+        raise ConfigError(f"protocol.name={protocol.get('name')!r} must be ours or reference (protocol=ours|reference)")
+    sources = protocol.get("plain_guidance") or []
+    if not isinstance(sources, list) or not all(isinstance(x, str) for x in sources):
+        raise ConfigError(f"protocol.plain_guidance={sources!r} must be a list of guidance model sources")
 
 
 def check_pair(pair) -> None:
@@ -57,22 +79,18 @@ def check_pair(pair) -> None:
 
 
 def check_benchmark(benchmark) -> None:
+    """The benchmark node: known keys, n / split / subset settings, benchmark-specific options. Reads no data."""
     benchmark = _node({"benchmark": benchmark}, "benchmark")
     _known("benchmark.", benchmark, BENCHMARK_KEYS)
     if benchmark.get("name") not in BENCHMARKS:
         raise ConfigError(f"benchmark.name={benchmark.get('name')!r} is unknown. Available: {', '.join(BENCHMARKS)}")
-    n = benchmark.get("n")
-    if n != "full":
-        _positive_int("benchmark.n", n, "or 'full'")
-    seed = benchmark.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"benchmark.seed={seed!r} must be a non-negative integer")
+    if benchmark.get("n") is None:
+        raise ConfigError("benchmark.n=None must be a positive integer or 'full', or head:N for the first N items")
     _positive_int("benchmark.max_new_tokens", benchmark.get("max_new_tokens"))
     stop = benchmark.get("stop") or []
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
         raise ConfigError(f"benchmark.stop={stop!r} must be a list of non-empty strings, e.g. ['\\nQuestion:']")
-    if benchmark.get("source", "auto") not in ("auto", "local", "hub"):
-        raise ConfigError(f"benchmark.source={benchmark.get('source')!r} must be auto, local or hub")
+    check_settings(benchmark)  # n, seed, source, split, subset_rule, exclude_n, and each benchmark's own keys
 
 
 def check_device(device, dtype) -> None:

@@ -5,11 +5,15 @@ Prints the continuation, then ONE final line of JSON with the step statistics (n
 intervention_rate, override_rate, tokens_per_s, ...). With no overrides it runs BlendIn on the
 embedded pair (SmolLM2-135M-Instruct guiding Gemma-3-270m) on a GSM8K-style example question.
 Config: conf/generate.yaml. A prompt with commas or quotes needs Hydra quoting: 'prompt="a, b"'.
+A prompt of several lines (few-shot examples) cannot pass through Hydra's override grammar: put it in
+a file (`prompt_file=PATH`) or pipe it in (`prompt=-` reads standard input).
 """
 from __future__ import annotations
 
 import json
+import sys
 import time
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -20,15 +24,27 @@ from .pair import Pair, pair_spec
 from .prompts import Prompt
 
 
+def prompt_text(cfg: DictConfig) -> str:
+    """The prompt: `prompt_file` if given, standard input for `prompt=-`, else `prompt` itself."""
+    if cfg.get("prompt_file"):
+        path = Path(cfg.prompt_file).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"prompt_file={cfg.prompt_file}: no such file. Fix: give the path of a text file")
+        return path.read_text(encoding="utf-8")
+    if str(cfg.prompt) == "-":
+        return sys.stdin.read()
+    return str(cfg.prompt)
+
+
 def run(cfg: DictConfig) -> dict:
     """Load the pair, decode the prompt, print the text; return the statistics."""
-    prompt = Prompt(str(cfg.prompt), cfg.system)  # validate before any model loads
+    prompt = Prompt(prompt_text(cfg), cfg.system)  # validate before any model loads
     if isinstance(cfg.max_new_tokens, bool) or not isinstance(cfg.max_new_tokens, int) or cfg.max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens={cfg.max_new_tokens!r} must be a positive integer")
     pair = Pair(pair_spec(cfg.pair), device=cfg.device, dtype=cfg.dtype)
     method = OmegaConf.to_container(cfg.method, resolve=True)
     started = time.perf_counter()
-    decoder = pair.decoder(method, use_cache=cfg.use_cache)
+    decoder = pair.decoder(method, use_cache=cfg.use_cache, base_view=cfg.get("base_view", "ids"))
     loaded = time.perf_counter()
     [gen] = decoder.generate([prompt], max_new_tokens=cfg.max_new_tokens, stop_strings=list(cfg.stop or []))
     elapsed = time.perf_counter() - loaded
@@ -48,8 +64,20 @@ def run(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base=None, config_path="../../conf", config_name="generate")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     print(json.dumps(call(run, cfg)), flush=True)
+
+
+def main() -> None:
+    # Hydra's override grammar cannot hold a line break and its own error does not say what to do
+    for arg in sys.argv[1:]:
+        if "\n" in arg or "\r" in arg:
+            key = arg.split("=", 1)[0]
+            print(f"error: the value of {key} holds a line break, which Hydra's command-line grammar cannot "
+                  "take. Fix: put a multi-line prompt in a file and pass prompt_file=PATH, or pipe it in "
+                  "with prompt=- (e.g. cat prompt.txt | python -m blendin.generate prompt=-)", file=sys.stderr)
+            sys.exit(2)
+    _hydra_main()
 
 
 if __name__ == "__main__":

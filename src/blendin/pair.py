@@ -74,9 +74,22 @@ class Pair:
             self._vocab = build_vocab_map(self.model("base"), self.model("guidance"))
         return self._vocab
 
-    def decoder(self, method, use_cache: bool = True) -> Decoder:
-        """The decoder for a method config (dict or OmegaConf node with `name` and its parameters)."""
+    def decoder(self, method, use_cache: bool = True, base_view: str = "ids"):
+        """The decoder for a method config (dict or OmegaConf node with `name` and its parameters).
+
+        base_view: "ids" (ours) or "text" (the base re-reads the tokenized text each step, as the
+        reference code's servers did). Word-level NUDGING always works on text.
+        """
         policy = make_policy(method)
         if policy.name in ("base", "guidance", "aligned"):
-            return Decoder(self.model(policy.name), policy, use_cache=use_cache)
-        return Decoder(self.model("base"), policy, self.model("guidance"), self.vocab, use_cache=use_cache)
+            return Decoder(self.model(policy.name), policy, use_cache=use_cache, base_view=base_view)
+        if policy.name == "forced":
+            from .forcing import ForcedDecoder
+
+            return ForcedDecoder(self.model("base"), policy, self.model("guidance"), self.vocab)
+        if policy.name == "nudging_words":
+            from .words import WordNudgingDecoder
+
+            return WordNudgingDecoder(self.model("base"), policy, self.model("guidance"), self.vocab, use_cache)
+        return Decoder(self.model("base"), policy, self.model("guidance"), self.vocab, use_cache=use_cache,
+                       base_view=base_view)

@@ -42,6 +42,13 @@ class Step:
     base_prob_of_guide_top: torch.Tensor | None = None  # P_b(t_g), 0 if unmapped
     guide_top_in_base_top_p: torch.Tensor | None = None  # t_g inside the base's top-p (0.9) set
     vocab: object | None = None  # VocabMap
+    latched: torch.Tensor | None = None  # bool: the cap latch has switched guidance off for this row
+    # trace-only facts (see blendin.facts): where the suggestion sits in the base distribution
+    located_rank: torch.Tensor | None = None
+    located_in_top_p: torch.Tensor | None = None
+    guide_top_spelled: torch.Tensor | None = None
+    base_top_p_size: torch.Tensor | None = None
+    top100_overlap: torch.Tensor | None = None
 
     @property
     def base_size(self) -> int:
@@ -55,6 +62,7 @@ class Choice:
     source: torch.Tensor  # SOURCE_* per row
     alpha: torch.Tensor  # blend weight, NaN where no blend happened
     blend_prob: torch.Tensor  # renormalized blended probability of the chosen token, NaN where no blend
+    latch: torch.Tensor | None = None  # bool: rows whose guidance is switched off from now on (cap latch)
 
 
 def _choose(step: Step, take_guidance: torch.Tensor, source: int = SOURCE_GUIDANCE) -> Choice:
@@ -89,21 +97,49 @@ class Nudging:
 
 
 @dataclass(frozen=True)
-class Capped:
-    """Nudging with a budget: guidance is accepted only while applied / generated < cap.
+class Probe:
+    """Observe only: consult the guidance where u < tau and record what it suggests, never apply it.
 
-    The rate is the running one for the sample, counted before the step; once it reaches the cap
-    the base decides alone until enough confident tokens bring the rate back under it.
+    The output is the base model's own greedy text; the trace holds the guidance facts at every
+    uncertain step (the protocol of the paper's vocabulary-overlap analysis, and `blendin.diagnose`).
+    """
+
+    tau: float = 0.4
+    name: str = "probe"
+
+    def decide(self, step: Step) -> Choice:
+        return _choose(step, torch.zeros_like(step.consulted))
+
+
+@dataclass(frozen=True)
+class Capped:
+    """NUDGING with an intervention budget `cap` (paper, Table 3). Two modes:
+
+    latch (the paper's, and the reference code's): no cap for the first `warmup` tokens; after that,
+        the first uncertain step at which applied / generated >= cap switches guidance off for the
+        rest of the sample ("rejecting all guidance once the threshold is exceeded").
+    running: guidance is accepted only while applied / generated < cap, counted before the step;
+        once the rate reaches the cap the base decides alone until confident tokens bring it back under.
+    cap = 0 means no cap at all (plain NUDGING).
     """
 
     tau: float = 0.4
     cap: float = 0.15
+    mode: str = "latch"
+    warmup: int = 20
     name: str = "cap"
 
     def decide(self, step: Step) -> Choice:
-        under_cap = step.n_applied.float() < self.cap * step.n_steps.float()
-        under_cap |= step.n_steps == 0
-        return _choose(step, step.consulted & under_cap)
+        if self.cap == 0:
+            return _choose(step, step.consulted)
+        rate_reached = step.n_applied.float() >= self.cap * step.n_steps.float()
+        if self.mode == "running":
+            return _choose(step, step.consulted & ((step.n_steps == 0) | ~rate_reached))
+        latch = step.consulted & (step.n_steps >= self.warmup) & rate_reached
+        latched = latch if step.latched is None else latch | step.latched
+        choice = _choose(step, step.consulted & ~latched)
+        choice.latch = latch
+        return choice
 
 
 @dataclass(frozen=True)
@@ -207,7 +243,8 @@ def _joint_ids(guidance_ids: torch.Tensor, step: Step) -> torch.Tensor:
     return torch.where(mapped >= 0, mapped, guidance_ids + step.base_size)
 
 
-METHODS = ("base", "guidance", "aligned", "nudging", "blendin", "cap", "af", "cc", "af_cc")
+METHODS = ("base", "guidance", "aligned", "nudging", "blendin", "cap", "af", "cc", "af_cc", "probe", "nudging_words",
+           "forced")
 SOLO_METHODS = ("base", "guidance", "aligned")
 
 
@@ -226,9 +263,35 @@ def make_policy(method: dict):
     if name == "nudging":
         _no_extra(name, cfg, ("tau",))
         return Nudging(tau=tau)
+    if name == "probe":
+        _no_extra(name, cfg, ("tau",))
+        return Probe(tau=tau)
+    if name == "nudging_words":
+        from .words import WordNudging
+
+        _no_extra(name, cfg, ("tau", "draft_tokens", "max_rounds", "max_repeats"))
+        return WordNudging(tau=tau, draft_tokens=_integer(cfg, "draft_tokens", 16),
+                           max_rounds=_integer(cfg, "max_rounds", 150), max_repeats=_integer(cfg, "max_repeats", 3))
+    if name == "forced":
+        from .forcing import Forced
+
+        _no_extra(name, cfg, ("tau", "lam", "top_k", "source"))
+        top_k = cfg.get("top_k", 100)
+        top_k = None if top_k in (None, "null", "none", "full") else _integer(cfg, "top_k", 100)
+        source = cfg.get("source", "reference")
+        if not isinstance(source, str) or not source:
+            raise ConfigError(f"method.source={source!r} must be reference or the directory of a finished run")
+        return Forced(tau=tau, lam=_number(cfg, "lam", 0.1, low=0.0), top_k=top_k, source=source)
     if name == "cap":
-        _no_extra(name, cfg, ("tau", "cap"))
-        return Capped(tau=tau, cap=_number(cfg, "cap", 0.15, low=0.0, high=1.0))
+        _no_extra(name, cfg, ("tau", "cap", "mode", "warmup"))
+        mode = cfg.get("mode", "latch")
+        if mode not in ("latch", "running"):
+            raise ConfigError(f"method.mode={mode!r} must be latch (the paper's: off for good once the rate "
+                              "reaches the cap) or running (a throttle that lets guidance back in)")
+        warmup = cfg.get("warmup", 20)
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ConfigError(f"method.warmup={warmup!r} must be a non-negative integer (tokens before the cap applies)")
+        return Capped(tau=tau, cap=_number(cfg, "cap", 0.15, low=0.0, high=1.0), mode=mode, warmup=warmup)
     if name in ("af", "cc", "af_cc"):
         _no_extra(name, cfg, ("tau", "agreement_k") if name != "cc" else ("tau",))
         k = _integer(cfg, "agreement_k", 5) if name != "cc" else None

@@ -9,7 +9,6 @@ Config: conf/config.yaml.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import subprocess
@@ -21,12 +20,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .benchmarks import Benchmark, get_benchmark
+from .benchmarks import Benchmark, benchmark_from_config
 from .checks import check_run_config
 from .cli import call
 from .data import REPO_ROOT
+from .errors import ConfigError
+from .identity import (begin_session, effective_pair, environment, prompts_digest, protocol_summary, run_dir,
+                       run_name, session_summary)
 from .judges import make_judge
-from .models import resolve_device, resolve_dtype
 from .pair import Pair, pair_spec
 from .policies import SOLO_METHODS
 from .scoring import mean
@@ -34,35 +35,13 @@ from .store import RunStore, atomic_write_text
 from .sweep import run_job, sweeping
 from .tracking import log_run
 
+__all__ = ["execute", "finish", "load_benchmark", "run_dir", "run_name", "shared_pair", "main"]
+
 log = logging.getLogger("blendin.run")
 
 
-def run_name(cfg: DictConfig) -> str:
-    """<method>-<params>-n<N>-s<seed>-<hash of everything that shapes the outputs>.
-
-    A run of one model alone (base, guidance, aligned) hashes only that model, so pairs that share
-    a base model give their base runs the same name, and a finished one is reused (see `_reuse`).
-    """
-    method = OmegaConf.to_container(cfg.method, resolve=True)
-    params = "".join(f"-{k}{v}" for k, v in method.items() if k != "name")
-    pair = OmegaConf.to_container(cfg.pair, resolve=True)
-    roles = (method["name"],) if method["name"] in SOLO_METHODS else ("base", "guidance")
-    models = {role: pair.get(role) for role in roles}
-    shaping = {"pair": models, "method": method,
-               "dtype": str(resolve_dtype(cfg.dtype, resolve_device(cfg.device, strict=False))),
-               "benchmark": {k: v for k, v in OmegaConf.to_container(cfg.benchmark, resolve=True).items()
-                             if k not in ("data_dir", "source")}}
-    digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{method['name']}{params}-n{cfg.benchmark.n}-s{cfg.benchmark.seed}-{digest}".replace("/", "_")
-
-
-def run_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.results_dir) / "runs" / cfg.pair.name / cfg.benchmark.name / run_name(cfg)
-
-
 def load_benchmark(cfg_benchmark) -> Benchmark:
-    return get_benchmark(cfg_benchmark.name, data_dir=cfg_benchmark.get("data_dir"),
-                         source=cfg_benchmark.get("source", "auto"), seed=cfg_benchmark.get("seed", 0))
+    return benchmark_from_config(cfg_benchmark)
 
 
 def execute(cfg: DictConfig, pair: Pair | None = None) -> dict:
@@ -88,7 +67,13 @@ def execute(cfg: DictConfig, pair: Pair | None = None) -> dict:
         reused = _reuse(cfg, store) if pending and not done else None
         if pending and not reused:
             log.info("%s: %d of %d samples to decode -> %s", store.path.name, len(pending), len(samples), store.path)
-            _decode(cfg, pair or shared_pair(cfg), OmegaConf.to_container(cfg.method, resolve=True), pending, store)
+            pair = pair or shared_pair(cfg)
+            decoder = pair.decoder(OmegaConf.to_container(cfg.method, resolve=True),
+                                   base_view=cfg.get("base_view", "ids"))
+            rendered = [(decoder.lead.prompt_text(s.prompt),
+                         decoder.guidance.prompt_text(s.prompt) if decoder.guidance else None) for s in samples]
+            begin_session(store.path, prompts_digest(rendered), environment(cfg), resuming=bool(done))
+            _decode(cfg, decoder, pending, store)
         metrics = finish(store, benchmark, samples, judge, cfg, reused_from=reused)
     log_run(cfg, metrics, store.samples(), store.path)
     return metrics
@@ -114,19 +99,20 @@ _PAIRS: dict[str, Pair] = {}
 def shared_pair(cfg: DictConfig) -> Pair:
     """One Pair per (pair config, device, dtype) in this process: the runs of a sweep that share a
     pair load its models once (a Pair loads each model on first use)."""
-    key = json.dumps([OmegaConf.to_container(cfg.pair, resolve=True), cfg.device, cfg.dtype], sort_keys=True)
+    pair = effective_pair(cfg)
+    key = json.dumps([pair, cfg.device, cfg.dtype], sort_keys=True)
     if key not in _PAIRS:
         _PAIRS.clear()  # keep one pair in memory: a sweep over pairs should not pile them up
-        _PAIRS[key] = Pair(pair_spec(cfg.pair), device=cfg.device, dtype=cfg.dtype)
+        _PAIRS[key] = Pair(pair_spec(pair), device=cfg.device, dtype=cfg.dtype)
     return _PAIRS[key]
 
 
-def _decode(cfg, pair: Pair, method: dict, pending, store: RunStore) -> None:
+def _decode(cfg, decoder, pending, store: RunStore) -> None:
     from tqdm import tqdm
 
-    decoder = pair.decoder(method)
+    method = cfg.method.name
     stop = list(cfg.benchmark.get("stop") or [])
-    bar = tqdm(total=len(pending), desc=f"{cfg.benchmark.name}/{method['name']}", unit="sample", file=sys.stderr)
+    bar = tqdm(total=len(pending), desc=f"{cfg.benchmark.name}/{method}", unit="sample", file=sys.stderr)
     totals = {"tokens": 0, "applied": 0, "start": time.perf_counter(), "last": time.perf_counter()}
 
     def on_batch(indices, generations):
@@ -147,9 +133,32 @@ def _decode(cfg, pair: Pair, method: dict, pending, store: RunStore) -> None:
         bar.set_postfix(tok_s=f"{totals['tokens'] / (now - totals['start']):.1f}",
                         intervention=f"{totals['applied'] / max(1, totals['tokens']):.3f}")
 
+    extra = {"continuations": continuations(cfg, pending)} if method == "forced" else {}
     decoder.generate([s.prompt for s in pending], max_new_tokens=cfg.benchmark.max_new_tokens, stop_strings=stop,
-                     batch_size=cfg.batch_size, on_batch=on_batch)
+                     batch_size=cfg.batch_size, on_batch=on_batch, **extra)
     bar.close()
+
+
+def continuations(cfg, samples) -> list[str]:
+    """What teacher forcing walks along: each sample's reference answer, or a stored run's outputs."""
+    source = cfg.method.get("source", "reference")
+    if source == "reference":
+        missing = [s.id for s in samples if s.reference is None]
+        if missing:
+            raise ConfigError(f"benchmark {cfg.benchmark.name} has no reference answers to walk along "
+                              f"(e.g. {missing[0]}). Fix: use gsm8k, truthfulqa, mmlu or arc_challenge, or "
+                              "method.source=<a finished run directory> to walk along its outputs")
+        return [s.reference for s in samples]
+    stored = RunStore(Path(source))
+    if not stored.finished:
+        raise ConfigError(f"method.source={source}: not a finished run directory (no metrics.json). Fix: give "
+                          "results/runs/<pair>/<benchmark>/<run_name>")
+    outputs = {r["id"]: r["output"] for r in stored.samples()}
+    missing = [s.id for s in samples if s.id not in outputs]
+    if missing:
+        raise ConfigError(f"method.source={source} has no output for {len(missing)} of these samples "
+                          f"(e.g. {missing[0]}): use the same benchmark, subset and seed as that run")
+    return [outputs[s.id] for s in samples]
 
 
 def _record(sample, gen, seconds: float, decoder) -> dict:
@@ -159,8 +168,9 @@ def _record(sample, gen, seconds: float, decoder) -> dict:
         "prompt_base": decoder.lead.prompt_text(sample.prompt),
         "prompt_guidance": guidance.prompt_text(sample.prompt) if guidance else None,
         "output": gen.text, "stop_reason": gen.stop_reason, "n_tokens": gen.n_tokens,
-        "n_interventions": gen.n_applied, "n_overrides": gen.n_overrides,
-        "intervention_rate": gen.intervention_rate, "override_rate": gen.override_rate, "gen_seconds": seconds,
+        "n_interventions": gen.n_applied, "n_overrides": gen.n_overrides, "n_consulted": gen.n_consulted,
+        "intervention_rate": gen.intervention_rate, "override_rate": gen.override_rate,
+        "consult_rate": gen.consult_rate, **gen.extras, "gen_seconds": seconds,
     }
 
 
@@ -178,17 +188,26 @@ def finish(store: RunStore, benchmark: Benchmark, samples, judge, cfg, reused_fr
     method = OmegaConf.to_container(cfg.method, resolve=True)
     tokens = sum(r["n_tokens"] for r in records)
     seconds = sum(r["gen_seconds"] for r in records)
+    protocol = protocol_summary(cfg, judge)
+    token_rate = mean([r["intervention_rate"] for r in records])
+    # word-level NUDGING's intervention rate is Fei et al.'s word ratio (the paper's NUDGING Int.%)
+    rate = mean([r["word_intervention_rate"] for r in records]) if protocol["intervention_unit"] == "word" \
+        else token_rate
     metrics = {
         "pair": cfg.pair.name, "base_model": cfg.pair.base.source, "guidance_model": cfg.pair.guidance.source,
         "benchmark": cfg.benchmark.name, "method": method["name"], "tau": method.get("tau"),
         "alpha": method.get("alpha"), "top_k": method.get("top_k"), "method_params": method,
-        "n_samples": len(records), "seed": cfg.benchmark.seed, "max_new_tokens": cfg.benchmark.max_new_tokens,
+        "n_samples": len(records), "n_spec": str(cfg.benchmark.n), "split": cfg.benchmark.get("split", "test"),
+        "seed": cfg.benchmark.seed, "max_new_tokens": cfg.benchmark.max_new_tokens,
         **summary,
-        "intervention_rate": mean([r["intervention_rate"] for r in records]),
+        "intervention_rate": rate, "intervention_unit": protocol["intervention_unit"],
+        "token_intervention_rate": token_rate,
+        "consult_rate": mean([r.get("consult_rate", r["intervention_rate"]) for r in records]),
         "override_rate": mean([r["override_rate"] for r in records]),
         "tokens_generated": tokens, "wall_time_s": round(seconds, 3),
         "tokens_per_s": round(tokens / seconds, 3) if seconds > 0 else None,
-        "judge": getattr(judge, "name", None), "reused_from": reused_from, "git_commit": _git_commit(),
+        "judge": getattr(judge, "name", None), "protocol": protocol, **session_summary(store.path),
+        "reused_from": reused_from, "git_commit": _git_commit(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     store.finalize(records, metrics)
@@ -210,7 +229,7 @@ SUMMARY_KEYS = ("pair", "benchmark", "method", "n_samples", "score", "score_name
 @hydra.main(version_base=None, config_path="../../conf", config_name="config")
 def main(cfg: DictConfig) -> dict | None:
     if sweeping():  # one job of a multirun: a failure is recorded and reported at the end, not raised
-        return run_job(cfg, execute, SUMMARY_KEYS)
+        return run_job(cfg, execute, run_dir, SUMMARY_KEYS)
     metrics = call(execute, cfg)
     print(json.dumps({k: metrics.get(k) for k in SUMMARY_KEYS}))
 

@@ -32,10 +32,12 @@ def sweeping() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def run_job(cfg: DictConfig, execute, summary_keys) -> dict:
-    """Run one job of a multirun and record its outcome; a failure is recorded, not raised."""
+def run_job(cfg: DictConfig, execute, run_dir, summary_keys) -> dict:
+    """Run one job of a multirun and record its outcome; a failure is recorded, not raised.
+
+    execute(cfg) -> metrics runs it; run_dir(cfg) names its directory (both from blendin.run, which
+    imports this module: the dependency goes one way)."""
     from .cli import setup_logging
-    from .run import run_dir
     from .store import RunStore, atomic_write_json
 
     setup_logging()

@@ -106,6 +106,8 @@ class VocabMap:
     guidance_tokenizer: object = field(repr=False)
     _guidance_bytes: list | None = field(default=None, repr=False)
     _base_byte_ids: dict | None = field(default=None, repr=False)
+    _identity: bool | None = field(default=None, repr=False)
+    _first_spelled: dict = field(default_factory=dict, repr=False)
 
     def to(self, device) -> "VocabMap":
         self.guidance_to_base = self.guidance_to_base.to(device)
@@ -119,15 +121,45 @@ class VocabMap:
         mask[mapped] = True
         return mask
 
+    @property
+    def is_identity(self) -> bool:
+        """Every guidance id is the same base id (same tokenizer, no end-of-turn id remapped)."""
+        if self._identity is None:
+            g2b = self.guidance_to_base
+            self._identity = g2b.shape[0] == self.base_size and bool(
+                (g2b == torch.arange(self.base_size, device=g2b.device)).all())
+        return self._identity
+
     def guidance_probs_on_base(self, guide_probs: torch.Tensor) -> torch.Tensor:
-        """Move a guidance distribution [B, Vg] onto base ids [B, Vb]; unmapped mass is dropped."""
-        if self.identical and guide_probs.shape[-1] == self.base_size:
+        """Move a guidance distribution [B, Vg] onto base ids [B, Vb]; unmapped mass is dropped.
+
+        Even with one tokenizer the map is not always the identity: a guidance end-of-turn id (Llama's
+        <|eot_id|>) is remapped to the base EOS, so that its mass ends the text instead of being a token.
+        """
+        if self.is_identity and guide_probs.shape[-1] == self.base_size:
             return guide_probs
         g2b = self.guidance_to_base
         keep = g2b >= 0
         out = torch.zeros(guide_probs.shape[0], self.base_size, dtype=guide_probs.dtype, device=guide_probs.device)
         idx = g2b[keep].unsqueeze(0).expand(guide_probs.shape[0], -1)
         return out.scatter_add_(1, idx, guide_probs[:, keep])
+
+    def first_base_ids(self, guidance_ids: torch.Tensor) -> torch.Tensor:
+        """Each guidance token's base twin, or else the first base token of its spelling (-1 if it
+        spells to nothing): how the reference code locates a suggestion in the base distribution."""
+        mapped = self.guidance_to_base[guidance_ids]
+        missing = (mapped < 0).nonzero().squeeze(-1).tolist()
+        if not missing or self.base_tokenizer is None:  # no tokenizers: a map built by hand (tests)
+            return mapped
+        out = mapped.clone()
+        ids = guidance_ids.tolist()
+        for i in missing:
+            g = ids[i]
+            if g not in self._first_spelled:
+                spelled = self.base_ids_for_guidance_token(g)
+                self._first_spelled[g] = spelled[0] if spelled else -1
+            out[i] = self._first_spelled[g]
+        return out
 
     def base_ids_for_guidance_token(self, guidance_id: int) -> list[int]:
         """Base ids that spell a guidance token without a single-token equivalent (by its text)."""

@@ -1,0 +1,224 @@
+"""Figure 3, the intervention paradox: intervention rate vs score of NUDGING runs, per benchmark.
+
+    python -m analysis.paradox [--results results] [--out results/analysis] [--n 100] [--protocol ours]
+
+One point per pair (per pair and tau when a sweep stored several taus) in the chosen setting of each
+benchmark and method (the one with the most runs, or the one named by --n/--protocol). Per
+(benchmark, method, intervention unit): Pearson r and p, a 95% interval on r (Fisher z), Spearman
+rho and p, and a permutation p (exact for up to 7 points, else 10,000 seeded permutations); no fit
+with fewer than 3 points. Token-level (`nudging`) and word-level
+(`nudging_words`, Fei et al.'s ratio) rates are never fitted together: each unit gets its own rows
+and its own figure. Points are coloured by guidance-minus-base score where both single-model runs
+exist in the same setting.
+
+Writes paradox_points.csv (pair, benchmark, method, tau, intervention_rate, score, base_score,
+run_dir, then unit, guidance_score, setting), paradox.csv (benchmark, method, unit, n_points,
+pearson_r, pearson_p, r_ci95_low, r_ci95_high, spearman_rho, spearman_p, permutation_p),
+figure3.png/.pdf (token-level NUDGING; figure3_<method>.png for other methods) and paradox_notes.md.
+"""
+from __future__ import annotations
+
+import math
+import textwrap
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.colors import TwoSlopeNorm
+
+from . import cli, labels, select, stats, write
+from .load import load_runs
+
+POINT_COLUMNS = ["pair", "benchmark", "method", "tau", "intervention_rate", "score", "base_score", "run_dir",
+                 "unit", "guidance_score", "setting"]
+FIT_COLUMNS = ["benchmark", "method", "unit", "n_points", "pearson_r", "pearson_p", "r_ci95_low", "r_ci95_high",
+               "spearman_rho", "spearman_p", "permutation_p"]
+METHODS = ("nudging", "nudging_words")
+THRESHOLD = 0.20  # the paper's "excessive intervention" line
+
+
+def _single_model_score(frame: pd.DataFrame, method: str) -> pd.Series:
+    """Score of the newest `method` run per (pair, benchmark, setting_key)."""
+    runs = frame[(frame["method"] == method) & frame["score"].notna()].sort_values("created_at", kind="stable")
+    runs = runs.drop_duplicates(["pair", "benchmark", "setting_key"], keep="last")
+    return runs.set_index(["pair", "benchmark", "setting_key"])["score"]
+
+
+def compute_points(frame: pd.DataFrame, methods=METHODS, n: str | None = None, protocol: str | None = None,
+                   notes: list | None = None) -> pd.DataFrame:
+    """The points of Figure 3: one row per NUDGING-type run with a usable score and rate."""
+    notes = [] if notes is None else notes
+    frame = select.filter_runs(frame, n, protocol)
+    runs = frame[frame["method"].isin(methods)]
+    notes += select.excluded_notes(runs)
+    runs = runs[runs["score"].notna() & runs["intervention_rate"].notna()]
+    # per method too: word-level NUDGING may run under another protocol than token-level NUDGING
+    chosen = select.choose_settings(runs, prefer_full=False, by=["benchmark", "method"])
+    runs = select.in_chosen_settings(runs, chosen, by=["benchmark", "method"], notes=notes, what="paradox ")
+    runs = select.newest(runs, ["pair", "benchmark", "method", "params_key", "setting_key"], notes, "paradox: ")
+    base = _single_model_score(frame, "base")
+    guidance = _single_model_score(frame, "guidance")
+    keys = list(zip(runs["pair"], runs["benchmark"], runs["setting_key"]))
+    points = pd.DataFrame({
+        "pair": runs["pair"].values, "benchmark": runs["benchmark"].values, "method": runs["method"].values,
+        "tau": runs["tau"].values, "intervention_rate": runs["intervention_rate"].values,
+        "score": runs["score"].values, "base_score": [base.get(k, math.nan) for k in keys],
+        "run_dir": runs["run_dir"].values, "unit": runs["intervention_unit"].values,
+        "guidance_score": [guidance.get(k, math.nan) for k in keys], "setting": runs["setting"].values,
+    }, columns=POINT_COLUMNS)
+    order = {b: i for i, b in enumerate(labels.order_benchmarks(points["benchmark"]))}
+    return points.sort_values(["benchmark", "method", "pair", "tau"], key=lambda c: c.map(order) if c.name ==
+                              "benchmark" else c, kind="stable", ignore_index=True)
+
+
+def fit(points: pd.DataFrame, n_permutations: int = 10_000, seed: int = 0) -> dict:
+    """The correlation statistics of one group of points; refuses a mix of intervention units."""
+    select.require_one_unit(points["unit"], "this fit")
+    return stats.correlation(points["intervention_rate"], points["score"], n_permutations, seed)
+
+
+def compute(frame: pd.DataFrame, methods=METHODS, n: str | None = None, protocol: str | None = None,
+            n_permutations: int = 10_000, seed: int = 0, notes: list | None = None,
+            points: pd.DataFrame | None = None) -> pd.DataFrame:
+    """paradox.csv: one row per (benchmark, method, unit) of the points (`compute_points`)."""
+    notes = [] if notes is None else notes
+    points = compute_points(frame, methods, n, protocol, notes) if points is None else points
+    rows = []
+    for (benchmark, method, unit), group in points.groupby(["benchmark", "method", "unit"], sort=False):
+        result = fit(group, n_permutations, seed)
+        if len(group) < 3:
+            notes.append(f"{benchmark} / {method} ({unit}): {len(group)} point(s), fewer than 3: no fit")
+        rows.append({"benchmark": benchmark, "method": method, "unit": unit, **result})
+    return pd.DataFrame(rows, columns=FIT_COLUMNS)
+
+
+def _unit_axis(unit: str) -> str:
+    return "% of generated words" if unit == "word" else "% of generated tokens"
+
+
+def _y_label(benchmark: str) -> str:
+    if benchmark in labels.JUDGE_SCALE_BENCHMARKS:
+        return "safety score (1-5, LLM judge)"
+    return "score (fraction correct, 0-1)"
+
+
+def _eq_p(p) -> str:
+    """'= 0.013' or '< 0.001' (for 'p = 0.013' / 'p < 0.001')."""
+    text = write.fmt_p(p)
+    return f"< {text[1:]}" if text.startswith("<") else f"= {text}"
+
+
+def _panel(ax, group: pd.DataFrame, fit_row, norm, cmap):
+    x = 100 * group["intervention_rate"].to_numpy(float)
+    y = group["score"].to_numpy(float)
+    gap = (group["guidance_score"] - group["base_score"]).to_numpy(float)
+    has = np.isfinite(gap)
+    ax.axvline(100 * THRESHOLD, color="0.4", ls="--", lw=1)
+    ax.annotate("20%", (100 * THRESHOLD, 0), xycoords=("data", "axes fraction"), xytext=(3, 4),
+                textcoords="offset points", fontsize=9, color="0.3")
+    sc = None
+    if has.any():
+        sc = ax.scatter(x[has], y[has], c=gap[has], cmap=cmap, norm=norm, s=55, edgecolor="0.2", lw=0.6, zorder=3)
+    if (~has).any():
+        ax.scatter(x[~has], y[~has], marker="^", color="0.6", edgecolor="0.3", s=60, lw=0.6, zorder=3,
+                   label="no guidance/base run")
+    if len(group) <= 8:  # few points: name them
+        several_tau = group.groupby("pair")["tau"].nunique().max() > 1
+        for xi, yi, (_, row) in zip(x, y, group.iterrows()):
+            text = labels.pair_short(row["pair"]) + (f" τ={row['tau']:g}" if several_tau else "")
+            ax.annotate(text, (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize=8, color="0.25")
+    slope, intercept = stats.fit_line(group["intervention_rate"], group["score"])
+    if fit_row is not None and np.isfinite(fit_row["pearson_r"]):
+        xs = np.linspace(x.min(), x.max(), 50)
+        ax.plot(xs, intercept + slope * xs / 100, color="#D55E00", lw=1.8, zorder=2)
+        ci = (f" [{fit_row['r_ci95_low']:.2f}, {fit_row['r_ci95_high']:.2f}]"
+              if np.isfinite(fit_row["r_ci95_low"]) else "")
+        text = (f"r = {fit_row['pearson_r']:.2f}{ci}\np {_eq_p(fit_row['pearson_p'])}, "
+                f"perm. p {_eq_p(fit_row['permutation_p'])}\n"
+                f"ρ = {fit_row['spearman_rho']:.2f}, n = {int(fit_row['n_points'])}")
+    else:
+        text = f"n = {len(group)}: no fit\n(fewer than 3 points)" if len(group) < 3 else "no fit (constant values)"
+    ax.text(0.98, 0.97, text, transform=ax.transAxes, ha="right", va="top", fontsize=9,
+            bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="0.7", alpha=0.9))
+    ax.grid(alpha=0.25)
+    ax.set_xlim(left=0, right=max(25.0, x.max() * 1.2 if len(x) else 25.0))
+    ax.margins(y=0.12)
+    judged = group["benchmark"].isin(labels.JUDGE_SCALE_BENCHMARKS).any()
+    write.min_span(ax, y, 0.8 if judged else 0.2, 1.0 if judged else -0.02, 5.0 if judged else 1.02)
+    return sc
+
+
+def plot(points: pd.DataFrame, fits: pd.DataFrame, method: str = "nudging", unit: str = "token"):
+    """One panel per benchmark for one (method, unit): points, fit line, r and p, the 20% line."""
+    pts = points[(points["method"] == method) & (points["unit"] == unit)]
+    benchmarks = labels.order_benchmarks(pts["benchmark"])
+    ncols = min(3, max(1, len(benchmarks)))
+    nrows = max(1, math.ceil(len(benchmarks) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols + 1.2, 4.0 * nrows + 0.9), squeeze=False,
+                             layout="constrained")
+    cmap = plt.get_cmap("PuOr")
+    gaps = (pts["guidance_score"] - pts["base_score"])
+    frac = gaps[~pts["benchmark"].isin(labels.JUDGE_SCALE_BENCHMARKS)].abs().max()
+    judge = gaps[pts["benchmark"].isin(labels.JUDGE_SCALE_BENCHMARKS)].abs().max()
+    norm_frac = TwoSlopeNorm(0, -(frac if frac > 0 else 1), frac if frac > 0 else 1)
+    norm_judge = TwoSlopeNorm(0, -(judge if judge > 0 else 1), judge if judge > 0 else 1)
+    shared = None
+    for ax, benchmark in zip(axes.flat, benchmarks):
+        group = pts[pts["benchmark"] == benchmark]
+        fit_row = fits[(fits["benchmark"] == benchmark) & (fits["method"] == method) & (fits["unit"] == unit)]
+        judge_scale = benchmark in labels.JUDGE_SCALE_BENCHMARKS
+        sc = _panel(ax, group, fit_row.iloc[0] if len(fit_row) else None, norm_judge if judge_scale else norm_frac,
+                    cmap)
+        ax.set_title(labels.benchmark_label(benchmark))
+        ax.set_xlabel(f"intervention rate ({_unit_axis(unit)})")
+        ax.set_ylabel(_y_label(benchmark))
+        if judge_scale and sc is not None:
+            fig.colorbar(sc, ax=ax, shrink=0.9, pad=0.02).set_label("guidance − base (1-5 scale)", fontsize=9)
+        elif sc is not None:
+            shared = sc
+    for ax in list(axes.flat)[len(benchmarks):]:
+        ax.set_visible(False)
+    if not benchmarks:
+        axes[0, 0].set_visible(True)
+        axes[0, 0].text(0.5, 0.5, "no runs to plot", ha="center", va="center", transform=axes[0, 0].transAxes)
+        axes[0, 0].set_axis_off()
+    if shared is not None:
+        fig.colorbar(shared, ax=[a for a in axes.flat if a.get_visible()], shrink=0.45, aspect=40, pad=0.02,
+                     location="bottom").set_label("point colour: guidance − base score (fraction; grey "
+                                                  "triangles: no guidance or base run in the same setting)")
+    fig.suptitle(f"Figure 3: intervention rate vs score ({labels.method_label(method)}, {unit}-level rate); "
+                 "one point per pair", fontsize=13)
+    settings = select.short_settings([f"x: {s}" for s in pts["setting"]])
+    fig.text(0.01, -0.02, textwrap.fill("Settings: " + settings + ". Stop strings per benchmark: "
+                                        "see paradox_notes.md.", 160), fontsize=8, color="0.3", va="top")
+    return fig
+
+
+def main(argv=None) -> int:
+    parser = cli.parser("paradox", __doc__)
+    parser.add_argument("--permutations", type=int, default=10_000, help="permutation budget (default 10000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random permutations (default 0)")
+    args = parser.parse_args(argv)
+    notes: list[str] = []
+    frame = load_runs(args.results)
+    points = compute_points(frame, n=args.n, protocol=args.protocol, notes=notes)
+    fits = compute(frame, points=points, n_permutations=args.permutations, seed=args.seed, notes=notes)
+    write.write_csv(points, args.out / "paradox_points.csv")
+    write.write_csv(fits, args.out / "paradox.csv")
+    if points.empty:
+        notes.append(f"no NUDGING runs with a score under {args.results}/runs: nothing to plot "
+                     "(run e.g. python -m blendin.run -m experiment=paper_fig2)")
+    groups = sorted(set(zip(points["method"], points["unit"])) | {("nudging", "token")})  # figure3 always exists
+    for method, unit in groups:
+        stem = "figure3" if (method, unit) == ("nudging", "token") else f"figure3_{method}"
+        write.save_figure(plot(points, fits, method, unit), args.out, stem)
+    settings = sorted(set(f"{b}: {s}; unit: {u}" for b, s, u in zip(points["benchmark"], points["setting"],
+                                                                    points["unit"])))
+    write.write_notes(args.out, "paradox", "Figure 3 (paradox)", settings, notes)
+    write.report_notes("paradox", settings, notes)
+    print(f"[paradox] wrote {args.out / 'paradox.csv'} ({len(fits)} fits, {len(points)} points)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,365 @@
+"""Decoding speed: every method against transformers' own `generate`, on the same prompts, same run.
+
+    python -m blendin.bench                                  # the embedded pair, CPU-sized grid
+    python -m blendin.bench --batch-sizes 1 32 --lengths 64 512 --synthetic llama8b+llama1b  # a GPU
+    python -m blendin.bench --ragged gsm8k --n 32            # real items: EOS and stop strings active
+
+Fixed-length mode: every row decodes exactly `length` new tokens (EOS ends nothing), so every method
+does the same work. Rows: `hf_generate` (transformers' greedy `generate` of the base alone: the
+reference), then our `base`, `guidance`, `nudging`, `blendin` (top-100), `blendin_full` (the whole
+shared vocabulary), `cap`, `af_cc`. For each: tokens/s, time ratio to the reference and to our
+`base`, peak memory, and guidance forward passes per generated token.
+
+Ragged mode (`--ragged BENCHMARK`): decodes a real subset with EOS and stop strings active (rows
+finish at different steps), then the same prompts at a fixed length equal to the ragged run's mean
+output length, and reports seconds per token of the two: finished rows leave the batch and new
+prompts take their place, so the ratio should stay near 1.
+
+`--synthetic` builds randomly initialised models of real sizes from their published configs
+(speed does not depend on weight values), with locally built tokenizers of the real vocabulary
+sizes: `llama8b+llama1b` (one tokenizer), `qwen8b+llama1b` (two tokenizers), or `tiny` (a CPU smoke
+test). Results go to results/bench/<name>-<time>.json and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .cli import call
+from .prompts import Prompt
+
+ROOT = Path(__file__).resolve().parents[2]
+SYSTEM = "Answer the question by walking through the reasoning steps."
+QUESTIONS = [
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether in April and May?",
+    "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much did she earn?",
+    "Betty is saving money for a new wallet which costs $100. She has only half of the money she needs. "
+    "How much more money does Betty need?",
+    "James writes a 3-page letter to 2 different friends twice a week. How many pages does he write a year?",
+    "What is the capital of Australia, and why is it not Sydney?",
+    "Which is heavier, a kilogram of feathers or a kilogram of iron?",
+    "A train travels 60 miles in 1.5 hours. What is its average speed in miles per hour?",
+    "If a rectangle is 7 cm long and 4 cm wide, what are its area and perimeter?",
+]
+METHODS = {
+    "base": {"name": "base"},
+    "guidance": {"name": "guidance"},
+    "nudging": {"name": "nudging", "tau": 0.4},
+    "blendin": {"name": "blendin", "tau": 0.4, "alpha": "auto", "top_k": 100},
+    "blendin_full": {"name": "blendin", "tau": 0.4, "alpha": "auto", "top_k": None},
+    "cap": {"name": "cap", "tau": 0.4, "cap": 0.15},
+    "af_cc": {"name": "af_cc", "tau": 0.4, "agreement_k": 5},
+}
+
+
+def prompts(n: int) -> list[Prompt]:
+    return [Prompt(f"Question: {q}", SYSTEM) for q in (QUESTIONS * (n // len(QUESTIONS) + 1))[:n]]
+
+
+class Peak:
+    """Peak memory of a block: GPU allocations, or the process's peak resident memory on Linux."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            try:  # writing 5 to clear_refs resets VmHWM, the peak resident set size
+                Path("/proc/self/clear_refs").write_text("5")
+            except OSError:
+                pass
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.seconds = time.perf_counter() - self.start
+        self.mb = torch.cuda.max_memory_allocated() / 2**20 if self.cuda else _vm_hwm_mb()
+
+
+def _vm_hwm_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def never_stop(decoder) -> None:
+    """Equal work for every method: EOS does not end a row, only the length does."""
+    decoder.lead = dataclasses.replace(decoder.lead, eos_ids=frozenset())
+
+
+def hf_generate(model, items: list[Prompt], batch_size: int, length: int) -> int:
+    """transformers' greedy generate of the base alone, left-padded batches sorted by length."""
+    ids = sorted((model.prompt_ids(p) for p in items), key=len)
+    total = 0
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start:start + batch_size]
+        width = max(len(c) for c in chunk)
+        pad = model.pad_id
+        input_ids = torch.tensor([[pad] * (width - len(c)) + c for c in chunk], device=model.device)
+        mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], device=model.device)
+        with torch.inference_mode():
+            out = model.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=length,
+                                       min_new_tokens=length, do_sample=False, pad_token_id=pad)
+        total += (out.shape[1] - width) * len(chunk)
+    return total
+
+
+def measure(label, run, device) -> dict:
+    run(warmup=True)
+    with Peak(device) as peak:
+        tokens, extra = run(warmup=False)
+    return {"row": label, "tokens": tokens, "seconds": round(peak.seconds, 3),
+            "tokens_per_s": round(tokens / peak.seconds, 2), "peak_mb": round(peak.mb, 1) if peak.mb else None,
+            **extra}
+
+
+def fixed_length_rows(pair, methods, batch_sizes, lengths, n) -> list[dict]:
+    items = prompts(n)
+    device = pair.model("base").device
+    rows = []
+    for length in lengths:
+        for batch_size in batch_sizes:
+            def reference(warmup):
+                k = 1 if warmup else length
+                return hf_generate(pair.model("base"), items[:batch_size] if warmup else items, batch_size, k), {}
+            rows.append({"method": "hf_generate", "batch_size": batch_size, "length": length,
+                         **measure("hf_generate", reference, device)})
+            print(_line(rows[-1]), flush=True)
+            for name in methods:
+                decoder = pair.decoder(METHODS[name])
+                never_stop(decoder)
+
+                def ours(warmup, decoder=decoder):
+                    before = dict(decoder.stats)
+                    outs = decoder.generate(items[:batch_size] if warmup else items,
+                                            max_new_tokens=2 if warmup else length, batch_size=batch_size)
+                    tokens = sum(o.n_tokens for o in outs)
+                    passes = decoder.stats["guidance_passes"] - before["guidance_passes"]
+                    steps = decoder.stats["steps"] - before["steps"]
+                    return tokens, {"guidance_passes_per_token": round(passes / max(1, tokens), 4),
+                                    "steps_with_guidance": round(passes / max(1, steps), 3),
+                                    "intervention_rate": round(sum(o.intervention_rate for o in outs) / len(outs), 4)}
+                rows.append({"method": name, "batch_size": batch_size, "length": length,
+                             **measure(name, ours, device)})
+                print(_line(rows[-1]), flush=True)
+    return _ratios(rows)
+
+
+def identity_rows(pair, methods, batch_sizes, length, n) -> list[dict]:
+    """Do outputs depend on the batch size? Same prompts, smallest vs largest batch (float32 should
+    give the same tokens; bf16 may not, since batch shapes change the reduction order)."""
+    items = prompts(n)
+    rows = []
+    for name in methods:
+        decoder = pair.decoder(METHODS[name])
+        small, large = min(batch_sizes), max(batch_sizes)
+        a = decoder.generate(items, max_new_tokens=length, batch_size=small)
+        b = decoder.generate(items, max_new_tokens=length, batch_size=large)
+        same = [x.token_ids == y.token_ids for x, y in zip(a, b)]
+        shared = [_common(x.token_ids, y.token_ids) / max(1, len(x.token_ids)) for x, y in zip(a, b)]
+        rows.append({"method": name, "mode": "identity", "batch_sizes": [small, large], "length": length,
+                     "identical_outputs": round(sum(same) / len(same), 3),
+                     "mean_shared_prefix": round(sum(shared) / len(shared), 3)})
+        print(f"{name:>12} batch {small} vs {large}: {sum(same)}/{len(same)} outputs identical", flush=True)
+    return rows
+
+
+def _common(a, b) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _ratios(rows) -> list[dict]:
+    """Time per token relative to the reference and to our base, same batch size and length."""
+    def per_token(r):
+        return r["seconds"] / r["tokens"]
+    for r in rows:
+        same = [x for x in rows if x["batch_size"] == r["batch_size"] and x.get("length") == r.get("length")]
+        ref = next((x for x in same if x["method"] == "hf_generate"), None)
+        base = next((x for x in same if x["method"] == "base"), None)
+        r["time_vs_hf_generate"] = round(per_token(r) / per_token(ref), 3) if ref else None
+        r["time_vs_base"] = round(per_token(r) / per_token(base), 3) if base else None
+    by_method = {}
+    for r in rows:
+        by_method.setdefault((r["method"], r["batch_size"]), []).append(r)
+    for group in by_method.values():  # per-token cost at the longest length vs the shortest
+        group.sort(key=lambda r: r.get("length") or 0)
+        for r in group:
+            r["per_token_vs_shortest"] = round(per_token(r) / per_token(group[0]), 3)
+    return rows
+
+
+def ragged_rows(pair, cfg, benchmark_name, methods, batch_size, n) -> list[dict]:
+    from .run import load_benchmark
+
+    cfg_benchmark = cfg.benchmark
+    cfg_benchmark.n = n
+    samples = load_benchmark(cfg_benchmark).samples(n)
+    items = [s.prompt for s in samples]
+    stop = list(cfg_benchmark.get("stop") or [])
+    device = pair.model("base").device
+    rows = []
+    for name in methods:
+        decoder = pair.decoder(METHODS[name])
+        outs = []
+
+        def ragged(warmup):
+            got = decoder.generate(items[:batch_size] if warmup else items, stop_strings=stop, batch_size=batch_size,
+                                   max_new_tokens=2 if warmup else cfg_benchmark.max_new_tokens)
+            if not warmup:
+                outs[:] = got
+            return sum(o.n_tokens for o in got), {}
+        real = measure(name, ragged, device)
+        mean_len = max(1, round(real["tokens"] / len(items)))
+        fixed_decoder = pair.decoder(METHODS[name])
+        never_stop(fixed_decoder)
+
+        def fixed(warmup):
+            got = fixed_decoder.generate(items[:batch_size] if warmup else items, batch_size=batch_size,
+                                         max_new_tokens=2 if warmup else mean_len)
+            return sum(o.n_tokens for o in got), {}
+        same = measure(name, fixed, device)
+        lengths = sorted(o.n_tokens for o in outs)
+        rows.append({"method": name, "batch_size": batch_size, "mode": "ragged", "benchmark": benchmark_name,
+                     "n": len(items), "tokens": real["tokens"], "seconds": real["seconds"],
+                     "tokens_per_s": real["tokens_per_s"], "min_len": lengths[0], "max_len": lengths[-1],
+                     "fixed_length": mean_len, "fixed_tokens_per_s": same["tokens_per_s"],
+                     "ragged_vs_fixed_time_per_token": round(same["tokens_per_s"] / real["tokens_per_s"], 3)})
+        print(f"{name:>12} ragged {real['tokens_per_s']:8.1f} tok/s (lengths {lengths[0]}-{lengths[-1]}), fixed "
+              f"{same['tokens_per_s']:8.1f} tok/s: ratio {rows[-1]['ragged_vs_fixed_time_per_token']}", flush=True)
+    return rows
+
+
+def _line(r) -> str:
+    return (f"{r['method']:>12} batch {r['batch_size']:>3} length {r['length']:>4}: {r['tokens_per_s']:9.1f} tok/s, "
+            f"peak {r['peak_mb']} MB" + (f", guidance passes/token {r['guidance_passes_per_token']}"
+                                          if "guidance_passes_per_token" in r else ""))
+
+
+def markdown(rows, meta) -> str:
+    lines = [f"# Decoding speed: {meta['pair']} on {meta['device_name']}", "",
+             f"{meta['created_at']}; torch {meta['torch']}, transformers {meta['transformers']}, dtype {meta['dtype']}, "
+             f"{meta['threads']} CPU threads. Fixed-length rows decode exactly `length` tokens per prompt "
+             f"({meta['n_prompts']} prompts); ratios are time per token.", ""]
+    fixed = [r for r in rows if r.get("mode") is None]
+    if fixed:
+        lines += ["| method | batch | length | tokens/s | time vs hf_generate | time vs our base | per token vs "
+                  "shortest length | peak MB | guidance passes / token | steps with a guidance pass | "
+                  "intervention rate |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in fixed:
+            lines.append(f"| {r['method']} | {r['batch_size']} | {r['length']} | {r['tokens_per_s']} | "
+                         f"{r['time_vs_hf_generate']} | {r['time_vs_base']} | {r['per_token_vs_shortest']} | "
+                         f"{r['peak_mb']} | {r.get('guidance_passes_per_token', '-')} | "
+                         f"{r.get('steps_with_guidance', '-')} | {r.get('intervention_rate', '-')} |")
+    ragged = [r for r in rows if r.get("mode") == "ragged"]
+    if ragged:
+        lines += ["", "| method | batch | benchmark | n | output lengths | tokens/s ragged | tokens/s fixed length | "
+                      "ragged / fixed time per token |", "|---|---:|---|---:|---|---:|---:|---:|"]
+        for r in ragged:
+            lines.append(f"| {r['method']} | {r['batch_size']} | {r['benchmark']} | {r['n']} | {r['min_len']}-"
+                         f"{r['max_len']} (mean {r['fixed_length']}) | {r['tokens_per_s']} | {r['fixed_tokens_per_s']} | "
+                         f"{r['ragged_vs_fixed_time_per_token']} |")
+    identity = [r for r in rows if r.get("mode") == "identity"]
+    if identity:
+        lines += ["", f"Outputs at batch {identity[0]['batch_sizes'][0]} vs {identity[0]['batch_sizes'][1]} "
+                      f"({meta['dtype']}, {identity[0]['length']} tokens, EOS active):", "",
+                  "| method | identical outputs | mean shared prefix |", "|---|---:|---:|"]
+        for r in identity:
+            lines.append(f"| {r['method']} | {r['identical_outputs']} | {r['mean_shared_prefix']} |")
+    return "\n".join(lines) + "\n"
+
+
+def build_pair(args):
+    from hydra import compose, initialize_config_dir
+
+    from .pair import Pair, pair_spec
+
+    overrides = [f"pair={args.pair}"] + ([f"benchmark={args.ragged}"] if args.ragged else [])
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose(config_name="config", overrides=overrides)
+    if args.synthetic:
+        from .synthetic import synthetic_pair
+
+        cfg.pair.name = f"synthetic-{args.synthetic}"
+        return synthetic_pair(args.synthetic, args.device, args.dtype), cfg
+    return Pair(pair_spec(cfg.pair), args.device, args.dtype), cfg
+
+
+def run(args) -> Path:
+    from .store import atomic_write_json, atomic_write_text
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pair, cfg = build_pair(args)
+    device = pair.model("base").device
+    rows = []
+    if args.ragged:
+        rows += ragged_rows(pair, cfg, args.ragged, args.methods, args.batch_sizes[-1], args.n)
+    else:
+        rows += fixed_length_rows(pair, args.methods, args.batch_sizes, args.lengths, args.n)
+        if args.identity and len(set(args.batch_sizes)) > 1:
+            rows += identity_rows(pair, [m for m in ("base", "nudging", "blendin") if m in args.methods],
+                                  args.batch_sizes, min(args.lengths), args.n)
+    import transformers
+
+    meta = {"pair": cfg.pair.name, "device": str(device), "dtype": str(pair.model("base").model.dtype),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "n_prompts": args.n, "torch": torch.__version__, "transformers": transformers.__version__,
+            "threads": torch.get_num_threads(), "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(["python -m blendin.bench"] + sys.argv[1:])}
+    out = Path(args.out)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stem = f"{'ragged' if args.ragged else 'speed'}-{cfg.pair.name}-{device.type}-{stamp}"
+    atomic_write_json(out / f"{stem}.json", {"meta": meta, "rows": rows})
+    text = markdown(rows, meta)
+    atomic_write_text(out / f"{stem}.md", text)
+    print("\n" + text + f"\nstored {out / stem}.json and .md")
+    return out / f"{stem}.json"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pair", default="smollm2_gemma3", help="a pair of conf/pair/ (default: the embedded one)")
+    parser.add_argument("--synthetic", choices=["llama8b+llama1b", "qwen8b+llama1b", "tiny"],
+                        help="random models of real sizes instead of --pair (for GPU speed without weights)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=None,
+                        help="default: 1 8 on a CPU, 1 32 on a GPU")
+    parser.add_argument("--lengths", nargs="+", type=int, default=[64, 512], help="new tokens per prompt")
+    parser.add_argument("--n", type=int, default=None, help="prompts (default: the largest batch size)")
+    parser.add_argument("--ragged", metavar="BENCHMARK", help="decode a real subset with EOS and stop strings active")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--identity", action="store_true",
+                        help="also compare outputs at the smallest and largest batch size (same tokens?)")
+    parser.add_argument("--out", default=str(ROOT / "results" / "bench"))
+    args = parser.parse_args(argv)
+    if args.batch_sizes is None:
+        args.batch_sizes = [1, 32] if torch.cuda.is_available() and args.device != "cpu" else [1, 8]
+    args.n = args.n or max(args.batch_sizes)
+    call(run, args)
+
+
+if __name__ == "__main__":
+    main()

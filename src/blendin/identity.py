@@ -1,0 +1,151 @@
+"""What makes a run the run it is: its name and directory, its protocol, and what a resume checks.
+
+- The run NAME spells out the method, its parameters and the subset, plus a short hash of everything
+  that shapes the outputs: the models the method uses (with their prompt formats and chat-template
+  variables), the method, the benchmark settings that choose and prompt the items, the base view,
+  and the resolved dtype. Settings that only change scoring (`refusal_classifier`, the judge) are
+  left out, so `rescore` can apply them to the same outputs. The batch size is left out too: in
+  float32 the outputs do not depend on it (the tests check batched = one by one).
+- The rendered PROMPTS are part of a run's identity as well, but they need the tokenizers (chat
+  templates), so they are checked when decoding starts: the first session stores their hash in
+  `<run>/identity.json`, and a resume whose prompts differ (a chat template that writes today's
+  date, a new template version) is refused instead of mixing two prompt versions in one run.
+- Each decoding session (start or resume) records its environment: device, dtype, batch size, torch
+  and transformers versions. A resume in reduced precision (bf16/fp16) with another batch size is
+  refused, since batch shapes change bf16 results; in float32 it is allowed and recorded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import ConfigError
+from .models import resolve_device, resolve_dtype
+from .policies import SOLO_METHODS
+from .store import atomic_write_json
+
+SCORING_ONLY_KEYS = ("data_dir", "source", "refusal_classifier")  # never change which outputs are decoded
+
+
+def plain(node):
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def effective_pair(cfg) -> dict:
+    """The pair config with the protocol applied: guidance models that the reference protocol shows
+    plain text instead of their chat template (the reference code gave Qwen no template)."""
+    pair = plain(cfg.pair)
+    protocol = plain(cfg.get("protocol")) or {}
+    plain_sources = set(protocol.get("plain_guidance") or [])
+    for role in ("guidance", "aligned"):
+        model = pair.get(role)
+        if model and model.get("source") in plain_sources:
+            pair[role] = dict(model, prompt_format="plain")
+    return pair
+
+
+def resolved_dtype(cfg) -> str:
+    return str(resolve_dtype(cfg.dtype, resolve_device(cfg.device, strict=False)))
+
+
+def run_name(cfg: DictConfig) -> str:
+    """<method>-<params>-n<N>-s<seed>-<hash of everything that shapes the outputs>.
+
+    A run of one model alone (base, guidance, aligned) hashes only that model, so pairs that share
+    a base model give their base runs the same name, and a finished one is reused.
+    """
+    method = plain(cfg.method)
+    params = "".join(f"-{k}{v}" for k, v in method.items() if k != "name")
+    pair = effective_pair(cfg)
+    roles = (method["name"],) if method["name"] in SOLO_METHODS else ("base", "guidance")
+    benchmark = {k: v for k, v in plain(cfg.benchmark).items() if k not in SCORING_ONLY_KEYS}
+    shaping = {"pair": {role: pair.get(role) for role in roles}, "method": method, "dtype": resolved_dtype(cfg),
+               "benchmark": benchmark}
+    if cfg.get("base_view", "ids") != "ids":  # left out at its default so that older run names stay valid
+        shaping["base_view"] = cfg.base_view
+    digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:8]
+    subset = str(cfg.benchmark.n).replace(":", "")
+    split = "" if cfg.benchmark.get("split", "test") == "test" else f"-{cfg.benchmark.split}"
+    return f"{method['name']}{params}-n{subset}{split}-s{cfg.benchmark.seed}-{digest}".replace("/", "_")
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.results_dir) / "runs" / cfg.pair.name / cfg.benchmark.name / run_name(cfg)
+
+
+def protocol_summary(cfg, judge=None) -> dict:
+    """The settings behind a run's numbers, as the analysis labels them."""
+    benchmark = plain(cfg.benchmark)
+    method = plain(cfg.method)
+    pair = effective_pair(cfg)
+    summary = {
+        "name": (plain(cfg.get("protocol")) or {}).get("name", "ours"),
+        "stop_strings": list(benchmark.get("stop") or []),
+        "max_new_tokens": benchmark.get("max_new_tokens"),
+        "subset_rule": benchmark.get("subset_rule", "seeded"),
+        "split": benchmark.get("split", "test"),
+        "base_view": "text" if method["name"] == "nudging_words" else cfg.get("base_view", "ids"),
+        "base_prompt": (pair.get("base") or {}).get("prompt_format", "plain"),
+        "guidance_prompt": (pair.get("guidance") or {}).get("prompt_format", "chat"),
+        "intervention_unit": "word" if method["name"] == "nudging_words" else "token",
+        "judge": getattr(judge, "name", None),
+    }
+    for key in ("shuffle", "part", "refusal_classifier", "exclude_n"):
+        if key in benchmark:
+            summary[key] = benchmark[key]
+    return summary
+
+
+def environment(cfg) -> dict:
+    import torch
+    import transformers
+
+    return {"device": str(resolve_device(cfg.device, strict=False)), "dtype": resolved_dtype(cfg),
+            "batch_size": cfg.batch_size, "torch_version": torch.__version__,
+            "transformers_version": transformers.__version__}
+
+
+def prompts_digest(rendered: list[tuple[str, str | None]]) -> str:
+    """Hash of every sample's rendered prompts (base text, guidance text)."""
+    return hashlib.sha256(json.dumps(rendered, ensure_ascii=False).encode()).hexdigest()
+
+
+def begin_session(run_path: Path, digest: str, env: dict, resuming: bool) -> dict:
+    """Record this decoding session in <run>/identity.json; refuse a resume that would mix outputs."""
+    path = Path(run_path) / "identity.json"
+    record = json.loads(path.read_text()) if path.is_file() else None
+    if record is None or not resuming:
+        record = {"prompts_sha256": digest, "sessions": []}
+    elif record["prompts_sha256"] != digest:
+        raise ConfigError(
+            f"{run_path}: the rendered prompts differ from those this run started with (a chat template that "
+            "writes today's date, or a changed template or tokenizer). Resuming would mix two prompt versions "
+            "in one run. Fix: pin the template variables (e.g. chat_template_kwargs: {date_string: ...} in "
+            "conf/model/), or start over with force=true")
+    else:
+        first = record["sessions"][0] if record["sessions"] else env
+        reduced = env["dtype"] in ("torch.bfloat16", "torch.float16")
+        if reduced and first.get("batch_size") != env["batch_size"]:
+            raise ConfigError(
+                f"{run_path} was started with batch_size={first.get('batch_size')} in {env['dtype']}; in reduced "
+                "precision the batch size changes the outputs, so resuming with batch_size="
+                f"{env['batch_size']} would mix two. Fix: batch_size={first.get('batch_size')}, or force=true")
+    record["sessions"].append(env)
+    atomic_write_json(path, record)
+    return record
+
+
+def session_summary(run_path: Path) -> dict:
+    """For metrics.json: the environment of the first session, the prompts' hash, and whether
+    sessions differed (a resume on another machine, batch size or library version)."""
+    path = Path(run_path) / "identity.json"
+    if not path.is_file():
+        return {}
+    record = json.loads(path.read_text())
+    sessions = record.get("sessions") or [{}]
+    summary = dict(sessions[0], prompts_sha256=record.get("prompts_sha256"), n_sessions=len(sessions))
+    summary["mixed_environment"] = any(s != sessions[0] for s in sessions[1:])
+    return summary

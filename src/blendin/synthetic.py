@@ -1,0 +1,128 @@
+"""Randomly initialised model pairs of real sizes, for speed measurements without the weights.
+
+Speed does not depend on weight values, so an 8B base and a 1B guidance built from their published
+configs decode exactly as fast as the real ones; only the outputs are noise. No file leaves the
+machine and nothing is downloaded: the configs are written out here, and the tokenizers are
+byte-level BPE tokenizers of the real vocabulary sizes, trained on a small built-in text and then
+filled up with merges of random token pairs. Two presets with different seeds have different
+vocabularies that share the trained part, like two model families.
+
+    from blendin.synthetic import synthetic_pair
+    pair = synthetic_pair("qwen8b+llama1b", device="cuda", dtype="bfloat16")
+"""
+from __future__ import annotations
+
+import json
+import random
+
+import torch
+
+from .models import LoadedModel, ModelSpec, resolve_device, resolve_dtype, _eos_ids
+
+# The published configs (hub config.json files), reduced to what shapes the compute.
+CONFIGS = {
+    "llama-3.1-8b": dict(kind="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                         num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                         rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False),
+    "llama-3.2-1b": dict(kind="llama", vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+                         num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, head_dim=64,
+                         rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=True),
+    "qwen3-8b": dict(kind="qwen3", vocab_size=151936, hidden_size=4096, intermediate_size=12288,
+                     num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                     rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False),
+    "tiny-llama": dict(kind="llama", vocab_size=1200, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False),
+    "tiny-qwen3": dict(kind="qwen3", vocab_size=1500, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False),
+}
+PRESETS = {  # base, guidance, tokenizer seed of each (same seed = same tokenizer)
+    "llama8b+llama1b": (("llama-3.1-8b", 1), ("llama-3.2-1b", 1)),
+    "qwen8b+llama1b": (("qwen3-8b", 2), ("llama-3.2-1b", 1)),
+    "tiny": (("tiny-qwen3", 2), ("tiny-llama", 1)),
+}
+CORPUS = """Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.
+How many clips did Natalia sell altogether in April and May? Natalia sold 48/2 = 24 clips in May.
+Natalia sold 48+24 = 72 clips altogether in April and May. The answer is 72.
+Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting.
+Weng earns 12/60 = $0.2 per minute. Working 50 minutes, she earned 0.2 x 50 = $10. The answer is 10.
+You are a helpful assistant. I cannot help with that request. It is important to stay safe.
+Answer the question by walking through the reasoning steps. Question: Which is heavier?
+The capital of Australia is Canberra, a planned city chosen as a compromise between Sydney and Melbourne.
+"""
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def synthetic_tokenizer(vocab_size: int, seed: int):
+    """A byte-level BPE tokenizer with exactly `vocab_size` tokens (specials included)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    trained = Tokenizer(models.BPE())
+    trained.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=min(vocab_size, 600 + 40 * seed), special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trained.train_from_iterator([CORPUS] * 4, trainer)
+    model = json.loads(trained.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    vocab = dict(model["vocab"])
+    for special in SPECIALS:  # the specials first, as the trainer numbered them
+        vocab.setdefault(special, len(vocab))
+    pieces = [t for t in vocab if t not in SPECIALS]
+    rng = random.Random(seed)
+    while len(vocab) < vocab_size:  # fill up with merges of random pairs (valid, if rarely used, tokens)
+        a, b = rng.choice(pieces), rng.choice(pieces)
+        if len(a) + len(b) > 12 or a + b in vocab:
+            continue
+        vocab[a + b] = len(vocab)
+        merges.append((a, b))
+        pieces.append(a + b)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", bos_token="<|im_start|>",
+                                   pad_token="<|endoftext|>", chat_template=CHATML)
+
+
+def synthetic_model(name: str, tokenizer, device: torch.device, dtype: torch.dtype):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    settings = dict(CONFIGS[name])
+    kind = settings.pop("kind")
+    config_class, model_class = (LlamaConfig, LlamaForCausalLM) if kind == "llama" else (Qwen3Config, Qwen3ForCausalLM)
+    config = config_class(**settings, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                          bos_token_id=None, max_position_embeddings=8192)
+    config._attn_implementation = "sdpa"
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = model_class(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval()
+
+
+def synthetic_pair(preset: str, device: str = "auto", dtype: str = "auto"):
+    """A `Pair` whose two models are random models of the preset's real sizes, already in memory."""
+    from .pair import Pair, PairSpec
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    (base_name, base_seed), (guide_name, guide_seed) = PRESETS[preset]
+    tokenizers = {}
+    loaded = {}
+    for role, name, seed in (("base", base_name, base_seed), ("guidance", guide_name, guide_seed)):
+        size = CONFIGS[name]["vocab_size"]
+        if (seed, size) not in tokenizers:
+            tokenizers[(seed, size)] = synthetic_tokenizer(size, seed)
+        tokenizer = tokenizers[(seed, size)]
+        model = synthetic_model(name, tokenizer, torch_device, torch_dtype)
+        spec = ModelSpec(f"synthetic:{name}", prompt_format="plain" if role == "base" else "chat", name=name)
+        loaded[role] = LoadedModel(spec, model, tokenizer, _eos_ids(model, tokenizer))
+    pair = Pair(PairSpec(f"synthetic-{preset}", loaded["base"].spec, loaded["guidance"].spec), device, dtype)
+    pair._models.update(loaded)
+    return pair

@@ -1,0 +1,241 @@
+"""Keeping a model in step with the shared continuation, at a cost that does not grow with its length.
+
+- `Detokenizer`: the text of a growing list of token ids, decoding only a short trailing window per
+  step. It always equals `tokenizer.decode(ids)` of the whole continuation (decoded after the
+  prompt's last token, so that a leading space survives decoders that strip one at the start).
+- `TailTokenizer`: `tokenizer(text)` of a growing text, re-tokenizing only a trailing window. The
+  window starts a few tokens before the changed text, and its result is used only when it
+  reproduces the old tokens at its start (then the tokenization has re-synchronised, as with a
+  pre-token boundary); otherwise the whole text is tokenized again. Tests compare it with full
+  tokenization at every step, on the tiny and the real tokenizers.
+- `TokenView`: one model's `CachedStream` following each row's continuation, by ids (same tokenizer)
+  or by text (different tokenizers: the text is re-tokenized and the stream cropped to the longest
+  common prefix, as transformers' assisted generation does across tokenizers).
+"""
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from typing import Sequence
+
+import torch
+
+from .streams import CachedStream, RecomputeStream
+
+REPLACEMENT = "\ufffd"
+_BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
+
+
+def make_stream(model, use_cache: bool):
+    return (CachedStream if use_cache else RecomputeStream)(model.model, model.pad_id)
+
+
+def byte_fallback_ids(tokenizer) -> frozenset[int]:
+    """Ids of byte-fallback tokens (<0x0A>...), computed once per tokenizer.
+
+    A run of them is decoded as one byte string: if it is not valid UTF-8, EVERY byte of the run
+    becomes U+FFFD, so text decoded from a run that may still grow can change retroactively.
+    """
+    cached = getattr(tokenizer, "_blendin_byte_fallback_ids", None)
+    if cached is None:
+        cached = frozenset(i for t, i in tokenizer.get_vocab().items() if _BYTE_TOKEN.match(t))
+        tokenizer._blendin_byte_fallback_ids = cached
+    return cached
+
+
+class Detokenizer:
+    """Incremental `decode`: `push(ids)` returns the whole text so far, decoding a short window."""
+
+    def __init__(self, tokenizer, anchor: Sequence[int], context: int = 4):
+        self.tokenizer, self.context = tokenizer, context
+        self.byte_ids = byte_fallback_ids(tokenizer)
+        self.ids = list(anchor)
+        self.n_anchor = len(anchor)
+        self.head = len(anchor)  # ids[n_anchor:head] decode to `stable`, which no later token can change
+        self.stable = ""
+        self.text = ""
+
+    def _decode(self, ids) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def push(self, new_ids: Sequence[int]) -> str:
+        self.ids.extend(new_ids)
+        start = max(0, self.head - self.context)
+        before = self._decode(self.ids[start:self.head])
+        window = self._decode(self.ids[start:])
+        if window.startswith(before):
+            tail = window[len(before):]
+        else:  # a decoder that is not local here: decode everything (always exact)
+            tail = self._full()[len(self.stable):]
+        self.text = self.stable + tail
+        # a text that ends inside a character (a partial UTF-8 sequence) or inside a run of
+        # byte-fallback tokens may still change
+        if tail and not tail.endswith(REPLACEMENT) and self.ids[-1] not in self.byte_ids:
+            self.stable, self.head = self.text, len(self.ids)
+        return self.text
+
+    def _full(self) -> str:
+        both = self._decode(self.ids)
+        head = self._decode(self.ids[:self.n_anchor])
+        if both.startswith(head):
+            return both[len(head):]
+        return self._decode(self.ids[self.n_anchor:])
+
+    @property
+    def stable_length(self) -> int:
+        """Characters at the start of `text` that no later token can change."""
+        return len(self.stable)
+
+
+class TailTokenizer:
+    """Incremental `tokenizer(text)["input_ids"]` for a text that changes only near its end."""
+
+    def __init__(self, tokenizer, context: int = 6, check: int = 3):
+        self.tokenizer, self.context, self.check = tokenizer, context, check
+        self.text, self.ids, self.starts, self.ends = "", [], [], []
+
+    def _tokenize(self, text: str, offset: int):
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        spans = enc["offset_mapping"]
+        return list(enc["input_ids"]), [s + offset for s, _ in spans], [e + offset for _, e in spans]
+
+    def update(self, text: str, stable: int | None = None) -> int:
+        """Tokenize the new `text`, whose first `stable` characters equal the old text's; return the
+        index of the first id that may differ from before (ids before it are unchanged)."""
+        if text == self.text:
+            return len(self.ids)
+        *state, first = self._compute(text, stable)
+        self._set(text, *state)
+        return first
+
+    def peek(self, text: str, stable: int | None = None) -> list[int]:
+        """tokenizer(text) ids without changing the state (e.g. for a prefix of the current text)."""
+        return self.ids if text == self.text else self._compute(text, stable)[0]
+
+    def _compute(self, text: str, stable: int | None):
+        if stable is None or stable > min(len(text), len(self.text)) or text[:stable] != self.text[:stable]:
+            stable = _shared_prefix(self.text, text)
+        done = bisect_right(self.ends, stable)  # old tokens that end inside the unchanged text
+        first = max(0, done - self.context)
+        if first > 0:
+            ids, starts, ends = self._tokenize(text[self.starts[first]:], self.starts[first])
+            agree = min(self.check, done - first - 1)  # the last of them may still merge with new text
+            if agree >= 1 and ids[:agree] == self.ids[first:first + agree] \
+                    and starts[:agree] == self.starts[first:first + agree]:
+                return self.ids[:first] + ids, self.starts[:first] + starts, self.ends[:first] + ends, first
+        ids, starts, ends = self._tokenize(text, 0)
+        return ids, starts, ends, _common_prefix_length(self.ids, ids)
+
+    def _set(self, text, ids, starts, ends) -> None:
+        self.text, self.ids, self.starts, self.ends = text, ids, starts, ends
+
+
+def _shared_prefix(old: str, new: str) -> int:
+    """Length of the common prefix of two texts (fast when one extends the other)."""
+    if new.startswith(old):
+        return len(old)
+    if old.startswith(new):
+        return len(new)
+    return _common_prefix_length(old, new)
+
+
+def _common_prefix_length(a: Sequence, b: Sequence) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class TokenView:
+    """A model that reads the shared continuation of each row behind its own prompt.
+
+    by_text=False: the continuation is given as this model's own ids (same tokenizer).
+    by_text=True: it is given as text and tokenized with this model's tokenizer (`TailTokenizer`).
+    Rows are admitted with their prompts and leave with `select`, in step with the decoder's batch.
+    """
+
+    def __init__(self, model, by_text: bool, use_cache: bool = True):
+        self.model, self.by_text, self.use_cache = model, by_text, use_cache
+        self.stream = make_stream(model, use_cache)
+        self.prompts: list[list[int]] = []
+        self.tails: list[TailTokenizer] = []
+        self.synced: list[int] = []  # continuation tokens known to be in the stream as the target has them
+        self.forward_passes = 0
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def admit(self, prompts: list[list[int]]) -> torch.Tensor:
+        """Prefill new rows (placed after the current ones); return the logits of every row [B, V]."""
+        fresh = make_stream(self.model, self.use_cache)
+        fresh.start(prompts)
+        self.forward_passes += 1
+        self.stream.merge(fresh)
+        self.prompts += [list(p) for p in prompts]
+        self.tails += [TailTokenizer(self.model.tokenizer) for _ in prompts]
+        self.synced += [0] * len(prompts)
+        return self.stream.logits
+
+    def select(self, keep: list[int]) -> None:
+        self.stream.select(keep)
+        self.prompts = [self.prompts[i] for i in keep]
+        self.tails = [self.tails[i] for i in keep]
+        self.synced = [self.synced[i] for i in keep]
+
+    @property
+    def logits(self) -> torch.Tensor:
+        return self.stream.logits
+
+    def target(self, row: int, ids: Sequence[int] | None = None, text: str | None = None,
+               stable: int | None = None) -> tuple[list[int], int]:
+        """(continuation ids this model should read, index of the first id that may be new)."""
+        if not self.by_text:
+            return list(ids), self.synced[row]
+        tail = self.tails[row]
+        changed = tail.update(text, stable)
+        return tail.ids, changed
+
+    def catch_up(self, rows: Sequence[int], ids: Sequence[Sequence[int]] | None = None,
+                 texts: Sequence[str] | None = None, stables: Sequence[int] | None = None,
+                 all_logits: bool = False, extra: dict[int, Sequence[int]] | None = None):
+        """Bring `rows` up to date with their continuation; return next-token logits of every row
+        (and with all_logits, per row, the logits after each token fed now).
+
+        extra[r]: tokens to read after row r's continuation (a draft being written, one token more
+        each call); what the stream already holds of them is kept.
+        """
+        new, drop = [[] for _ in self.prompts], [0] * len(self.prompts)
+        self.fed_from = {}  # row -> continuation index of the first token fed now (for all_logits)
+        for r in rows:
+            want, changed = self.target(r, ids[r] if ids is not None else None,
+                                        texts[r] if texts is not None else None,
+                                        stables[r] if stables is not None else None)
+            if extra and extra.get(r):
+                want = list(want) + list(extra[r])
+            have = self.stream.tokens(r)
+            start = len(self.prompts[r])
+            common = min(self.synced[r], changed, len(have) - start)
+            while common < len(want) and start + common < len(have) and have[start + common] == want[common]:
+                common += 1
+            new[r], drop[r] = want[common:], len(have) - start - common
+            self.fed_from[r] = common
+            self.synced[r] = len(want) - (len(extra[r]) if extra and extra.get(r) else 0)
+        if not any(new) and not any(drop):
+            return (self.stream.logits, [self.stream.logits[i:i] for i in range(len(new))]) if all_logits \
+                else self.stream.logits
+        self.forward_passes += 1
+        return self.stream.step(new, drop, all_logits=all_logits)
+
+    def append(self, rows: Sequence[int], tokens: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Feed extra tokens to `rows` beyond their continuation (a draft); the next `catch_up`
+        keeps those that the continuation turns out to contain and crops the rest."""
+        new = [[] for _ in self.prompts]
+        for r, toks in zip(rows, tokens):
+            new[r] = list(toks)
+        self.forward_passes += 1
+        return self.stream.step(new)
+
+    def continuation(self, row: int) -> list[int]:
+        """The ids this model has read after its prompt (drafted tokens included)."""
+        return self.stream.tokens(row)[len(self.prompts[row]):]
