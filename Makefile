@@ -28,15 +28,28 @@ test: $(STAMP)  ## the whole test suite (tiny local models + the embedded real p
 test-fast: $(STAMP)  ## tests on tiny local models only (skips the real pair)
 	$(PY) -m pytest -q -m "not real"
 
-# The main job: the six benchmarks x {base, guidance, nudging, blendin} on the embedded pair, a small
-# subset each (conf/experiment/embedded_overview.yaml; measured: 24 min 17 s on 2 CPU cores from a
-# fresh clone, install included). Re-running skips finished runs and resumes a killed one.
-REPRO_N      ?= 10
+# The main job, on the embedded default pair (SmolLM2-135M-Instruct guiding Gemma-3-270m), then the
+# report that regenerates the paper's figures and tables from the stored runs:
+#   1. six benchmarks x base, guidance, NUDGING, BlendIn, cap, AF+CC, probe     (experiment=embedded_overview)
+#   2. NUDGING at tau 0.2, 0.3, 0.5, 0.6: Figure 3's points on one machine      (experiment=embedded_tau_sweep)
+#   3. teacher forcing along 100 GSM8K and 100 TruthfulQA answers: calibration  (experiment=calibration)
+#   4. python -m analysis.report -> results/report/index.html and report.md
+# REPRO_N items per run and REPRO_TOKENS new tokens keep it under an hour on 2 CPU cores from a fresh
+# clone (README: measured time). A killed run resumes; a second `make reproduce` only re-renders.
+# A failed run does not stop the others or the report; the exit status says it failed.
+REPRO_N      ?= 12
 REPRO_TOKENS ?= 128
-reproduce: $(STAMP)  ## the main job on the embedded default pair, then its results table
-	$(PY) -m blendin.run -m experiment=embedded_overview \
-		benchmark.n=$(REPRO_N) benchmark.max_new_tokens=$(REPRO_TOKENS)
-	$(PY) scripts/results_table.py --sweep latest
+REPRO_CAL_N  ?= 100
+reproduce: $(STAMP)  ## the main job on the embedded default pair, then the report (results/report/)
+	@status=0; \
+	$(PY) -m blendin.run -m experiment=embedded_overview benchmark.n=$(REPRO_N) \
+		benchmark.max_new_tokens=$(REPRO_TOKENS) || status=1; \
+	$(PY) -m blendin.run -m experiment=embedded_tau_sweep benchmark.n=$(REPRO_N) \
+		benchmark.max_new_tokens=$(REPRO_TOKENS) || status=1; \
+	$(PY) -m blendin.run -m experiment=calibration benchmark.n=$(REPRO_CAL_N) benchmark.max_new_tokens=256 || status=1; \
+	$(PY) -m analysis.report || status=1; \
+	echo "report: results/report/index.html (and report.md)"; \
+	exit $$status
 
 bench: $(STAMP)  ## speed of every method against base-only decoding on the embedded pair
 	$(PY) -m blendin.bench

@@ -59,9 +59,13 @@ def test_every_pair_config_is_a_valid_pair_and_the_paper_pairs_are_all_there():
     assert TABLE1_PAIRS <= PAPER_PAIRS
 
 
+PAPER_GRIDS = [("paper_fig2", 180), ("paper_fig4", 54), ("paper_table1", 90), ("paper_table2", 18),
+               ("paper_table3", 12), ("tau_sweep", 9), ("alpha_sweep", 12), ("paper_table6", 45)]
+
+
 @pytest.mark.parametrize("experiment, runs", [
-    ("smoke", 6), ("embedded_overview", 24), ("paper_fig2", 180), ("paper_table1", 90), ("paper_table2", 18),
-    ("paper_table3", 12), ("tau_sweep", 9), ("alpha_sweep", 12), ("paper_table6", 45)])
+    ("smoke", 6), ("embedded_overview", 42), ("embedded_tau_sweep", 20), ("calibration", 2), *PAPER_GRIDS,
+    *((f"{name}_reference", runs) for name, runs in PAPER_GRIDS)])
 def test_every_experiment_grid_composes_and_passes_the_checks(experiment, runs):
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = compose(config_name="config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
@@ -71,6 +75,22 @@ def test_every_experiment_grid_composes_and_passes_the_checks(experiment, runs):
             check_job("config", overrides)
     if experiment == "paper_table1":
         assert {o.split("=")[1] for j in jobs for o in j if o.startswith("pair=")} == TABLE1_PAIRS
+
+
+def test_the_reference_protocol_switches_every_setting_and_keeps_them_across_a_sweep():
+    ours = compose_run("benchmark=xstest", "method=nudging")
+    ref = compose_run("protocol=reference", "benchmark=xstest", "method=nudging_words")
+    assert (ours.protocol.name, ours.base_view, ours.benchmark.subset_rule) == ("ours", "ids", "seeded")
+    assert (ref.protocol.name, ref.base_view, ref.benchmark.subset_rule, list(ref.benchmark.stop),
+            ref.benchmark.max_new_tokens) == ("reference", "text", "reference", [], 512)
+    assert "Qwen/Qwen3-1.7B" in ref.protocol.plain_guidance
+    swept = compose_run("experiment=paper_table1_reference", "benchmark=truthfulqa", "pair=qwen1.7b_llama8b")
+    assert list(swept.benchmark.stop) == [] and swept.benchmark.subset_rule == "reference"
+    from blendin.identity import effective_pair, run_name
+    assert effective_pair(swept)["guidance"]["prompt_format"] == "plain"  # Qwen got no chat template
+    assert effective_pair(compose_run("pair=qwen1.7b_llama8b"))["guidance"]["prompt_format"] == "chat"
+    assert run_name(compose_run("protocol=reference", "method=nudging")) != run_name(compose_run("method=nudging"))
+    assert compose_run("protocol=reference", "benchmark.stop=[X]").benchmark.stop == ["X"], "command line wins"
 
 
 def test_command_line_values_win_over_an_experiment():

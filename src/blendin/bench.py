@@ -209,11 +209,13 @@ def _ratios(rows) -> list[dict]:
     return rows
 
 
-def ragged_rows(pair, cfg, benchmark_name, methods, batch_size, n) -> list[dict]:
+def ragged_rows(pair, cfg, benchmark_name, methods, batch_size, n, max_new_tokens=None) -> list[dict]:
     from .run import load_benchmark
 
     cfg_benchmark = cfg.benchmark
     cfg_benchmark.n = n
+    if max_new_tokens:
+        cfg_benchmark.max_new_tokens = max_new_tokens
     samples = load_benchmark(cfg_benchmark).samples(n)
     items = [s.prompt for s in samples]
     stop = list(cfg_benchmark.get("stop") or [])
@@ -314,7 +316,7 @@ def run(args) -> Path:
     device = pair.model("base").device
     rows = []
     if args.ragged:
-        rows += ragged_rows(pair, cfg, args.ragged, args.methods, args.batch_sizes[-1], args.n)
+        rows += ragged_rows(pair, cfg, args.ragged, args.methods, args.batch_sizes[-1], args.n, args.max_new_tokens)
     else:
         rows += fixed_length_rows(pair, args.methods, args.batch_sizes, args.lengths, args.n)
         if args.identity and len(set(args.batch_sizes)) > 1:
@@ -348,6 +350,8 @@ def main(argv=None) -> None:
     parser.add_argument("--lengths", nargs="+", type=int, default=[64, 512], help="new tokens per prompt")
     parser.add_argument("--n", type=int, default=None, help="prompts (default: the largest batch size)")
     parser.add_argument("--ragged", metavar="BENCHMARK", help="decode a real subset with EOS and stop strings active")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="ragged mode: the budget per item (default: the benchmark's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
