@@ -51,8 +51,12 @@ reproduce: $(STAMP)  ## the main job on the embedded default pair, then the repo
 	echo "report: results/report/index.html (and report.md)"; \
 	exit $$status
 
-bench: $(STAMP)  ## speed of every method against base-only decoding on the embedded pair
-	$(PY) -m blendin.bench
+# CPU-sized: batch 1 and 8 at 64 new tokens (+ batch-size identity), batch 8 at 64 and 512 tokens, and a
+# real GSM8K subset with EOS and stop strings active. On a GPU see README "Speed" (--synthetic, batch 32).
+bench: $(STAMP)  ## speed of every method against transformers' generate on the embedded pair
+	$(PY) -m blendin.bench --batch-sizes 1 8 --lengths 64 --identity
+	$(PY) -m blendin.bench --batch-sizes 8 --lengths 64 512
+	$(PY) -m blendin.bench --ragged gsm8k --n 24 --batch-sizes 8 --methods base nudging blendin --max-new-tokens 256
 
 clean:  ## remove the virtual environment and caches in the tree (not ~/.cache/blendin)
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info

@@ -41,3 +41,21 @@ def test_cached_equals_recompute_on_gpu(method, gpu_pair):
     cached = gpu_pair.decoder(method).generate(prompts, max_new_tokens=MAX_NEW, batch_size=len(prompts))
     fresh = gpu_pair.decoder(method, use_cache=False).generate(prompts, max_new_tokens=MAX_NEW, batch_size=len(prompts))
     assert [o.token_ids for o in cached] == [o.token_ids for o in fresh]
+
+
+def test_synthetic_pairs_decode_in_bf16_on_gpu():
+    """What `python -m blendin.bench --synthetic ...` runs on a GPU, at toy size: both paths (one
+    tokenizer, two tokenizers), every guided method, batch 1 and batched."""
+    from blendin.synthetic import synthetic_pair
+
+    pair = synthetic_pair("tiny", device="cuda", dtype="bfloat16")
+    prompts = [Prompt(p) for p in PROMPTS]
+    for method in ({"name": "base"}, {"name": "nudging"}, {"name": "blendin"}, {"name": "nudging_words"}):
+        outs = pair.decoder(method).generate(prompts, max_new_tokens=MAX_NEW, batch_size=len(prompts))
+        assert all(1 <= o.n_tokens for o in outs), method
+
+
+def test_teacher_forcing_on_gpu(gpu_pair):
+    outs = gpu_pair.decoder({"name": "forced"}).generate([Prompt(p) for p in PROMPTS[:2]],
+                                                         continuations=["The answer is 42.", "Café au lait."])
+    assert all(o.n_tokens == len(o.trace["ref_id"]) > 0 for o in outs)

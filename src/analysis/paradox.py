@@ -122,11 +122,17 @@ def _panel(ax, group: pd.DataFrame, fit_row, norm, cmap):
     if (~has).any():
         ax.scatter(x[~has], y[~has], marker="^", color="0.6", edgecolor="0.3", s=60, lw=0.6, zorder=3,
                    label="no guidance/base run")
-    if len(group) <= 8:  # few points: name them
+    if len(group) <= 8:  # few points: name them (one pair: the threshold alone says which point)
         several_tau = group.groupby("pair")["tau"].nunique().max() > 1
-        for xi, yi, (_, row) in zip(x, y, group.iterrows()):
-            text = labels.pair_short(row["pair"]) + (f" τ={row['tau']:g}" if several_tau else "")
-            ax.annotate(text, (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize=8, color="0.25")
+        one_pair = group["pair"].nunique() == 1
+        order = np.argsort(x)
+        for rank, i in enumerate(order):
+            row = group.iloc[i]
+            tau = f"τ={row['tau']:g}" if several_tau else ""
+            text = tau if one_pair and tau else (labels.pair_short(row["pair"]) + (" " + tau if tau else ""))
+            # alternate above and below the point, so that neighbours on one score level do not overlap
+            ax.annotate(text, (x[i], y[i]), xytext=(0, 7 if rank % 2 == 0 else -12), textcoords="offset points",
+                        fontsize=8, color="0.25", ha="center")
     slope, intercept = stats.fit_line(group["intervention_rate"], group["score"])
     if fit_row is not None and np.isfinite(fit_row["pearson_r"]):
         xs = np.linspace(x.min(), x.max(), 50)
@@ -186,8 +192,9 @@ def plot(points: pd.DataFrame, fits: pd.DataFrame, method: str = "nudging", unit
         fig.colorbar(shared, ax=[a for a in axes.flat if a.get_visible()], shrink=0.45, aspect=40, pad=0.02,
                      location="bottom").set_label("point colour: guidance − base score (fraction; grey "
                                                   "triangles: no guidance or base run in the same setting)")
-    fig.suptitle(f"Figure 3: intervention rate vs score ({labels.method_label(method)}, {unit}-level rate); "
-                 "one point per pair", fontsize=13)
+    per = "one point per pair and τ" if pts.groupby("pair")["tau"].nunique().max() > 1 else "one point per pair"
+    fig.suptitle(f"Figure 3: intervention rate vs score ({labels.method_label(method)}, {unit}-level rate); {per}",
+                 fontsize=13)
     settings = select.short_settings([f"x: {s}" for s in pts["setting"]])
     fig.text(0.01, -0.02, textwrap.fill("Settings: " + settings + ". Stop strings per benchmark: "
                                         "see paradox_notes.md.", 160), fontsize=8, color="0.3", va="top")

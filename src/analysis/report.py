@@ -385,6 +385,10 @@ def render_optional_section(title: str, files: list[Path], root: Path) -> list[s
     lines = [f"## {title}", "", f"Rendered as stored ({len(files)} file(s)).", ""]
     for path in files:
         name = os.path.relpath(path, root)
+        written = path.with_suffix(".md")
+        if written.is_file():  # the tool wrote its own Markdown beside the data: show that
+            lines += [f"**`{os.path.relpath(written, root)}`**", "", *_demote(written.read_text(encoding="utf-8")), ""]
+            continue
         try:
             if path.suffix == ".csv":
                 blocks = [("", pd.read_csv(path))]
@@ -401,6 +405,8 @@ def render_optional_section(title: str, files: list[Path], root: Path) -> list[s
 
 # Hook points: (title, function(results, analysis) -> files). Other parts add their outputs here.
 OPTIONAL_SECTIONS = [
+    ("Protocol differences (ours vs the reference code)",
+     lambda results, analysis: sorted(results.glob("protocol_effects.json"))),
     ("Diagnosis", lambda results, analysis: sorted((results / "diagnose").glob("*.json"))),
     ("Tuning (chosen settings)", lambda results, analysis: sorted((results / "tune").glob("**/choice.json"))),
     ("Speed", lambda results, analysis: sorted((results / "bench").glob("*.json"))),

@@ -269,11 +269,9 @@ class CachedStream:
         if not self.rows:
             self.__dict__.update({k: v for k, v in other.__dict__.items()})
             return
-        self._pack(None)
-        other._pack(None)
-        width = max(self.mask.shape[1], other.mask.shape[1])
-        self._pad_left(width)
-        other._pad_left(width)
+        width = max(len(s) for s in self.slots + other.slots)
+        self._pack(None, width)
+        other._pack(None, width)
         for mine, theirs in zip(self.cache.layers, other.cache.layers):
             mine.concat(theirs)
         self.mask = torch.cat([self.mask, other.mask])
@@ -281,9 +279,10 @@ class CachedStream:
         self.slots += other.slots
         self.logits = torch.cat([self.logits, other.logits])
 
-    def _pack(self, source_rows: torch.Tensor | None) -> None:
-        """Re-lay the cache out: each kept row's real tokens packed to the right, no holes."""
-        width = max((len(s) for s in self.slots), default=0)
+    def _pack(self, source_rows: torch.Tensor | None, width: int = 0) -> None:
+        """Re-lay the cache out (one copy): each kept row's real tokens packed to the right of a cache
+        `width` columns wide (at least as wide as the longest row), no holes."""
+        width = max([width] + [len(s) for s in self.slots])
         columns = torch.zeros((len(self.slots), width), dtype=torch.long)
         mask = torch.zeros((len(self.slots), width), dtype=torch.long)
         for i, slots in enumerate(self.slots):
@@ -297,19 +296,6 @@ class CachedStream:
             layer._source_rows = rows
             layer.regather(columns, headroom=64)
         self.mask = mask.to(self.device)
-
-    def _pad_left(self, width: int) -> None:
-        """Add masked columns on the left so that the cache is `width` columns wide."""
-        extra = width - self.mask.shape[1]
-        if extra <= 0:
-            return
-        columns = torch.cat([torch.zeros(extra, dtype=torch.long), torch.arange(self.mask.shape[1])])
-        columns = columns.to(self.device).expand(len(self.rows), -1)
-        for layer in self.cache.layers:
-            layer._source_rows = torch.arange(len(self.rows), device=self.device)
-            layer.regather(columns, headroom=64)
-        self.mask = torch.cat([torch.zeros((len(self.rows), extra), dtype=torch.long, device=self.device), self.mask], 1)
-        self.slots = [[s + extra for s in slots] for slots in self.slots]
 
 
 class RecomputeStream:
