@@ -22,8 +22,11 @@ sys.path.insert(0, str(ROOT / "src"))
 
 # (difference, benchmarks it applies to, overrides of setting A (ours), overrides of setting B)
 DIFFERENCES = [
-    ("stop strings on / off", None, ["method=nudging"], ["method=nudging", "benchmark.stop=[]"]),
-    ("TruthfulQA options shuffled / unshuffled (gold always A)", ["truthfulqa"], ["method=nudging"],
+    ("stop strings on / off (base)", None, ["method=base"], ["method=base", "benchmark.stop=[]"]),
+    ("stop strings on / off (NUDGING)", None, ["method=nudging"], ["method=nudging", "benchmark.stop=[]"]),
+    ("TruthfulQA options shuffled / unshuffled, gold always A (base)", ["truthfulqa"], ["method=base"],
+     ["method=base", "benchmark.shuffle=false"]),
+    ("TruthfulQA options shuffled / unshuffled, gold always A (NUDGING)", ["truthfulqa"], ["method=nudging"],
      ["method=nudging", "benchmark.shuffle=false"]),
     ("base reads ids / re-tokenized text", None, ["method=nudging"], ["method=nudging", "base_view=text"]),
     ("NUDGING token- / word-level", None, ["method=nudging"], ["method=nudging_words"]),

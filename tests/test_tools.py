@@ -17,11 +17,11 @@ REPO = Path(__file__).resolve().parents[1]
 needs_data = pytest.mark.skipif(not data_dir().exists(), reason="no benchmark data directory")
 
 
-def run_cli(module: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(module: str, *args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO / "src"))
     proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not check or proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
@@ -56,6 +56,15 @@ def test_diagnose_runs_probe_runs_and_stores_a_verdict_per_benchmark(model_dirs,
     again = run_cli("blendin.diagnose", *tiny_pair(model_dirs), "benchmarks=[gsm8k]", "n=3", "max_new_tokens=8",
                     f"results_dir={tmp_path}")
     assert "finished run, skipped" in again.stderr  # probe runs are stored and reused
+    nudged = run_cli("blendin.diagnose", *tiny_pair(model_dirs), "benchmarks=[gsm8k]", "n=3", "max_new_tokens=8",
+                     "observe_with=nudging", f"results_dir={tmp_path}")
+    assert "NUDGING's own steps" in nudged.stdout
+    row = json.loads((tmp_path / "diagnose" / "tiny-nudging.json").read_text())["benchmarks"]["gsm8k"]
+    metrics = json.loads((Path(row["run_dir"]) / "metrics.json").read_text())
+    assert metrics["method"] == "nudging"
+    assert row["intervention_rate"] == pytest.approx(metrics["consult_rate"], abs=1e-4)
+    bad = run_cli("blendin.diagnose", *tiny_pair(model_dirs), "observe_with=blendin", check=False)
+    assert bad.returncode != 0 and "observe_with='blendin' must be probe" in bad.stderr
 
 
 @needs_data

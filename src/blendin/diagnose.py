@@ -4,7 +4,9 @@
 
 For each benchmark it decodes a small subset with the `probe` method: the base model writes alone and
 the guidance model is consulted wherever the base is unsure (top-1 probability u < tau), but never
-applied. The share of such steps is the intervention rate NUDGING would start from. The paper finds
+applied. The share of such steps is the intervention rate NUDGING would start from
+(`observe_with=nudging` measures NUDGING's own rate on its own path instead, what the paper plots:
+guided text can be more or less uncertain than the base's own). The paper finds
 that pairs intervening on more than ~20% of tokens do worse (the intervention paradox, Figure 3), so:
 
 - verdict `high`: the 95% interval of the rate lies above the 20% line (expect NUDGING to hurt, or to
@@ -113,9 +115,10 @@ def stored_gain(results: Path, pair: str, benchmark: str) -> dict | None:
     return None
 
 
-def table(pair: str, rows: dict, line: float) -> str:
-    out = [f"Diagnosis of {pair}: probe runs, intervention rate = share of base-only steps with u < tau "
-           f"(95% bootstrap interval over samples) against the {line:.0%} line.", "",
+def table(pair: str, rows: dict, line: float, observe_with: str = "probe") -> str:
+    what = ("probe runs, intervention rate = share of base-only steps with u < tau" if observe_with == "probe"
+            else "NUDGING runs, intervention rate = share of NUDGING's own steps with u < tau")
+    out = [f"Diagnosis of {pair}: {what} (95% bootstrap interval over samples) against the {line:.0%} line.", "",
            "| benchmark | n | intervention rate | 95% CI | verdict | agreement where unsure | most disagreement "
            "| stored NUDGING - base |", "|---|---:|---:|---|---|---:|---|---|"]
     for name, r in rows.items():
@@ -143,6 +146,9 @@ def diagnose(cfg: DictConfig) -> dict:
     from .run import execute, run_dir, shared_pair
     from .store import atomic_write_json, atomic_write_text
 
+    if cfg.observe_with not in ("probe", "nudging"):
+        raise ConfigError(f"observe_with={cfg.observe_with!r} must be probe (the base's own path, guidance observed) "
+                          "or nudging (NUDGING's own path: the rate the paper plots)")
     benchmarks = list(cfg.benchmarks)
     if not benchmarks:
         raise ConfigError("benchmarks=[] is empty: name at least one, e.g. benchmarks=[gsm8k,xstest]")
@@ -151,7 +157,7 @@ def diagnose(cfg: DictConfig) -> dict:
     pair_name = None
     for name in benchmarks:
         overrides = pair_overrides() + [
-            f"benchmark={name}", "method=probe", f"method.tau={cfg.tau}", f"benchmark.n={cfg.n}",
+            f"benchmark={name}", f"method={cfg.observe_with}", f"method.tau={cfg.tau}", f"benchmark.n={cfg.n}",
             f"benchmark.max_new_tokens={cfg.max_new_tokens}", f"results_dir={cfg.results_dir}",
             f"batch_size={cfg.batch_size}", f"device={cfg.device}", f"dtype={cfg.dtype}"]
         run_cfg = compose(config_name="config", overrides=overrides)
@@ -162,15 +168,17 @@ def diagnose(cfg: DictConfig) -> dict:
         row["wall_time_s"] = round(time.perf_counter() - t0, 1)
         row["stored_gain"] = stored_gain(results, pair_name, name)
         rows[name] = row
-    report = {"pair": pair_name, "tau": cfg.tau, "threshold": cfg.threshold, "n": cfg.n,
+    report = {"pair": pair_name, "observe_with": cfg.observe_with, "tau": cfg.tau, "threshold": cfg.threshold,
+              "n": cfg.n,
               "max_new_tokens": cfg.max_new_tokens, "wall_time_s": round(time.perf_counter() - started, 1),
               "benchmarks": rows}
-    text = table(pair_name, rows, cfg.threshold)
+    text = table(pair_name, rows, cfg.threshold, cfg.observe_with)
     out = results / "diagnose"
-    atomic_write_json(out / f"{pair_name}.json", report)
-    atomic_write_text(out / f"{pair_name}.md", text + "\n")
+    stem = pair_name if cfg.observe_with == "probe" else f"{pair_name}-nudging"
+    atomic_write_json(out / f"{stem}.json", report)
+    atomic_write_text(out / f"{stem}.md", text + "\n")
     print(text)
-    print(f"\nstored {out / pair_name}.json and .md ({report['wall_time_s']} s)")
+    print(f"\nstored {out / stem}.json and .md ({report['wall_time_s']} s)")
     return report
 
 
