@@ -148,19 +148,34 @@ def fixed_length_rows(pair, methods, batch_sizes, lengths, n) -> list[dict]:
                 never_stop(decoder)
 
                 def ours(warmup, decoder=decoder):
-                    before = dict(decoder.stats)
+                    before, clock = dict(decoder.stats), decoder.clock.totals()
                     outs = decoder.generate(items[:batch_size] if warmup else items,
                                             max_new_tokens=2 if warmup else length, batch_size=batch_size)
                     tokens = sum(o.n_tokens for o in outs)
-                    passes = decoder.stats["guidance_passes"] - before["guidance_passes"]
-                    steps = decoder.stats["steps"] - before["steps"]
-                    return tokens, {"guidance_passes_per_token": round(passes / max(1, tokens), 4),
-                                    "steps_with_guidance": round(passes / max(1, steps), 3),
+                    return tokens, {**where_time_goes(decoder, before, clock, tokens, batch_size),
                                     "intervention_rate": round(sum(o.intervention_rate for o in outs) / len(outs), 4)}
                 rows.append({"method": name, "batch_size": batch_size, "length": length,
                              **measure(name, ours, device)})
                 print(_line(rows[-1]), flush=True)
     return _ratios(rows)
+
+
+def where_time_goes(decoder, before: dict, clock_before: dict, tokens: int, batch_size: int) -> dict:
+    """Per decoding step: each model's forward time, the rest (host work and the step's own tensor
+    work), copies to the host, and the widest attention mask over the longest row read."""
+    stats, clock = decoder.stats, decoder.clock.totals()
+    steps = max(1, stats["steps"] - before["steps"])
+    spent = {k: clock.get(k, 0.0) - clock_before.get(k, 0.0) for k in set(clock) | set(clock_before)}
+    passes = stats["guidance_passes"] - before["guidance_passes"]
+    per_step = {k: round(1000 * spent.get(k, 0.0) / steps, 3) for k in ("lead_forward", "guidance_forward", "step")}
+    forwards = per_step["lead_forward"] + per_step["guidance_forward"]
+    return {"guidance_passes_per_token": round(passes / max(1, tokens), 4),
+            "steps_with_guidance": round(passes / steps, 3),
+            "ms_per_step": per_step["step"], "base_forward_ms": per_step["lead_forward"],
+            "guidance_forward_ms": per_step["guidance_forward"],
+            "other_ms": round(max(0.0, per_step["step"] - forwards), 3),
+            "syncs_per_step": round((stats["syncs"] - before["syncs"]) / steps, 2),
+            "widest_mask_over_longest_row": round(stats["widest_mask"] / max(1, stats["longest_row"]), 3)}
 
 
 def identity_rows(pair, methods, batch_sizes, length, n) -> list[dict]:
@@ -273,6 +288,16 @@ def markdown(rows, meta) -> str:
                          f"{r['time_vs_hf_generate']} | {r['time_vs_base']} | {r['per_token_vs_shortest']} | "
                          f"{r['peak_mb']} | {r.get('guidance_passes_per_token', '-')} | "
                          f"{r.get('steps_with_guidance', '-')} | {r.get('intervention_rate', '-')} |")
+    timed = [r for r in fixed if "ms_per_step" in r]
+    if timed:
+        lines += ["", "Where a step's time goes (ms per decoding step; `other` = the step minus both forwards: the "
+                      "host's work and the step's own tensor work; syncs = copies to the host per step):", "",
+                  "| method | batch | length | ms per step | base forward | guidance forward | other | syncs / step | "
+                  "widest mask / longest row |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in timed:
+            lines.append(f"| {r['method']} | {r['batch_size']} | {r['length']} | {r['ms_per_step']} | "
+                         f"{r['base_forward_ms']} | {r['guidance_forward_ms']} | {r['other_ms']} | "
+                         f"{r['syncs_per_step']} | {r['widest_mask_over_longest_row']} |")
     ragged = [r for r in rows if r.get("mode") == "ragged"]
     if ragged:
         lines += ["", "| method | batch | benchmark | n | output lengths | tokens/s ragged | tokens/s fixed length | "
@@ -342,7 +367,7 @@ def run(args) -> Path:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pair", default="smollm2_gemma3", help="a pair of conf/pair/ (default: the embedded one)")
-    parser.add_argument("--synthetic", choices=["llama8b+llama1b", "qwen8b+llama1b", "tiny"],
+    parser.add_argument("--synthetic", choices=["llama8b+llama1b", "qwen8b+llama1b", "tiny", "tiny-shared"],
                         help="random models of real sizes instead of --pair (for GPU speed without weights)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=None,

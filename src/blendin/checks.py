@@ -16,7 +16,7 @@ from .pair import pair_spec
 from .policies import make_policy
 
 RUN_KEYS = {"results_dir", "force", "batch_size", "device", "dtype", "pair", "benchmark", "method", "judge", "logger",
-            "protocol", "base_view"}
+            "protocol", "base_view", "compile", "guidance_schedule"}
 PROTOCOL_KEYS = {"name", "plain_guidance"}
 PAIR_KEYS = {"name", "label", "base", "guidance", "aligned"}
 # every benchmark's keys, plus the benchmark-specific ones (TruthfulQA shuffle, XSTest part, ...);
@@ -37,8 +37,10 @@ def check_run_config(cfg) -> None:
     if not isinstance(plain.get("results_dir"), str) or not plain["results_dir"].strip():
         raise ConfigError(f"results_dir={plain.get('results_dir')!r} must be a directory path, e.g. results_dir=results")
     _boolean("force", plain.get("force", False))
-    _positive_int("batch_size", plain.get("batch_size"))
+    if plain.get("batch_size") != "auto":
+        _positive_int("batch_size", plain.get("batch_size"))
     check_device(plain.get("device", "auto"), plain.get("dtype", "auto"))
+    check_engine(plain.get("compile", "none"), plain.get("guidance_schedule", "auto"), plain.get("device", "auto"))
     check_pair(plain.get("pair"))
     check_benchmark(plain.get("benchmark"))
     method = _node(plain, "method")
@@ -50,6 +52,21 @@ def check_run_config(cfg) -> None:
     make_judge(plain.get("judge"))
     check_logger(plain.get("logger"))
     check_protocol(plain.get("protocol"), plain.get("base_view", "ids"))
+
+
+def check_engine(compile, schedule, device) -> None:
+    """compile and guidance_schedule: known values, and cudagraphs only where CUDA is."""
+    from .engine import SCHEDULES
+    from .streams import COMPILE_MODES
+
+    if compile not in COMPILE_MODES:
+        raise ConfigError(f"compile={compile!r} must be one of {', '.join(COMPILE_MODES)} (none: eager; compile: "
+                          "torch.compile; cudagraphs: CUDA graphs through torch.compile, GPU only)")
+    if compile == "cudagraphs" and resolve_device(device, strict=False).type != "cuda":
+        raise ConfigError("compile=cudagraphs needs a CUDA device. Fix: compile=compile or compile=none")
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"guidance_schedule={schedule!r} must be one of {', '.join(SCHEDULES)} (lazy: the "
+                          "guidance runs on steps where some row is unsure; every: every step; auto: every on a GPU)")
 
 
 def check_protocol(protocol, base_view) -> None:

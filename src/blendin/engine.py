@@ -13,16 +13,20 @@ steps where some row is uncertain, and then catches every row up in one batched 
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from .errors import ConfigError
-from .facts import add_guidance_facts
+from .facts import add_guidance_facts, top_p_size
 from .policies import Greedy, Step
 from .prompts import Prompt
+from .streams import COMPILE_MODES
+from .transfer import SYNCS, Clock, to_device, to_host
 from .views import Detokenizer, TokenView
 
 TRACE_COLUMNS = (
@@ -82,6 +86,36 @@ def schedule(n_prompts: int, lengths: Sequence[int], batch_size: int, admit: Cal
             on_done(finished)
 
 
+def new_stats() -> dict:
+    """A decoder's running counts: forward passes, steps, copies to the host (`syncs`), and the widest
+    attention mask given to either model against the longest row it read (tokens)."""
+    return {"lead_passes": 0, "guidance_passes": 0, "steps": 0, "syncs": 0, "widest_mask": 0, "longest_row": 0}
+
+
+def add_stats(stats: dict, lead, guide, syncs: int) -> None:
+    """Add one `generate` call's counts from its two `TokenView`s (guide may be None)."""
+    stats["syncs"] += syncs
+    for view, key in ((lead, "lead_passes"), (guide, "guidance_passes")):
+        if view is not None:
+            stats[key] += view.forward_passes
+            stats["widest_mask"] = max(stats["widest_mask"], getattr(view.stream, "widest", 0))
+            stats["longest_row"] = max(stats["longest_row"], view.longest)
+
+
+SCHEDULES = ("auto", "lazy", "every")
+
+
+def resolve_schedule(schedule: str, device: torch.device) -> str:
+    """lazy on a CPU (the guidance runs only on steps where some row is unsure, catching every row
+    up), every on a GPU (the guidance reads each step's token at once, so its pass has the same shape
+    every step, runs on its own CUDA stream beside the base's and needs no look at the device first)."""
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"guidance_schedule={schedule!r} must be one of {', '.join(SCHEDULES)}")
+    if schedule == "auto":
+        return "every" if device.type == "cuda" else "lazy"
+    return schedule
+
+
 class Decoder:
     """Greedy decoding of `lead`, steered by `policy` with an optional guidance model.
 
@@ -90,9 +124,12 @@ class Decoder:
     use_cache: False recomputes every step from scratch (slow; the reference for tests).
     base_view: "ids" (the lead reads its own token ids) or "text" (the lead re-reads the tokenized text
         every step, as the reference code's text-based servers did).
+    guidance_schedule: "lazy", "every" or "auto" (see `resolve_schedule`); outputs are the same.
+    compile: "none", "compile" or "cudagraphs": how decode steps run (`streams.decode_forward`).
     """
 
-    def __init__(self, lead, policy=None, guidance=None, vocab=None, use_cache: bool = True, base_view: str = "ids"):
+    def __init__(self, lead, policy=None, guidance=None, vocab=None, use_cache: bool = True, base_view: str = "ids",
+                 guidance_schedule: str = "auto", compile: str = "none"):
         self.lead, self.guidance, self.vocab = lead, guidance, vocab
         self.policy = policy or Greedy()
         self.use_cache = use_cache
@@ -101,7 +138,18 @@ class Decoder:
         self.base_view = base_view
         if self.policy.tau > 0 and guidance is None:
             raise ConfigError(f"method {self.policy.name} needs a guidance model")
-        self.stats = {"lead_passes": 0, "guidance_passes": 0, "steps": 0}
+        self.schedule = resolve_schedule(guidance_schedule, lead.device)
+        if compile not in COMPILE_MODES:
+            raise ConfigError(f"compile={compile!r} must be one of {', '.join(COMPILE_MODES)}")
+        if compile == "cudagraphs" and lead.device.type != "cuda":
+            raise ConfigError("compile=cudagraphs needs a CUDA device. Fix: compile=compile (torch.compile, any "
+                              "device) or compile=none")
+        self.compile = compile
+        if vocab is not None:
+            vocab.prepare()
+        self.stats = new_stats()
+        self.clock = Clock(lead.device)
+        self.lead_size = lead.vocab_size
 
     def generate(self, prompts: Sequence[Prompt], max_new_tokens: int = 256, stop_strings: Sequence[str] = (),
                  batch_size: int = 8, on_batch: Callable[[list[int], list[Generation]], None] | None = None,
@@ -116,9 +164,10 @@ class Decoder:
         guide_ids = [self.guidance.prompt_ids(p) for p in prompts] if self.guidance is not None else None
         batch = _Batch(self, max_new_tokens, tuple(s for s in stop_strings if s))
         results: list[Generation | None] = [None] * len(prompts)
+        syncs = SYNCS.count
 
         def done(rows):
-            outs = [row.result() for row in rows]
+            outs = [row.result(self.lead_size) for row in rows]
             for row, out in zip(rows, outs):
                 results[row.index] = out
             if on_batch:
@@ -128,22 +177,43 @@ class Decoder:
                  lambda idx: batch.admit(idx, [lead_ids[i] for i in idx],
                                          [guide_ids[i] for i in idx] if guide_ids else None),
                  batch.step, lambda: len(batch.rows), done)
-        self.stats["lead_passes"] += batch.lead.forward_passes
-        self.stats["guidance_passes"] += batch.guide.forward_passes if batch.guide is not None else 0
+        add_stats(self.stats, batch.lead, batch.guide, SYNCS.count - syncs)
         return results
 
 
+# The columns of the one packed copy a step makes to the host (float64 holds every id and float32 exactly).
+PACKED = ("base_top_prob", "base_top_id", "consulted", "applied", "alpha", "blend_prob", "source", "joint",
+          "guide_top_id", "guide_top_prob", "base_prob_of_guide_top", "guide_top_rank", "guide_top_in_base_top_p",
+          "guide_top_spelled", "base_top_p_size", "top100_overlap", "latch")
+_COLUMN = {name: i for i, name in enumerate(PACKED)}
+_BOOLS = ("consulted", "applied", "guide_top_in_base_top_p", "guide_top_spelled")
+_INTS = ("base_top_id", "source", "guide_top_id", "guide_top_rank", "base_top_p_size")
+
+
 class _Batch:
-    """The rows decoding together, their two views, and one decoding step."""
+    """The rows decoding together, their two views, and one decoding step.
+
+    A step does its deciding on the device with the same tensor operations for every row, then
+    copies one packed table [rows, PACKED] to the host (`transfer.to_host`); the host's work (the
+    trace, EOS and stop strings, text for the views) reads that copy only. The lazy schedule reads
+    one flag first (is any row unsure?) on the steps that might need the guidance.
+    """
 
     def __init__(self, decoder: Decoder, max_new_tokens: int, stop_strings: tuple[str, ...]):
         self.d, self.max_new_tokens, self.stop_strings = decoder, max_new_tokens, stop_strings
         self.longest_stop = max((len(s) for s in stop_strings), default=0)
-        self.lead = TokenView(decoder.lead, by_text=decoder.base_view == "text", use_cache=decoder.use_cache)
+        # each stream plans its cache for the prompt + every new token (+ spelled and re-tokenized extras)
+        headroom = max_new_tokens + 64
+        self.lead = TokenView(decoder.lead, by_text=decoder.base_view == "text", use_cache=decoder.use_cache,
+                              headroom=headroom, clock=decoder.clock, role="lead", compile=decoder.compile)
         self.guide = None
         if decoder.guidance is not None:
-            self.guide = TokenView(decoder.guidance, by_text=not decoder.vocab.identical, use_cache=decoder.use_cache)
+            self.guide = TokenView(decoder.guidance, by_text=not decoder.vocab.identical, use_cache=decoder.use_cache,
+                                   headroom=2 * headroom, clock=decoder.clock, role="guidance",
+                                   compile=decoder.compile)
+        self.side = torch.cuda.Stream(decoder.lead.device) if decoder.lead.device.type == "cuda" else None
         self.rows: list[_Row] = []
+        self.counts: torch.Tensor | None = None  # [rows, 3] on the device: steps, applied, latched
 
     def admit(self, indices: list[int], lead_prompts: list[list[int]], guide_prompts: list[list[int]] | None) -> None:
         self.lead.admit(lead_prompts)
@@ -151,37 +221,91 @@ class _Batch:
             self.guide.admit(guide_prompts)
         tokenizer = self.d.lead.tokenizer
         self.rows += [_Row(i, Detokenizer(tokenizer, p[-1:])) for i, p in zip(indices, lead_prompts)]
+        fresh = torch.zeros((len(indices), 3), dtype=torch.long, device=self.d.lead.device)
+        self.counts = fresh if self.counts is None or not len(self.counts) else torch.cat([self.counts, fresh])
 
     @torch.inference_mode()
     def step(self) -> list["_Row"]:
         """Decide one token for every row; return the rows that finished (they leave the batch)."""
-        d, rows = self.d, self.rows
-        self.d.stats["steps"] += 1
-        probs = torch.softmax(self.lead.logits, dim=-1)
+        d = self.d
+        d.stats["steps"] += 1
+        started = time.perf_counter()
+        lead_logits = self.lead.logits
+        probs = torch.softmax(lead_logits, dim=-1)
         top_prob, top_id = probs.max(-1)
-        device = probs.device
         consulted = top_prob < d.policy.tau
         step = Step(base_probs=probs, base_top_prob=top_prob, base_top_id=top_id, consulted=consulted,
-                    n_steps=torch.tensor([r.n_steps for r in rows], device=device),
-                    n_applied=torch.tensor([r.n_applied for r in rows], device=device), vocab=d.vocab,
-                    latched=torch.tensor([r.latched for r in rows], device=device))
-        if bool(consulted.any()):
-            guide_logits = self._guidance_logits()
-            add_guidance_facts(step, torch.softmax(guide_logits, dim=-1))
+                    n_steps=self.counts[:, 0], n_applied=self.counts[:, 1], vocab=d.vocab,
+                    latched=self.counts[:, 2].bool())
+        guide_logits = None
+        if self.guide is not None and d.policy.tau > 0:
+            if d.schedule == "every":
+                guide_logits = self.guide_logits
+            elif to_host(consulted.any()):  # lazy: catch the guidance up only when some row needs it
+                guide_logits = self._guidance_logits()
+        if guide_logits is not None:
+            add_guidance_facts(step, torch.softmax(guide_logits, dim=-1), exact=False)
             choice = d.policy.decide(step)
         else:  # no row is uncertain: every method keeps the base's own token
             choice = Greedy().decide(step)
-        self._record(step, choice)
-        finished = [r for r in rows if r.finished]
+        packed = self._pack(step, choice)
+        self.counts = self.counts + torch.stack([torch.ones_like(choice.applied, dtype=torch.long),
+                                                 choice.applied.long(), packed[:, _COLUMN["latch"]].long()], 1)
+        self.counts[:, 2].clamp_(max=1)
+        values = to_host(packed)
+        self._complete_top_p(values, probs)
+        host_started = time.perf_counter()
+        self._record(values)
+        finished = [r for r in self.rows if r.finished]
         if finished:
-            keep = [i for i, r in enumerate(rows) if not r.finished]
+            keep = [i for i, r in enumerate(self.rows) if not r.finished]
             self.lead.select(keep)
             if self.guide is not None:
                 self.guide.select(keep)
-            self.rows = [rows[i] for i in keep]
+            self.rows = [self.rows[i] for i in keep]
+            self.counts = self.counts[to_device(keep, torch.long, self.counts.device)]
         if self.rows:
-            self._feed_lead()
+            self._feed()
+        d.clock.seconds["host"] = d.clock.seconds.get("host", 0.0) + time.perf_counter() - host_started
+        d.clock.seconds["step"] = d.clock.seconds.get("step", 0.0) + time.perf_counter() - started
         return finished
+
+    def _pack(self, step: Step, choice) -> torch.Tensor:
+        """Every per-row fact the host needs from this step, as one [rows, PACKED] float64 table."""
+        consulted = step.consulted
+        rows = consulted.shape[0]
+        nan = torch.full((rows,), math.nan, dtype=torch.float64, device=consulted.device)
+        minus = torch.full_like(nan, -1.0)
+        columns = {"base_top_prob": step.base_top_prob, "base_top_id": step.base_top_id, "consulted": consulted,
+                   "applied": choice.applied, "alpha": choice.alpha, "blend_prob": choice.blend_prob,
+                   "source": choice.source, "joint": choice.token,
+                   "latch": choice.latch if choice.latch is not None else torch.zeros_like(consulted)}
+        if step.guide_top_id is not None:
+            size = step.base_size
+            mapped_top = torch.where(step.guide_top_joint < size, step.guide_top_joint, -1)
+            columns.update({
+                "guide_top_id": torch.where(consulted, mapped_top, -1),
+                "guide_top_prob": torch.where(consulted, step.guide_top_prob, math.nan),
+                "base_prob_of_guide_top": torch.where(consulted, step.base_prob_of_guide_top, math.nan),
+                "guide_top_rank": step.located_rank, "guide_top_in_base_top_p": step.located_in_top_p,
+                "guide_top_spelled": step.guide_top_spelled, "base_top_p_size": step.base_top_p_size,
+                "top100_overlap": step.top100_overlap})
+        blank = {"guide_top_id": minus, "guide_top_rank": minus, "base_top_p_size": minus}
+        return torch.stack([columns[name].to(torch.float64) if name in columns else blank.get(name, nan)
+                            for name in PACKED], dim=1)
+
+    def _complete_top_p(self, values, probs: torch.Tensor) -> None:
+        """Top-p sizes past the first 256 tokens: rare (a very flat distribution), done exactly here."""
+        column = values[:, _COLUMN["base_top_p_size"]]
+        rows = [i for i in range(len(column)) if column[i] < -1]
+        if rows:
+            sizes = to_host(top_p_size(probs[to_device(rows, torch.long, probs.device)]))
+            column[rows] = sizes
+
+    @property
+    def guide_logits(self) -> torch.Tensor:
+        """The every-step schedule: the guidance already read this step's tokens in `_feed`."""
+        return self.guide.logits
 
     def _guidance_logits(self) -> torch.Tensor:
         every = range(len(self.rows))
@@ -189,6 +313,19 @@ class _Batch:
             return self.guide.catch_up(every, ids=[r.ids for r in self.rows])
         return self.guide.catch_up(every, texts=[r.detok.text for r in self.rows],
                                    stables=[r.detok.stable_length for r in self.rows])
+
+    def _feed(self) -> None:
+        """Bring the lead (and, on the every-step schedule, the guidance) up to date with every row."""
+        every_step = self.guide is not None and self.d.schedule == "every" and self.d.policy.tau > 0
+        if every_step and self.side is not None:  # the guidance's pass beside the base's, on its own stream
+            self.side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side):
+                self._guidance_logits()
+        self._feed_lead()
+        if every_step and self.side is None:
+            self._guidance_logits()
+        elif every_step:
+            torch.cuda.current_stream().wait_stream(self.side)
 
     def _feed_lead(self) -> None:
         every = range(len(self.rows))
@@ -198,51 +335,24 @@ class _Batch:
         else:
             self.lead.catch_up(every, ids=[r.ids for r in self.rows])
 
-    def _record(self, step: Step, choice) -> None:
-        """Trace the step, apply the choice to each row and check stopping."""
+    def _record(self, values) -> None:
+        """Trace the step, apply each row's choice and check stopping (host work on the copy)."""
         d = self.d
-        size = step.base_size
-        consulted = step.consulted
-        has_g = step.guide_top_id is not None
-        nan = torch.full_like(step.base_top_prob, math.nan)
-        minus = torch.full_like(step.base_top_id, -1)
-        no = torch.zeros_like(consulted)
-        mapped_top = torch.where(step.guide_top_joint < size, step.guide_top_joint, minus) if has_g else minus
-        columns = {
-            "base_top_prob": step.base_top_prob, "base_top_id": step.base_top_id, "consulted": consulted,
-            "applied": choice.applied, "alpha": choice.alpha, "blend_prob": choice.blend_prob, "source": choice.source,
-            "joint": choice.token,
-            "guide_top_id": torch.where(consulted, mapped_top, minus),
-            "guide_top_prob": torch.where(consulted, step.guide_top_prob, nan) if has_g else nan,
-            "base_prob_of_guide_top": torch.where(consulted, step.base_prob_of_guide_top, nan) if has_g else nan,
-            "guide_top_rank": torch.where(consulted, step.located_rank, minus) if has_g else minus,
-            "guide_top_in_base_top_p": (consulted & step.located_in_top_p) if has_g else no,
-            "guide_top_spelled": (consulted & step.guide_top_spelled) if has_g else no,
-            "base_top_p_size": torch.where(consulted, step.base_top_p_size, minus) if has_g else minus,
-            "top100_overlap": torch.where(consulted, step.top100_overlap, nan) if has_g else nan,
-        }
-        if choice.latch is not None:
-            columns["latch"] = choice.latch
-        values = {k: v.tolist() for k, v in columns.items()}
+        size = d.lead_size
         eos_ids = d.lead.eos_ids
-        for j, row in enumerate(self.rows):
-            joint = values["joint"][j]
+        joints = values[:, _COLUMN["joint"]].astype(int).tolist()
+        for row, joint, facts in zip(self.rows, joints, values):
             ids = [joint] if joint < size else d.vocab.base_ids_for_guidance_token(joint - size)
-            entry = {k: values[k][j] for k in columns if k not in ("joint", "latch")}
-            entry.update(step=row.n_steps, chosen_id=joint if joint < size else -1,
-                         override=joint != values["base_top_id"][j])
-            if values.get("latch", [False] * (j + 1))[j]:
+            if facts[_COLUMN["latch"]]:
                 row.latched = True
             if len(ids) == 1 and ids[0] in eos_ids:
-                entry["text_offset"] = len(row.detok.text)
-                row.add(entry)
+                row.add(facts, joint, len(row.detok.text))
                 row.finish("eos", self.stop_strings)
                 continue
             checked = max(0, row.detok.stable_length - self.longest_stop + 1)
             row.ids.extend(ids)
             text = row.detok.push(ids)
-            entry["text_offset"] = len(text)
-            row.add(entry)
+            row.add(facts, joint, len(text))
             if self.stop_strings and any(s in text[checked:] for s in self.stop_strings):
                 row.finish("stop_string", self.stop_strings)
             elif row.n_steps >= self.max_new_tokens:
@@ -255,27 +365,36 @@ def cut_at_stop(text: str, stop_strings) -> str:
 
 
 class _Row:
-    """Book-keeping of one row while it decodes."""
+    """Book-keeping of one row while it decodes: its tokens, text and one packed trace row per step."""
 
     def __init__(self, index: int, detok: Detokenizer):
         self.index, self.detok, self.ids = index, detok, []
-        self.n_steps = self.n_applied = self.n_overrides = self.n_consulted = 0
+        self.n_steps = 0
         self.finished, self.stop_reason, self.latched = False, "", False
-        self.trace = {c: [] for c in TRACE_COLUMNS}
+        self.facts: list = []  # per step: the packed row (numpy), the chosen joint id, the text length
         self.text = ""
 
-    def add(self, entry: dict) -> None:
-        for key, value in entry.items():
-            self.trace[key].append(value)
+    def add(self, facts, joint: int, text_offset: int) -> None:
+        self.facts.append((facts, joint, text_offset))
         self.n_steps += 1
-        self.n_applied += bool(entry["applied"])
-        self.n_overrides += bool(entry["override"])
-        self.n_consulted += bool(entry["consulted"])
 
     def finish(self, reason: str, stop_strings=()) -> None:
         self.finished, self.stop_reason = True, reason
         self.text = cut_at_stop(self.detok.text, stop_strings)
 
-    def result(self) -> Generation:
-        return Generation(self.text, list(self.ids), self.n_steps, self.n_applied, self.n_overrides,
-                          self.stop_reason, self.trace, self.n_consulted)
+    def result(self, base_size: int) -> Generation:
+        table = np.stack([f for f, _, _ in self.facts])
+        joints = [j for _, j, _ in self.facts]
+        trace: dict[str, list] = {"step": list(range(len(joints)))}
+        for name in TRACE_COLUMNS:
+            if name in _COLUMN:
+                column = table[:, _COLUMN[name]]
+                trace[name] = (column.astype(bool) if name in _BOOLS else column.astype(np.int64) if name in _INTS
+                               else column).tolist()
+        trace["chosen_id"] = [j if j < base_size else -1 for j in joints]
+        trace["override"] = [j != b for j, b in zip(joints, trace["base_top_id"])]
+        trace["text_offset"] = [t for _, _, t in self.facts]
+        trace = {name: trace[name] for name in TRACE_COLUMNS}
+        n_applied = sum(trace["applied"])
+        return Generation(self.text, list(self.ids), self.n_steps, n_applied, sum(trace["override"]),
+                          self.stop_reason, trace, sum(trace["consulted"]))

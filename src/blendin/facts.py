@@ -26,29 +26,36 @@ def rank_in(probs: torch.Tensor, token: torch.Tensor) -> tuple[torch.Tensor, tor
     return above.sum(-1) + 1, (probs * above).sum(-1) < TOP_P
 
 
-def top_p_size(probs: torch.Tensor, p: float = TOP_P) -> torch.Tensor:
+def top_p_size(probs: torch.Tensor, p: float = TOP_P, exact: bool = True) -> torch.Tensor:
     """Size of the smallest set of most probable tokens whose mass reaches p, per row.
 
-    Sorting a 262k-token distribution is slow on a CPU, so try growing top-k prefixes first.
+    Sorting a 262k-token distribution is slow, so look at the top 256 first. exact=False stops there
+    and returns -(256 + 1) for rows whose top 256 hold less than p (the caller completes them with
+    `top_p_size` where it needs to; the decoding step does, after its one copy to the host).
+    exact=True grows the prefix until every row is done (it reads a flag from the device to know).
     """
     vocab = probs.shape[-1]
     k = min(256, vocab)
     while True:
         top = probs.topk(k, dim=-1).values.cumsum(-1)
         reached = top[:, -1] >= p
+        size = ((top < p).sum(-1) + 1).clamp_max(k)
+        if not exact:
+            return torch.where(reached | (k == vocab), size, torch.full_like(size, -(k + 1)))
         if bool(reached.all()) or k == vocab:
-            size = (top < p).sum(-1) + 1
-            return size.clamp_max(k)
+            return size
         k = min(vocab, k * 8)
 
 
-def add_guidance_facts(step, guide_probs: torch.Tensor) -> None:
+def add_guidance_facts(step, guide_probs: torch.Tensor, exact: bool = True) -> None:
     """Fill the guidance fields of a `policies.Step` from the guidance distribution [B, Vg].
 
-    The policies' fields cover every row; the trace-only facts (which scan the whole base
-    distribution, costly with a 262k vocabulary) are computed for the consulted rows only.
+    Every row is computed with the same tensor operations (no row is picked out on the host); the
+    facts of rows that did not consult the guidance are then blanked (-1, False, NaN). exact: see
+    `top_p_size` (the only fact that may need a second look).
     """
     vocab = step.vocab
+    consulted = step.consulted
     step.guide_probs = guide_probs
     step.guide_top_prob, step.guide_top_id = guide_probs.max(-1)
     mapped = vocab.guidance_to_base[step.guide_top_id]
@@ -56,28 +63,19 @@ def add_guidance_facts(step, guide_probs: torch.Tensor) -> None:
     step.guide_top_joint = torch.where(has_twin, mapped, step.guide_top_id + step.base_size)
     pb_tg = step.base_probs.gather(-1, mapped.clamp_min(0).unsqueeze(-1)).squeeze(-1)
     step.base_prob_of_guide_top = torch.where(has_twin, pb_tg, torch.zeros_like(pb_tg))
-    minus = torch.full_like(step.guide_top_id, -1)
-    no = torch.zeros_like(has_twin)
-    step.guide_top_rank, step.guide_top_in_base_top_p = minus.clone(), no.clone()
-    step.located_rank, step.located_in_top_p, step.guide_top_spelled = minus.clone(), no.clone(), no.clone()
-    step.base_top_p_size = minus.clone()
-    step.top100_overlap = torch.full_like(step.base_top_prob, float("nan"))
-    rows = step.consulted.nonzero().squeeze(-1)
-    if rows.numel() == 0:
-        return
-    base = step.base_probs[rows]
     # where the suggestion sits in the base distribution: its twin, else the first spelled token
-    located = torch.where(has_twin[rows], mapped[rows], vocab.first_base_ids(step.guide_top_id[rows]))
-    rank, in_top_p = rank_in(base, located)
+    located = vocab.first_base_ids(step.guide_top_id)
+    rank, in_top_p = rank_in(step.base_probs, located)
     found = located >= 0
-    twin = has_twin[rows]
-    step.guide_top_rank[rows] = torch.where(twin, rank, -1)  # what the policies (af) use: twins only
-    step.guide_top_in_base_top_p[rows] = twin & in_top_p
-    step.located_rank[rows] = torch.where(found, rank, -1)
-    step.located_in_top_p[rows] = found & in_top_p
-    step.guide_top_spelled[rows] = ~twin & found
-    step.base_top_p_size[rows] = top_p_size(base)
-    step.top100_overlap[rows] = top_k_overlap(base, guide_probs[rows], vocab)
+    minus = torch.full_like(rank, -1)
+    step.guide_top_rank = torch.where(consulted & has_twin, rank, minus)  # what the policies (af) use
+    step.guide_top_in_base_top_p = consulted & has_twin & in_top_p
+    step.located_rank = torch.where(consulted & found, rank, minus)
+    step.located_in_top_p = consulted & found & in_top_p
+    step.guide_top_spelled = consulted & ~has_twin & found
+    step.base_top_p_size = torch.where(consulted, top_p_size(step.base_probs, exact=exact), minus)
+    nan = torch.full_like(step.base_top_prob, float("nan"))
+    step.top100_overlap = torch.where(consulted, top_k_overlap(step.base_probs, guide_probs, vocab), nan)
 
 
 def top_k_overlap(base_probs: torch.Tensor, guide_probs: torch.Tensor, vocab, k: int = OVERLAP_K) -> torch.Tensor:

@@ -44,7 +44,8 @@ def run(cfg: DictConfig) -> dict:
     pair = Pair(pair_spec(cfg.pair), device=cfg.device, dtype=cfg.dtype)
     method = OmegaConf.to_container(cfg.method, resolve=True)
     started = time.perf_counter()
-    decoder = pair.decoder(method, use_cache=cfg.use_cache, base_view=cfg.get("base_view", "ids"))
+    decoder = pair.decoder(method, use_cache=cfg.use_cache, base_view=cfg.get("base_view", "ids"),
+                           guidance_schedule=cfg.get("guidance_schedule", "auto"), compile=cfg.get("compile", "none"))
     loaded = time.perf_counter()
     [gen] = decoder.generate([prompt], max_new_tokens=cfg.max_new_tokens, stop_strings=list(cfg.stop or []))
     elapsed = time.perf_counter() - loaded

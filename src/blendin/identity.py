@@ -104,7 +104,8 @@ def environment(cfg) -> dict:
     import transformers
 
     return {"device": str(resolve_device(cfg.device, strict=False)), "dtype": resolved_dtype(cfg),
-            "batch_size": cfg.batch_size, "torch_version": torch.__version__,
+            "batch_size": cfg.batch_size, "compile": cfg.get("compile", "none"),
+            "guidance_schedule": cfg.get("guidance_schedule", "auto"), "torch_version": torch.__version__,
             "transformers_version": transformers.__version__}
 
 
@@ -136,6 +137,15 @@ def begin_session(run_path: Path, digest: str, env: dict, resuming: bool) -> dic
     record["sessions"].append(env)
     atomic_write_json(path, record)
     return record
+
+
+def record_session(run_path: Path, env: dict) -> None:
+    """Add a session to <run>/identity.json within a decoding session (e.g. the batch halved after an
+    out-of-memory error), so that metrics.json says the run's outputs came from more than one setting."""
+    path = Path(run_path) / "identity.json"
+    record = json.loads(path.read_text())
+    record["sessions"].append(env)
+    atomic_write_json(path, record)
 
 
 def session_summary(run_path: Path) -> dict:

@@ -74,15 +74,18 @@ class Pair:
             self._vocab = build_vocab_map(self.model("base"), self.model("guidance"))
         return self._vocab
 
-    def decoder(self, method, use_cache: bool = True, base_view: str = "ids"):
+    def decoder(self, method, use_cache: bool = True, base_view: str = "ids", guidance_schedule: str = "auto",
+                compile: str = "none"):
         """The decoder for a method config (dict or OmegaConf node with `name` and its parameters).
 
         base_view: "ids" (ours) or "text" (the base re-reads the tokenized text each step, as the
         reference code's servers did). Word-level NUDGING always works on text.
+        guidance_schedule: when the guidance model runs (`engine.resolve_schedule`); outputs are the same.
+        compile: how decode steps run (none, compile, cudagraphs; `streams.decode_forward`).
         """
         policy = make_policy(method)
         if policy.name in ("base", "guidance", "aligned"):
-            return Decoder(self.model(policy.name), policy, use_cache=use_cache, base_view=base_view)
+            return Decoder(self.model(policy.name), policy, use_cache=use_cache, base_view=base_view, compile=compile)
         if policy.name == "forced":
             from .forcing import ForcedDecoder
 
@@ -92,4 +95,4 @@ class Pair:
 
             return WordNudgingDecoder(self.model("base"), policy, self.model("guidance"), self.vocab, use_cache)
         return Decoder(self.model("base"), policy, self.model("guidance"), self.vocab, use_cache=use_cache,
-                       base_view=base_view)
+                       base_view=base_view, guidance_schedule=guidance_schedule, compile=compile)

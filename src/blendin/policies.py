@@ -182,19 +182,14 @@ class Blend:
     name: str = "blendin"
 
     def decide(self, step: Step) -> Choice:
-        choice = _choose(step, torch.zeros_like(step.consulted))
-        rows = step.consulted.nonzero().squeeze(-1)
-        if rows.numel() == 0:
-            return choice
-        pb, pg = step.base_probs[rows], step.guide_probs[rows]
+        # every row is blended with the same tensor operations; rows not consulted keep the base's token
         blend = _blend_full if self.top_k is None else _blend_top_k
-        token, alpha, prob = blend(pb, pg, step, rows, self)
-        choice.token[rows] = token
-        choice.applied[rows] = True
-        choice.source[rows] = SOURCE_BLEND
-        choice.alpha[rows] = alpha
-        choice.blend_prob[rows] = prob
-        return choice
+        token, alpha, prob = blend(step.base_probs, step.guide_probs, step, self)
+        consulted = step.consulted
+        nan = torch.full_like(alpha, math.nan)
+        return Choice(torch.where(consulted, token, step.base_top_id), consulted.clone(),
+                      torch.where(consulted, SOURCE_BLEND, SOURCE_BASE), torch.where(consulted, alpha, nan),
+                      torch.where(consulted, prob, nan))
 
     def weight(self, p_base_top, p_guide_top, p_base_of_guide_top) -> torch.Tensor:
         if self.alpha is not None:
@@ -203,12 +198,12 @@ class Blend:
         return (ratio + self.lam * p_base_of_guide_top).clamp(0.0, 1.0)
 
 
-def _blend_full(pb, pg, step: Step, rows, policy: Blend):
+def _blend_full(pb, pg, step: Step, policy: Blend):
     """Blend over the shared vocabulary (base ids some guidance token maps to), renormalized."""
     vocab = step.vocab
     pg_on_base = vocab.guidance_probs_on_base(pg)
     shared = vocab.shared_base_mask
-    alpha = policy.weight(step.base_top_prob[rows], step.guide_top_prob[rows], step.base_prob_of_guide_top[rows])
+    alpha = policy.weight(step.base_top_prob, step.guide_top_prob, step.base_prob_of_guide_top)
     a = alpha.unsqueeze(-1)
     blended = a * pg_on_base + (1 - a) * pb * shared
     blended = blended / blended.sum(-1, keepdim=True).clamp_min(1e-30)
@@ -216,7 +211,7 @@ def _blend_full(pb, pg, step: Step, rows, policy: Blend):
     return token, alpha, prob
 
 
-def _blend_top_k(pb, pg, step: Step, rows, policy: Blend):
+def _blend_top_k(pb, pg, step: Step, policy: Blend):
     """Blend the union of both top-k lists, keyed by token (joint ids), as the reference does."""
     k_b = min(policy.top_k, pb.shape[-1])
     k_g = min(policy.top_k, pg.shape[-1])
@@ -229,7 +224,7 @@ def _blend_top_k(pb, pg, step: Step, rows, policy: Blend):
     p_guide = ((candidates.unsqueeze(-1) == guide_ids.unsqueeze(1)) * guide_p.unsqueeze(1)).sum(-1)
     # P_b(t_g) as the reference sees it: 0 when t_g is outside the base's top-k list
     pb_tg = p_base[:, k_b]  # the first guidance candidate is the guidance top token
-    alpha = policy.weight(step.base_top_prob[rows], step.guide_top_prob[rows], pb_tg)
+    alpha = policy.weight(step.base_top_prob, step.guide_top_prob, pb_tg)
     a = alpha.unsqueeze(-1)
     blended = a * p_guide + (1 - a) * p_base
     # total mass over the union: each list's probabilities count once, whatever the overlap

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .benchmarks import Benchmark, benchmark_from_config
@@ -25,9 +26,10 @@ from .checks import check_run_config
 from .cli import call
 from .data import REPO_ROOT
 from .errors import ConfigError
-from .identity import (begin_session, effective_pair, environment, prompts_digest, protocol_summary, run_dir,
-                       run_name, session_summary)
+from .identity import (begin_session, effective_pair, environment, prompts_digest, protocol_summary, record_session,
+                       run_dir, run_name, session_summary)
 from .judges import make_judge
+from .memory import auto_batch_size, is_out_of_memory
 from .pair import Pair, pair_spec
 from .policies import SOLO_METHODS
 from .scoring import mean
@@ -69,11 +71,15 @@ def execute(cfg: DictConfig, pair: Pair | None = None) -> dict:
             log.info("%s: %d of %d samples to decode -> %s", store.path.name, len(pending), len(samples), store.path)
             pair = pair or shared_pair(cfg)
             decoder = pair.decoder(OmegaConf.to_container(cfg.method, resolve=True),
-                                   base_view=cfg.get("base_view", "ids"))
+                                   base_view=cfg.get("base_view", "ids"),
+                                   guidance_schedule=cfg.get("guidance_schedule", "auto"),
+                                   compile=cfg.get("compile", "none"))
             rendered = [(decoder.lead.prompt_text(s.prompt),
                          decoder.guidance.prompt_text(s.prompt) if decoder.guidance else None) for s in samples]
-            begin_session(store.path, prompts_digest(rendered), environment(cfg), resuming=bool(done))
-            _decode(cfg, decoder, pending, store)
+            batch_size = resolved_batch_size(cfg, decoder, pending)
+            begin_session(store.path, prompts_digest(rendered), dict(environment(cfg), batch_size=batch_size),
+                          resuming=bool(done))
+            _decode(cfg, decoder, pending, store, batch_size)
         metrics = finish(store, benchmark, samples, judge, cfg, reused_from=reused)
     log_run(cfg, metrics, store.samples(), store.path)
     return metrics
@@ -107,13 +113,16 @@ def shared_pair(cfg: DictConfig) -> Pair:
     return _PAIRS[key]
 
 
-def _decode(cfg, decoder, pending, store: RunStore) -> None:
+def _decode(cfg, decoder, pending, store: RunStore, batch_size: int) -> None:
+    """Decode `pending`, storing samples as batches finish. Out of GPU memory, halve the batch and go on
+    with the samples not yet stored (the new batch size is recorded as a session of the run)."""
     from tqdm import tqdm
 
     method = cfg.method.name
     stop = list(cfg.benchmark.get("stop") or [])
     bar = tqdm(total=len(pending), desc=f"{cfg.benchmark.name}/{method}", unit="sample", file=sys.stderr)
     totals = {"tokens": 0, "applied": 0, "start": time.perf_counter(), "last": time.perf_counter()}
+    todo = list(pending)
 
     def on_batch(indices, generations):
         now = time.perf_counter()
@@ -121,7 +130,7 @@ def _decode(cfg, decoder, pending, store: RunStore) -> None:
         totals["last"] = now
         records, trace = [], {}
         for i, gen in zip(indices, generations):
-            sample = pending[i]
+            sample = todo[i]
             records.append(_record(sample, gen, seconds, decoder))
             for key, values in gen.trace.items():
                 trace.setdefault(key, []).extend(values)
@@ -133,10 +142,34 @@ def _decode(cfg, decoder, pending, store: RunStore) -> None:
         bar.set_postfix(tok_s=f"{totals['tokens'] / (now - totals['start']):.1f}",
                         intervention=f"{totals['applied'] / max(1, totals['tokens']):.3f}")
 
-    extra = {"continuations": continuations(cfg, pending)} if method == "forced" else {}
-    decoder.generate([s.prompt for s in pending], max_new_tokens=cfg.benchmark.max_new_tokens, stop_strings=stop,
-                     batch_size=cfg.batch_size, on_batch=on_batch, **extra)
+    while todo:
+        extra = {"continuations": continuations(cfg, todo)} if method == "forced" else {}
+        try:
+            decoder.generate([s.prompt for s in todo], max_new_tokens=cfg.benchmark.max_new_tokens, stop_strings=stop,
+                             batch_size=batch_size, on_batch=on_batch, **extra)
+            break
+        except Exception as err:  # noqa: BLE001 - only out-of-memory is handled; the rest is re-raised
+            if not is_out_of_memory(err) or batch_size == 1:
+                raise
+            stored = {r["id"] for r in store.samples()}
+            todo = [s for s in todo if s.id not in stored]
+            batch_size //= 2
+            log.warning("out of memory: batch size halved to %d; %d samples left", batch_size, len(todo))
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            record_session(store.path, dict(environment(cfg), batch_size=batch_size, after="out of memory"))
     bar.close()
+
+
+def resolved_batch_size(cfg, decoder, samples) -> int:
+    """`batch_size`, or for batch_size=auto the largest batch that fits the GPU (`memory.auto_batch_size`)."""
+    if cfg.batch_size != "auto":
+        return cfg.batch_size
+    models = [decoder.lead] + ([decoder.guidance] if decoder.guidance is not None else [])
+    longest = max(len(decoder.lead.prompt_ids(s.prompt)) for s in samples)
+    size = auto_batch_size(models, longest, cfg.benchmark.max_new_tokens)
+    log.info("batch_size=auto: %d", size)
+    return size
 
 
 def continuations(cfg, samples) -> list[str]:

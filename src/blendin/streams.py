@@ -2,30 +2,34 @@
 
 Each step a row may append any number of tokens (0 when nothing changed, several when a
 guidance-only token is spelled in base tokens, or when a re-tokenized text view changes) and may
-discard some of its latest tokens (a text view cropped to the longest common prefix). `CachedStream`
-keeps one batched KV cache and does not re-lay it out on every step: rows that append fewer tokens
-than the widest row leave masked-out *holes*, and discarded tokens are masked out too. Position ids
-count only a row's real tokens, so each row computes exactly what it would alone.
+discard some of its latest tokens (a text view cropped to the longest common prefix).
 
-Rows come and go: `select` keeps some rows (finished rows leave the batch and stop costing
-compute) and `merge` adds the rows of another stream (new prompts, prefilled on their own). Both
-re-lay the cache out once, packing each row's real tokens to the right.
+`CachedStream` keeps one batched KV cache (`RowCache`) in which every row is left-aligned: row i's
+tokens fill columns 0 .. len_i - 1, so a column is a position, there are no holes, and the widest
+attention mask is the longest real row. A step writes each row's new tokens at its own next columns
+(a scatter: rows that feed fewer tokens than the widest pad the chunk on the left and write the
+padding past their end, where no real query looks). The masks are built on the device from the row
+lengths, so a step copies only its chunk and the lengths to the device, in one transfer. The
+buffer's capacity is planned once (longest prompt + the budget the caller gives as `headroom`) and
+grows only if a row outruns the plan.
 
-The cache (`BufferCache`) writes keys and values into a preallocated buffer that doubles when full,
-so a step copies only the new tokens: transformers' DynamicCache concatenates the whole cache on
-every step, a cost that grows with the output length.
+Rows come and go: `select` keeps some rows (finished rows leave the batch and stop costing compute)
+and `merge` adds the rows of another stream (new prompts, prefilled on their own, several at once).
+Each is one copy of the used columns.
 
-Sliding-window layers (Gemma-2/3, Mistral) must see the last W *real* tokens, not the last W cache
-columns: for those models the stream keeps every column and builds the attention masks itself,
-with the window measured in real positions. `RecomputeStream` has the same interface and
-recomputes every row from scratch each step; it is the reference the tests hold the cached stream to.
+Sliding-window layers (Gemma-2/3, Mistral) see the last W positions, which are the last W columns
+of the row. `RecomputeStream` has the same interface and recomputes every row from scratch each
+step; it is the reference the tests hold the cached stream to.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer
 
 from .errors import ConfigError
+from .transfer import to_device
 
 
 def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +73,7 @@ def attention_masks(model, visible: torch.Tensor, q_pos: torch.Tensor, k_pos: to
         kinds["sliding_attention"] = visible & (q_pos[:, :, None] - k_pos[:, None, :] < window)
     own = torch.zeros(visible.shape[1:], dtype=torch.bool, device=visible.device)
     queries, keys = visible.shape[1], visible.shape[2]
-    own[torch.arange(queries), torch.arange(keys - queries, keys)] = True  # query q sits in column K - Q + q
+    own[torch.arange(queries, device=visible.device), torch.arange(keys - queries, keys, device=visible.device)] = True  # query q sits in column K - Q + q
     masks = {}
     for kind, seen in kinds.items():
         seen = (seen | (own[None] & ~seen.any(-1, keepdim=True)))[:, None]  # [B, 1, Q, K]
@@ -83,129 +87,133 @@ def attention_masks(model, visible: torch.Tensor, q_pos: torch.Tensor, k_pos: to
     return masks if per_layer_type else masks["sliding_attention"]
 
 
-class BufferLayer(DynamicLayer):
-    """One layer's keys and values in a buffer [B, H, capacity, D] that doubles when full."""
+def cache_argument(model) -> str:
+    """The forward's name for the KV cache: `cache` (transformers >= 5.24), else `past_key_values`."""
+    name = getattr(model, "_blendin_cache_argument", None)
+    if name is None:
+        name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        model._blendin_cache_argument = name
+    return name
+
+
+COMPILE_MODES = ("none", "compile", "cudagraphs")
+WIDTH_BUCKET = 256  # cudagraphs: attended widths are rounded up to a multiple of this (fewer graphs to record)
+
+
+def decode_forward(model, mode: str):
+    """What runs a decode step (every row feeds one token): the model itself (`none`), the model
+    through `torch.compile` with dynamic shapes (`compile`: one graph for every batch size and
+    width), or the same captured as CUDA graphs (`cudagraphs`: torch.compile's reduce-overhead mode,
+    one graph per batch size and width bucket). Prefill and steps that feed several tokens to a row
+    stay eager. Compiled once per model and process."""
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"compile={mode!r} must be one of {', '.join(COMPILE_MODES)}")
+    if mode == "none":
+        return model
+    compiled = model.__dict__.setdefault("_blendin_compiled", {})
+    if mode not in compiled:
+        options = {"mode": "reduce-overhead"} if mode == "cudagraphs" else {}
+        compiled[mode] = torch.compile(model, dynamic=True, **options)
+    return compiled[mode]
+
+
+class RowLayer(DynamicLayer):
+    """One layer's keys and values, [rows, heads, capacity, dim], zero-filled (masked columns must
+    hold finite numbers). Each forward writes its new tokens at the columns the cache says
+    (`RowCache.write_columns`) and returns the first `RowCache.width` columns for attention."""
+
+    def __init__(self, owner: "RowCache"):
+        super().__init__()
+        self.owner = owner
 
     def lazy_initialization(self, key_states, value_states) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
-        self.length = 0
-        self._k = self._v = None
+        rows, heads, capacity = key_states.shape[0], key_states.shape[1], self.owner.capacity
+        self._k = key_states.new_zeros((rows, heads, capacity, key_states.shape[-1]))
+        self._v = value_states.new_zeros((rows, heads, capacity, value_states.shape[-1]))
         self.is_initialized = True
-
-    def _reserve(self, length: int, like_k, like_v) -> None:
-        capacity = 0 if self._k is None else self._k.shape[-2]
-        if length <= capacity:
-            return
-        capacity = max(length, 2 * capacity, 64)
-        k = like_k.new_empty(like_k.shape[:-2] + (capacity, like_k.shape[-1]))
-        v = like_v.new_empty(like_v.shape[:-2] + (capacity, like_v.shape[-1]))
-        if self.length:
-            k[..., :self.length, :] = self._k[..., :self.length, :]
-            v[..., :self.length, :] = self._v[..., :self.length, :]
-        self._k, self._v = k, v
-
-    def _views(self):
-        self.keys = self._k[..., :self.length, :]
-        self.values = self._v[..., :self.length, :]
-        return self.keys, self.values
 
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        new = key_states.shape[-2]
-        self._reserve(self.length + new, key_states, value_states)
-        self._k[..., self.length:self.length + new, :] = key_states
-        self._v[..., self.length:self.length + new, :] = value_states
-        self.length += new
-        return self._views()
+        where = self.owner.write_columns[:, None, :, None]
+        self._k.scatter_(2, where.expand_as(key_states), key_states)
+        self._v.scatter_(2, where.expand_as(value_states), value_states)
+        width = self.owner.key_columns.shape[0]  # a shape, not an int: compiled steps see a symbol
+        self.keys, self.values = self._k[:, :, :width], self._v[:, :, :width]
+        return self.keys, self.values
 
     def get_seq_length(self) -> int:
-        return self.length if self.is_initialized else 0
+        return self.owner.key_columns.shape[0]
 
-    def regather(self, columns: torch.Tensor, headroom: int) -> None:
-        """Keep, for each row b, the columns `columns[b]` [B', W] (rows may repeat or drop)."""
-        if not self.is_initialized or self._k is None:
-            return
-        rows = columns.shape[0]
-        k_idx = columns[:, None, :, None].expand(rows, self._k.shape[1], columns.shape[1], self._k.shape[-1])
-        source_rows = self._source_rows
-        k = self._k[source_rows].gather(2, k_idx)
-        v = self._v[source_rows].gather(2, k_idx.expand(-1, -1, -1, self._v.shape[-1]))
-        self._k = self._v = None
-        self.length = 0
-        self._reserve(columns.shape[1] + headroom, k, v)
-        self._k[..., :columns.shape[1], :] = k
-        self._v[..., :columns.shape[1], :] = v
-        self.length = columns.shape[1]
-        self._views()
-
-    def concat(self, other: "BufferLayer") -> None:
-        """Append the rows of `other` (same number of columns) below this layer's rows."""
-        k = torch.cat([self.keys, other.keys], dim=0)
-        v = torch.cat([self.values, other.values], dim=0)
-        self._k = self._v = None
-        length, self.length = k.shape[-2], 0
-        self._reserve(length + 64, k, v)
-        self._k[..., :length, :] = k
-        self._v[..., :length, :] = v
-        self.length = length
-        self._views()
+    def relayout(self, rows: torch.Tensor | None, width: int, capacity: int, below: "RowLayer | None" = None,
+                 below_width: int = 0) -> None:
+        """A fresh buffer of `capacity` columns holding the first `width` columns of `rows` (None: all
+        rows), then, if given, the rows of `below` (its first `below_width` columns). One copy."""
+        parts = [(self._k, self._v, rows, width)] + ([(below._k, below._v, None, below_width)] if below else [])
+        total = sum(k.shape[0] if r is None else r.shape[0] for k, _, r, _ in parts)
+        k_new = self._k.new_zeros((total, self._k.shape[1], capacity, self._k.shape[-1]))
+        v_new = self._v.new_zeros((total, self._v.shape[1], capacity, self._v.shape[-1]))
+        at = 0
+        for k, v, r, w in parts:
+            k, v = (k, v) if r is None else (k[r], v[r])
+            k_new[at:at + k.shape[0], :, :w] = k[:, :, :w]
+            v_new[at:at + v.shape[0], :, :w] = v[:, :, :w]
+            at += k.shape[0]
+        self._k, self._v = k_new, v_new
 
 
-class BufferCache(DynamicCache):
-    """A DynamicCache whose layers are `BufferLayer`s (every layer keeps every column)."""
+class RowCache(Cache):
+    """The cache of a `CachedStream`: its layers and what the next forward writes and reads."""
 
-    def __init__(self):
-        Cache.__init__(self, layer_class_to_replicate=BufferLayer)
+    def __init__(self, capacity: int):
+        super().__init__(layer_class_to_replicate=lambda: RowLayer(self))
+        self.capacity = capacity
+        self.key_columns: torch.Tensor | None = None  # arange(width): the columns the next forward attends to
+        self.write_columns: torch.Tensor | None = None  # [B, Q]: where it writes its new keys and values
+
+    def relayout(self, rows: torch.Tensor | None, width: int, capacity: int, below: "RowCache | None" = None,
+                 below_width: int = 0) -> None:
+        for i, layer in enumerate(self.layers):
+            if layer.is_initialized:
+                layer.relayout(rows, width, capacity, below.layers[i] if below else None, below_width)
+        self.capacity = capacity
 
 
 class CachedStream:
     """One model + one batched KV cache over ragged rows (see module doc)."""
 
-    def __init__(self, model, pad_id: int):
-        self.model, self.pad_id = model, pad_id
+    def __init__(self, model, pad_id: int, headroom: int = 256, clock=None, role: str = "model", compile: str = "none"):
+        """headroom: columns planned beyond the longest prompt; clock: a `transfer.Clock` that times
+        the forward passes under "<role>_forward"; compile: how decode steps run (`decode_forward`)."""
+        self.model, self.pad_id, self.headroom, self.clock, self.role = model, pad_id, headroom, clock, role
+        self.compile = compile
+        self.decode_model = decode_forward(model, compile)
         self.device = next(model.parameters()).device
-        self.window = sliding_window(model.config)
         attention = model.config._attn_implementation
-        if self.window is not None and attention not in ("sdpa", "eager"):
-            raise ConfigError(f"{type(model).__name__} has sliding-window layers and attn_implementation="
-                              f"{attention}, which takes no custom attention masks. "
+        if attention not in ("sdpa", "eager"):
+            raise ConfigError(f"{type(model).__name__} is loaded with attn_implementation={attention}, which takes no "
+                              "custom attention masks (rows of different lengths share one cache). "
                               "Fix: load it with attn_implementation='sdpa' (the default) or 'eager'")
         self.additive_dtype = next(model.parameters()).dtype if attention == "eager" else None
+        self.cache_argument = cache_argument(model)
         self.rows: list[list[int]] = []
+        self.cache = RowCache(0)
+        self.widest = 0  # the widest attention mask passed to the model so far (columns)
+        self.forward_passes = 0
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _attention(self, queries: int):
-        """The attention mask for the last `queries` columns: the 2D padding mask, or for sliding-window
-        models the 4D masks per layer type, with the window counted in real tokens (holes skipped)."""
-        if self.window is None:
-            return self.mask
-        real = self.mask.bool()
-        positions = self.mask.cumsum(-1) - 1
-        width = real.shape[1]
-        q_cols = torch.arange(width - queries, width, device=self.device)
-        causal = (torch.arange(width, device=self.device)[None, :] <= q_cols[:, None])[None] & real[:, None, :]
-        return attention_masks(self.model, causal, positions[:, width - queries:], positions, self.additive_dtype)
-
-    @torch.inference_mode()
-    def start(self, prompts: list[list[int]]) -> torch.Tensor:
-        """Feed the prompts (left-padded); return each row's next-token logits [B, V]."""
-        ids, mask = _left_pad(prompts, self.pad_id)
-        width = ids.shape[1]
-        self.mask = mask.to(self.device)
-        self.rows = [list(p) for p in prompts]  # each row's real tokens
-        self.slots = [list(range(width - len(p), width)) for p in prompts]  # their cache columns
-        self.cache = BufferCache()
-        out = self.model(input_ids=ids.to(self.device), attention_mask=self._attention(width),
-                         position_ids=_positions(self.mask),
-                         past_key_values=self.cache, use_cache=True, logits_to_keep=1)
-        self.logits = out.logits[:, -1, :].float()
-        return self.logits
-
     def tokens(self, row: int) -> list[int]:
         return self.rows[row]
+
+    def start(self, prompts: list[list[int]]) -> torch.Tensor:
+        """Feed the prompts; return each row's next-token logits [B, V]."""
+        self.rows = [[] for _ in prompts]
+        self.cache = RowCache(max(len(p) for p in prompts) + self.headroom)
+        self.logits = None
+        return self.step(prompts)
 
     @torch.inference_mode()
     def step(self, new: list[list[int]], drop: list[int] | None = None, all_logits: bool = False):
@@ -223,79 +231,79 @@ class CachedStream:
                 new[i] = [self.rows[i][-drop[i]]]
                 refed[i] = 1
             if drop[i]:
-                self.mask[i, self.slots[i][-drop[i]:]] = 0
-                del self.slots[i][-drop[i]:], self.rows[i][-drop[i]:]
-        width = max((len(n) for n in new), default=0)
-        if width == 0:
+                del self.rows[i][-drop[i]:]
+        counts = [len(n) for n in new]
+        queries = max(counts, default=0)
+        if queries == 0:
             return (self.logits, [self.logits[i:i, :] for i in range(len(new))]) if all_logits else self.logits
-        batch, start = len(new), self.mask.shape[1]
-        ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
-        chunk_mask = torch.zeros((batch, width), dtype=torch.long)
-        positions = torch.ones((batch, width), dtype=torch.long)
-        for i, n in enumerate(new):
-            if n:
-                ids[i, :len(n)] = torch.tensor(n, dtype=torch.long)
-                chunk_mask[i, :len(n)] = 1
-                positions[i, :len(n)] = torch.arange(len(self.rows[i]), len(self.rows[i]) + len(n))
-                self.slots[i].extend(range(start, start + len(n)))
-                self.rows[i].extend(n)
-        self.mask = torch.cat([self.mask, chunk_mask.to(self.device)], dim=1)
-        out = self.model(input_ids=ids.to(self.device), attention_mask=self._attention(width),
-                         position_ids=positions.to(self.device), past_key_values=self.cache, use_cache=True,
-                         logits_to_keep=width if (all_logits or width > 1) else 1)
-        fed = [i for i, n in enumerate(new) if n]
-        last = torch.tensor([len(new[i]) - 1 for i in fed], device=self.device)
-        self.logits = self.logits.clone()
-        self.logits[fed] = out.logits[torch.tensor(fed, device=self.device), last].float()
+        lengths = [len(r) for r in self.rows]
+        if max(lengths) + queries > self.cache.capacity:  # past the plan: grow once, by half again
+            capacity = max(max(lengths) + queries, self.cache.capacity * 3 // 2)
+            self.cache.relayout(None, max(lengths), capacity)
+        # One host-to-device copy: each row's new tokens right-aligned in the chunk (so the chunk's
+        # last position is every fed row's last token), then its length and count.
+        packed = [[self.pad_id] * (queries - c) + n + [length, c] for n, c, length in zip(new, counts, lengths)]
+        packed = to_device(packed, torch.long, self.device)
+        ids, length, count = packed[:, :queries], packed[:, queries:queries + 1], packed[:, queries + 1:]
+        j = torch.arange(queries, device=self.device)[None, :]
+        first = queries - count  # chunk index of a row's first real token
+        # a real token lands right after the row's tokens; a padding slot further on, where no real
+        # query looks: columns are positions, and no row has holes
+        columns = torch.where(j >= first, length + j - first, length + count + j)
+        width = max(n + c for n, c in zip(lengths, counts))
+        if self.compile == "cudagraphs" and queries == 1:  # few distinct shapes: few graphs to capture
+            width = min(-(-width // WIDTH_BUCKET) * WIDTH_BUCKET, self.cache.capacity)
+        for row, n in zip(self.rows, new):
+            row.extend(n)
+        logits = self._forward(ids, columns, width, keep=0 if all_logits else 1)
+        fed = to_device([c > 0 for c in counts], torch.bool, self.device)
+        last = logits[:, -1].float()
+        self.logits = last if self.logits is None or all(counts) else torch.where(fed[:, None], last, self.logits)
         if not all_logits:
             return self.logits
-        per_row = [out.logits[i, refed[i]:len(new[i])].float() for i in range(batch)]
+        per_row = [logits[i, queries - c + r:].float() for i, (c, r) in enumerate(zip(counts, refed))]
         return self.logits, per_row
+
+    def _forward(self, ids: torch.Tensor, columns: torch.Tensor, width: int, keep: int) -> torch.Tensor:
+        """One forward pass writing the chunk `ids` [B, Q] at `columns` [B, Q] and attending to the first
+        `width` columns (each query sees the columns up to its own; sliding windows in positions)."""
+        keys = torch.arange(width, device=self.device)
+        self.cache.write_columns, self.cache.key_columns = columns, keys
+        visible = keys[None, None, :] <= columns[:, :, None]
+        masks = attention_masks(self.model, visible, columns, keys[None, :].expand(len(columns), -1),
+                                self.additive_dtype)
+        self.widest = max(self.widest, width)
+        self.forward_passes += 1
+        started = self.clock.start() if self.clock else None
+        model = self.decode_model if ids.shape[1] == 1 else self.model
+        out = model(input_ids=ids, attention_mask=masks, position_ids=columns, use_cache=True, logits_to_keep=keep,
+                    **{self.cache_argument: self.cache})
+        if self.clock:
+            self.clock.stop(f"{self.role}_forward", started)
+        return out.logits
 
     def select(self, keep: list[int]) -> None:
         """Keep only the rows `keep`, in that order (the others leave the batch)."""
         if keep == list(range(len(self.rows))):
             return
         if not keep:  # every row left: the next merge starts the stream afresh
-            self.rows, self.slots = [], []
+            self.rows = []
             return
         self.rows = [self.rows[i] for i in keep]
-        self.slots = [self.slots[i] for i in keep]
-        self.logits = self.logits[torch.tensor(keep, dtype=torch.long, device=self.device)]
-        self._pack(torch.tensor(keep, dtype=torch.long, device=self.device))
+        index = to_device(keep, torch.long, self.device)
+        self.logits = self.logits[index]
+        self.cache.relayout(index, max(len(r) for r in self.rows), self.cache.capacity)
 
     def merge(self, other: "CachedStream") -> None:
         """Add the rows of `other` (prompts prefilled on their own) below this stream's rows."""
         if not self.rows:
-            self.__dict__.update({k: v for k, v in other.__dict__.items()})
+            self.rows, self.cache, self.logits = other.rows, other.cache, other.logits
             return
-        width = max(len(s) for s in self.slots + other.slots)
-        self._pack(None, width)
-        other._pack(None, width)
-        for mine, theirs in zip(self.cache.layers, other.cache.layers):
-            mine.concat(theirs)
-        self.mask = torch.cat([self.mask, other.mask])
+        width = max(len(r) for r in self.rows)
+        capacity = max(self.cache.capacity, other.cache.capacity, width + self.headroom)
+        self.cache.relayout(None, width, capacity, other.cache, max(len(r) for r in other.rows))
         self.rows += other.rows
-        self.slots += other.slots
         self.logits = torch.cat([self.logits, other.logits])
-
-    def _pack(self, source_rows: torch.Tensor | None, width: int = 0) -> None:
-        """Re-lay the cache out (one copy): each kept row's real tokens packed to the right of a cache
-        `width` columns wide (at least as wide as the longest row), no holes."""
-        width = max([width] + [len(s) for s in self.slots])
-        columns = torch.zeros((len(self.slots), width), dtype=torch.long)
-        mask = torch.zeros((len(self.slots), width), dtype=torch.long)
-        for i, slots in enumerate(self.slots):
-            if slots:
-                columns[i, width - len(slots):] = torch.tensor(slots)
-                mask[i, width - len(slots):] = 1
-            self.slots[i] = list(range(width - len(slots), width))
-        columns = columns.to(self.device)
-        rows = source_rows if source_rows is not None else torch.arange(len(self.slots), device=self.device)
-        for layer in self.cache.layers:
-            layer._source_rows = rows
-            layer.regather(columns, headroom=64)
-        self.mask = mask.to(self.device)
 
 
 class RecomputeStream:
@@ -335,7 +343,7 @@ class RecomputeStream:
                 per_row.append(self.logits[i:i, :])
                 continue
             full = self._forward([i], keep=len(n))
-            per_row.append(full[0])
+            per_row.append(full[0].reshape(len(n), -1))
         return self.logits, per_row
 
     def select(self, keep: list[int]) -> None:

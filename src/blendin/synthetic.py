@@ -32,6 +32,8 @@ CONFIGS = {
                      rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False),
     "tiny-llama": dict(kind="llama", vocab_size=1200, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False),
+    "tiny-llama-base": dict(kind="llama", vocab_size=1200, hidden_size=96, intermediate_size=192, num_hidden_layers=3,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=24, tie_word_embeddings=False),
     "tiny-qwen3": dict(kind="qwen3", vocab_size=1500, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False),
 }
@@ -39,6 +41,7 @@ PRESETS = {  # base, guidance, tokenizer seed of each (same seed = same tokenize
     "llama8b+llama1b": (("llama-3.1-8b", 1), ("llama-3.2-1b", 1)),
     "qwen8b+llama1b": (("qwen3-8b", 2), ("llama-3.2-1b", 1)),
     "tiny": (("tiny-qwen3", 2), ("tiny-llama", 1)),
+    "tiny-shared": (("tiny-llama-base", 1), ("tiny-llama", 1)),
 }
 CORPUS = """Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.
 How many clips did Natalia sell altogether in April and May? Natalia sold 48/2 = 24 clips in May.

@@ -26,8 +26,10 @@ REPLACEMENT = "\ufffd"
 _BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 
 
-def make_stream(model, use_cache: bool):
-    return (CachedStream if use_cache else RecomputeStream)(model.model, model.pad_id)
+def make_stream(model, use_cache: bool, headroom: int = 256, clock=None, role: str = "model", compile: str = "none"):
+    if not use_cache:
+        return RecomputeStream(model.model, model.pad_id)
+    return CachedStream(model.model, model.pad_id, headroom=headroom, clock=clock, role=role, compile=compile)
 
 
 def byte_fallback_ids(tokenizer) -> frozenset[int]:
@@ -48,6 +50,7 @@ class Detokenizer:
 
     def __init__(self, tokenizer, anchor: Sequence[int], context: int = 4):
         self.tokenizer, self.context = tokenizer, context
+        self.backend = getattr(tokenizer, "backend_tokenizer", None)
         self.byte_ids = byte_fallback_ids(tokenizer)
         self.ids = list(anchor)
         self.n_anchor = len(anchor)
@@ -56,6 +59,8 @@ class Detokenizer:
         self.text = ""
 
     def _decode(self, ids) -> str:
+        if self.backend is not None:  # the Rust decoder itself: what decode() calls, without its overhead
+            return self.backend.decode(ids, skip_special_tokens=False)
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def push(self, new_ids: Sequence[int]) -> str:
@@ -94,40 +99,83 @@ class TailTokenizer:
         self.tokenizer, self.context, self.check = tokenizer, context, check
         self.text, self.ids, self.starts, self.ends = "", [], [], []
 
-    def _tokenize(self, text: str, offset: int):
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        spans = enc["offset_mapping"]
-        return list(enc["input_ids"]), [s + offset for s, _ in spans], [e + offset for _, e in spans]
-
     def update(self, text: str, stable: int | None = None) -> int:
         """Tokenize the new `text`, whose first `stable` characters equal the old text's; return the
         index of the first id that may differ from before (ids before it are unchanged)."""
-        if text == self.text:
-            return len(self.ids)
-        *state, first = self._compute(text, stable)
-        self._set(text, *state)
-        return first
+        return TailTokenizer.update_all([self], [text], None if stable is None else [stable])[0]
+
+    @staticmethod
+    def update_all(tails: Sequence["TailTokenizer"], texts: Sequence[str],
+                   stables: Sequence[int | None] | None = None) -> list[int]:
+        """`update` of many TailTokenizers of one tokenizer, with one batched tokenizer call."""
+        firsts: list[int | None] = [None] * len(tails)
+        plans, windows = [], []
+        for k, (tail, text) in enumerate(zip(tails, texts)):
+            if text == tail.text:
+                firsts[k] = len(tail.ids)
+                continue
+            first, offset = tail._plan(text, stables[k] if stables is not None else None)
+            plans.append((k, first, offset))
+            windows.append(text[offset:])
+        if windows:
+            encoded = _tokenize_many(tails[0].tokenizer, windows)
+            redo = []  # windows that did not re-synchronise: the whole text, again in one call
+            for (k, first, offset), enc in zip(plans, encoded):
+                merged = tails[k]._merge(texts[k], first, offset, enc)
+                if merged is None:  # next time this row looks further back (long pre-tokens)
+                    redo.append(k)
+                    tails[k].context = min(2 * tails[k].context, 96)
+                else:
+                    firsts[k] = tails[k]._set(texts[k], merged, first)
+            for k, enc in zip(redo, _tokenize_many(tails[0].tokenizer, [texts[k] for k in redo]) if redo else []):
+                firsts[k] = tails[k]._set(texts[k], tails[k]._merge(texts[k], 0, 0, enc), 0)
+        return firsts
 
     def peek(self, text: str, stable: int | None = None) -> list[int]:
         """tokenizer(text) ids without changing the state (e.g. for a prefix of the current text)."""
-        return self.ids if text == self.text else self._compute(text, stable)[0]
+        if text == self.text:
+            return self.ids
+        first, offset = self._plan(text, stable)
+        merged = self._merge(text, first, offset, _tokenize_many(self.tokenizer, [text[offset:]])[0])
+        return merged[0] if merged else _tokenize_many(self.tokenizer, [text])[0][0]
 
-    def _compute(self, text: str, stable: int | None):
+    def _plan(self, text: str, stable: int | None) -> tuple[int, int]:
+        """(first old token to re-tokenize, its character offset): a few tokens before the change."""
         if stable is None or stable > min(len(text), len(self.text)) or text[:stable] != self.text[:stable]:
             stable = _shared_prefix(self.text, text)
         done = bisect_right(self.ends, stable)  # old tokens that end inside the unchanged text
         first = max(0, done - self.context)
-        if first > 0:
-            ids, starts, ends = self._tokenize(text[self.starts[first]:], self.starts[first])
-            agree = min(self.check, done - first - 1)  # the last of them may still merge with new text
-            if agree >= 1 and ids[:agree] == self.ids[first:first + agree] \
-                    and starts[:agree] == self.starts[first:first + agree]:
-                return self.ids[:first] + ids, self.starts[:first] + starts, self.ends[:first] + ends, first
-        ids, starts, ends = self._tokenize(text, 0)
-        return ids, starts, ends, _common_prefix_length(self.ids, ids)
+        self._done = done
+        return first, (self.starts[first] if first > 0 else 0)
 
-    def _set(self, text, ids, starts, ends) -> None:
-        self.text, self.ids, self.starts, self.ends = text, ids, starts, ends
+    def _merge(self, text, first, offset, encoded):
+        """(ids, starts, ends) from the tokenization of text[offset:], which starts at old token
+        `first`; None when a window (first > 0) did not re-synchronise with the old tokens."""
+        ids, spans = encoded
+        starts, ends = [s + offset for s, _ in spans], [e + offset for _, e in spans]
+        if first == 0:
+            return ids, starts, ends
+        agree = min(self.check, self._done - first - 1)  # the last of them may still merge with new text
+        if agree >= 1 and ids[:agree] == self.ids[first:first + agree] and starts[:agree] == self.starts[first:first + agree]:
+            return self.ids[:first] + ids, self.starts[:first] + starts, self.ends[:first] + ends
+        return None
+
+    def _set(self, text, merged, same: int) -> int:
+        """Take the new tokenization, whose first `same` ids are the old ones; return the index of
+        the first id that differs from before."""
+        ids, self.starts, self.ends = merged
+        old, n = self.ids, min(len(self.ids), len(ids))
+        while same < n and old[same] == ids[same]:
+            same += 1
+        self.ids, self.text = ids, text
+        return same
+
+
+def _tokenize_many(tokenizer, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """(ids, character spans) of each text, as `tokenizer(text, add_special_tokens=False)` gives them,
+    in one call of the Rust tokenizer."""
+    encodings = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    return list(zip(encodings["input_ids"], encodings["offset_mapping"]))
 
 
 def _shared_prefix(old: str, new: str) -> int:
@@ -155,9 +203,12 @@ class TokenView:
     Rows are admitted with their prompts and leave with `select`, in step with the decoder's batch.
     """
 
-    def __init__(self, model, by_text: bool, use_cache: bool = True):
+    def __init__(self, model, by_text: bool, use_cache: bool = True, headroom: int = 256, clock=None,
+                 role: str = "model", compile: str = "none"):
         self.model, self.by_text, self.use_cache = model, by_text, use_cache
-        self.stream = make_stream(model, use_cache)
+        self.headroom, self.clock, self.role, self.compile = headroom, clock, role, compile
+        self.stream = make_stream(model, use_cache, headroom, clock, role, compile)
+        self.longest = 0  # the longest row (prompt + continuation) this view has read
         self.prompts: list[list[int]] = []
         self.tails: list[TailTokenizer] = []
         self.synced: list[int] = []  # continuation tokens known to be in the stream as the target has them
@@ -168,8 +219,9 @@ class TokenView:
 
     def admit(self, prompts: list[list[int]]) -> torch.Tensor:
         """Prefill new rows (placed after the current ones); return the logits of every row [B, V]."""
-        fresh = make_stream(self.model, self.use_cache)
+        fresh = make_stream(self.model, self.use_cache, self.headroom, self.clock, self.role, self.compile)
         fresh.start(prompts)
+        self.longest = max([self.longest] + [len(p) for p in prompts])
         self.forward_passes += 1
         self.stream.merge(fresh)
         self.prompts += [list(p) for p in prompts]
@@ -187,40 +239,36 @@ class TokenView:
     def logits(self) -> torch.Tensor:
         return self.stream.logits
 
-    def target(self, row: int, ids: Sequence[int] | None = None, text: str | None = None,
-               stable: int | None = None) -> tuple[list[int], int]:
-        """(continuation ids this model should read, index of the first id that may be new)."""
-        if not self.by_text:
-            return list(ids), self.synced[row]
-        tail = self.tails[row]
-        changed = tail.update(text, stable)
-        return tail.ids, changed
-
     def catch_up(self, rows: Sequence[int], ids: Sequence[Sequence[int]] | None = None,
                  texts: Sequence[str] | None = None, stables: Sequence[int] | None = None,
                  all_logits: bool = False, extra: dict[int, Sequence[int]] | None = None):
         """Bring `rows` up to date with their continuation; return next-token logits of every row
         (and with all_logits, per row, the logits after each token fed now).
 
-        extra[r]: tokens to read after row r's continuation (a draft being written, one token more
-        each call); what the stream already holds of them is kept.
+        ids[r] (same tokenizer) or texts[r] with stables[r] (its first characters known unchanged):
+        row r's continuation. extra[r]: tokens to read after it (a draft being written, one token
+        more each call); what the stream already holds of them is kept.
         """
         new, drop = [[] for _ in self.prompts], [0] * len(self.prompts)
         self.fed_from = {}  # row -> continuation index of the first token fed now (for all_logits)
-        for r in rows:
-            want, changed = self.target(r, ids[r] if ids is not None else None,
-                                        texts[r] if texts is not None else None,
-                                        stables[r] if stables is not None else None)
-            if extra and extra.get(r):
-                want = list(want) + list(extra[r])
+        if self.by_text:  # every row's text tokenized with one tokenizer call
+            changed = TailTokenizer.update_all([self.tails[r] for r in rows], [texts[r] for r in rows],
+                                               [stables[r] for r in rows] if stables is not None else None)
+        for k, r in enumerate(rows):
+            want, first_new = (self.tails[r].ids, changed[k]) if self.by_text else (ids[r], self.synced[r])
+            draft = extra.get(r) if extra else None
             have = self.stream.tokens(r)
             start = len(self.prompts[r])
-            common = min(self.synced[r], changed, len(have) - start)
-            while common < len(want) and start + common < len(have) and have[start + common] == want[common]:
+            common = min(self.synced[r], first_new, len(have) - start)
+            total = len(want) + (len(draft) if draft else 0)
+            while common < total and start + common < len(have) and have[start + common] == (
+                    want[common] if common < len(want) else draft[common - len(want)]):
                 common += 1
-            new[r], drop[r] = want[common:], len(have) - start - common
+            new[r] = list(want[common:]) + list(draft[max(0, common - len(want)):] if draft else [])
+            drop[r] = len(have) - start - common
             self.fed_from[r] = common
-            self.synced[r] = len(want) - (len(extra[r]) if extra and extra.get(r) else 0)
+            self.synced[r] = len(want)
+            self.longest = max(self.longest, start + total)
         if not any(new) and not any(drop):
             return (self.stream.logits, [self.stream.logits[i:i] for i in range(len(new))]) if all_logits \
                 else self.stream.logits

@@ -107,19 +107,34 @@ class VocabMap:
     _guidance_bytes: list | None = field(default=None, repr=False)
     _base_byte_ids: dict | None = field(default=None, repr=False)
     _identity: bool | None = field(default=None, repr=False)
-    _first_spelled: dict = field(default_factory=dict, repr=False)
+    _first_table: torch.Tensor | None = field(default=None, repr=False)
+    _shared: torch.Tensor | None = field(default=None, repr=False)
+    _mapped: tuple | None = field(default=None, repr=False)
+    _spelled: dict = field(default_factory=dict, repr=False)
 
     def to(self, device) -> "VocabMap":
         self.guidance_to_base = self.guidance_to_base.to(device)
+        self._first_table = self._shared = self._mapped = None  # derived tables follow on next use
+        return self
+
+    def prepare(self) -> "VocabMap":
+        """Build the derived tables now (they read the map on the host once), not in a decoding step."""
+        self.first_base_ids(torch.zeros(1, dtype=torch.long, device=self.guidance_to_base.device))
+        self.shared_base_mask
+        if not self.is_identity and self._mapped is None:
+            keep = (self.guidance_to_base >= 0).nonzero().squeeze(-1)
+            self._mapped = (keep, self.guidance_to_base[keep])
         return self
 
     @property
     def shared_base_mask(self) -> torch.Tensor:
-        """Base ids that some guidance token maps to: the shared vocabulary."""
-        mask = torch.zeros(self.base_size, dtype=torch.bool, device=self.guidance_to_base.device)
-        mapped = self.guidance_to_base[self.guidance_to_base >= 0]
-        mask[mapped] = True
-        return mask
+        """Base ids that some guidance token maps to: the shared vocabulary (built once)."""
+        if self._shared is None:
+            g2b = self.guidance_to_base
+            mask = torch.zeros(self.base_size, dtype=torch.bool, device=g2b.device)
+            mask[g2b[g2b >= 0]] = True
+            self._shared = mask
+        return self._shared
 
     @property
     def is_identity(self) -> bool:
@@ -138,44 +153,57 @@ class VocabMap:
         """
         if self.is_identity and guide_probs.shape[-1] == self.base_size:
             return guide_probs
-        g2b = self.guidance_to_base
-        keep = g2b >= 0
+        if self._mapped is None:
+            self.prepare()
+        keep, twins = self._mapped  # guidance ids with a twin, and their twins
         out = torch.zeros(guide_probs.shape[0], self.base_size, dtype=guide_probs.dtype, device=guide_probs.device)
-        idx = g2b[keep].unsqueeze(0).expand(guide_probs.shape[0], -1)
-        return out.scatter_add_(1, idx, guide_probs[:, keep])
+        return out.scatter_add_(1, twins.unsqueeze(0).expand(guide_probs.shape[0], -1), guide_probs[:, keep])
 
     def first_base_ids(self, guidance_ids: torch.Tensor) -> torch.Tensor:
         """Each guidance token's base twin, or else the first base token of its spelling (-1 if it
-        spells to nothing): how the reference code locates a suggestion in the base distribution."""
-        mapped = self.guidance_to_base[guidance_ids]
-        missing = (mapped < 0).nonzero().squeeze(-1).tolist()
-        if not missing or self.base_tokenizer is None:  # no tokenizers: a map built by hand (tests)
-            return mapped
-        out = mapped.clone()
-        ids = guidance_ids.tolist()
-        for i in missing:
-            g = ids[i]
-            if g not in self._first_spelled:
-                spelled = self.base_ids_for_guidance_token(g)
-                self._first_spelled[g] = spelled[0] if spelled else -1
-            out[i] = self._first_spelled[g]
-        return out
+        spells to nothing): how the reference code locates a suggestion in the base distribution.
+        A table lookup on the device (the table is built once, with one batched tokenizer call)."""
+        if self._first_table is None:
+            table = self.guidance_to_base.cpu().clone()
+            missing = (table < 0).nonzero().squeeze(-1).tolist()
+            if missing and self.base_tokenizer is not None:  # no tokenizers: a map built by hand (tests)
+                for g, ids in zip(missing, self.spell(missing)):
+                    table[g] = ids[0] if ids else -1
+            self._first_table = table.to(self.guidance_to_base.device)
+        return self._first_table[guidance_ids]
 
     def base_ids_for_guidance_token(self, guidance_id: int) -> list[int]:
         """Base ids that spell a guidance token without a single-token equivalent (by its text)."""
+        if guidance_id not in self._spelled:
+            self._spelled[guidance_id] = self.spell([guidance_id])[0]
+        return self._spelled[guidance_id]
+
+    def spell(self, guidance_ids: list[int]) -> list[list[int]]:
+        """`base_ids_for_guidance_token` of many tokens, with one call of the base tokenizer."""
         if self._guidance_bytes is None:
             self._guidance_bytes = token_bytes(self.guidance_tokenizer)
             self._base_byte_ids = _single_byte_ids(self.base_tokenizer)
-        data = self._guidance_bytes[guidance_id] if guidance_id < len(self._guidance_bytes) else None
-        if data is None:  # a special token of the guidance with no base twin: spell its text
-            data = (self.guidance_tokenizer.convert_ids_to_tokens(guidance_id) or "").encode()
-        try:
-            return list(self.base_tokenizer(data.decode("utf-8"), add_special_tokens=False)["input_ids"])
-        except UnicodeDecodeError:  # a partial UTF-8 sequence: spell it byte by byte if the base can
-            if all(b in self._base_byte_ids for b in data):
-                return [self._base_byte_ids[b] for b in data]
-            text = data.decode("utf-8", "replace")
-            return list(self.base_tokenizer(text, add_special_tokens=False)["input_ids"])
+        out: list[list[int] | None] = []
+        texts, where = [], []
+        for g in guidance_ids:
+            data = self._guidance_bytes[g] if g < len(self._guidance_bytes) else None
+            if data is None:  # a special token of the guidance with no base twin: spell its text
+                data = (self.guidance_tokenizer.convert_ids_to_tokens(g) or "").encode()
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:  # a partial UTF-8 sequence: spell it byte by byte if the base can
+                if all(b in self._base_byte_ids for b in data):
+                    out.append([self._base_byte_ids[b] for b in data])
+                    continue
+                text = data.decode("utf-8", "replace")
+            out.append(None)
+            texts.append(text)
+            where.append(len(out) - 1)
+        if texts:
+            encoded = self.base_tokenizer(texts, add_special_tokens=False)["input_ids"]
+            for i, ids in zip(where, encoded):
+                out[i] = list(ids)
+        return out
 
     def stats(self) -> dict:
         """Overlap of the two vocabularies (what users quote when choosing a pair)."""

@@ -30,11 +30,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from .engine import TRACE_COLUMNS, Generation, check_generate_args, cut_at_stop, schedule
+from .engine import TRACE_COLUMNS, Generation, add_stats, check_generate_args, cut_at_stop, new_stats, schedule
 from .errors import ConfigError
 from .policies import SOURCE_BASE, SOURCE_GUIDANCE
+from .transfer import SYNCS, Clock, to_host
 from .views import Detokenizer, TailTokenizer, TokenView
 from .vocab import token_bytes
 
@@ -74,6 +76,12 @@ def word_ratio(nudges: list[str], output: str) -> tuple[float, int, int]:
     return (min(1.0, nudge_words / words) if words else 0.0), nudge_words, words
 
 
+def _confidence(logits: torch.Tensor):
+    """[n, 2] on the host: each row's top-1 probability and token id."""
+    prob, top = torch.softmax(logits.float(), dim=-1).max(-1)
+    return to_host(torch.stack([prob.double(), top.double()], dim=1))
+
+
 class _WordRow:
     def __init__(self, index: int, base_tokenizer):
         self.index = index
@@ -108,7 +116,8 @@ class WordNudgingDecoder:
         self.lead, self.policy, self.guidance, self.vocab, self.use_cache = base, policy, guidance, vocab, use_cache
         self._base_bytes = None
         self.bulk_verify = True  # False checks each word in its own pass (the fallback; tests use it)
-        self.stats = {"lead_passes": 0, "guidance_passes": 0, "steps": 0}
+        self.stats = new_stats()
+        self.clock = Clock(base.device)
 
     @property
     def base_bytes(self) -> list:
@@ -121,8 +130,11 @@ class WordNudgingDecoder:
         base_prompts = [self.lead.prompt_ids(p) for p in prompts]
         guide_prompts = [self.guidance.prompt_ids(p) for p in prompts]
         self.max_new_tokens, self.stop_strings = max_new_tokens, tuple(s for s in stop_strings if s)
-        self.base = TokenView(self.lead, by_text=True, use_cache=self.use_cache)
-        self.guide = TokenView(self.guidance, by_text=True, use_cache=self.use_cache)
+        headroom = max_new_tokens + self.policy.draft_tokens + 64
+        self.base = TokenView(self.lead, by_text=True, use_cache=self.use_cache, headroom=headroom, clock=self.clock,
+                              role="lead")
+        self.guide = TokenView(self.guidance, by_text=True, use_cache=self.use_cache, headroom=2 * headroom,
+                               clock=self.clock, role="guidance")
         self.rows: list[_WordRow] = []
         results = [None] * len(prompts)
 
@@ -138,10 +150,10 @@ class WordNudgingDecoder:
             if on_batch:
                 on_batch([r.index for r in rows], outs)
 
+        syncs = SYNCS.count
         schedule(len(prompts), [len(p) for p in base_prompts], batch_size, admit, self._tick, lambda: len(self.rows),
                  done)
-        self.stats["lead_passes"] += self.base.forward_passes
-        self.stats["guidance_passes"] += self.guide.forward_passes
+        add_stats(self.stats, self.base, self.guide, SYNCS.count - syncs)
         return results
 
     @torch.inference_mode()
@@ -152,16 +164,21 @@ class WordNudgingDecoder:
         if drafting:
             logits = self.guide.catch_up(drafting, texts=[r.text for r in rows],
                                          extra={i: rows[i].draft for i in drafting})
+            tops = to_host(logits.argmax(-1))  # one copy for every drafting row
             for i in drafting:
-                self._draft(i, rows[i], int(logits[i].argmax()))
+                self._draft(i, rows[i], int(tops[i]))
         reading = [i for i, r in enumerate(rows) if r.phase in (VERIFY, CONTINUE) and not r.finished]
         if reading:
             logits, per_row = self.base.catch_up(reading, texts=[r.candidate() for r in rows], all_logits=True)
-            for i in reading:
+            # the base's top token and its probability after every token it read: one copy to the host
+            sizes = [len(per_row[i]) for i in reading]
+            both = _confidence(torch.cat([logits[reading]] + [per_row[i] for i in reading]))
+            last, fed = both[:len(reading)], np.split(both[len(reading):], np.cumsum(sizes)[:-1])
+            for k, i in enumerate(reading):
                 if rows[i].phase == VERIFY:
-                    self._verify(i, rows[i], logits[i], per_row[i])
+                    self._verify(i, rows[i], last[k], fed[k])
                 else:
-                    self._continue(i, rows[i], logits[i])
+                    self._continue(i, rows[i], last[k])
         finished = [r for r in rows if r.finished]
         if finished:
             keep = [i for i, r in enumerate(rows) if not r.finished]
@@ -191,12 +208,12 @@ class WordNudgingDecoder:
         if len(row.words) == 1:  # nothing to check: word 0 is always taken
             self._accept(row, 1)
 
-    def _verify(self, i: int, row: _WordRow, last_logits: torch.Tensor, fed: torch.Tensor) -> None:
+    def _verify(self, i: int, row: _WordRow, last, fed) -> None:
         words, tail = row.words, self.base.tails[i]
         if row.single:  # the base read exactly text + words[:verify_at]
             j = row.verify_at
             row.single = False
-            if self._base_stops(last_logits, words[j]):
+            if self._base_stops(last, words[j]):
                 return self._accept(row, j)
             row.verify_at = j + 1
             if row.verify_at >= len(words):
@@ -214,12 +231,12 @@ class WordNudgingDecoder:
                 return self._accept(row, j)
         self._accept(row, len(words) - 1)
 
-    def _base_stops(self, logits: torch.Tensor, next_word: str) -> bool:
+    def _base_stops(self, confidence, next_word: str) -> bool:
         """The nudge stops before `next_word` when the base is confident or agrees with its start."""
-        prob, top = torch.softmax(logits, dim=-1).max(-1)
-        if float(prob) >= self.policy.tau:
+        prob, top = float(confidence[0]), int(confidence[1])
+        if prob >= self.policy.tau:
             return True
-        spelled = self.base_bytes[int(top)] if int(top) < len(self.base_bytes) else None
+        spelled = self.base_bytes[top] if top < len(self.base_bytes) else None
         return bool(spelled) and (" " + next_word).encode("utf-8").startswith(spelled)
 
     def _accept(self, row: _WordRow, n_words: int) -> None:
@@ -237,9 +254,8 @@ class WordNudgingDecoder:
         row.spans.append((start, len(row.text)))
         self._check_end(row)
 
-    def _continue(self, i: int, row: _WordRow, logits: torch.Tensor) -> None:
-        prob, top = torch.softmax(logits, dim=-1).max(-1)
-        prob, top = float(prob), int(top)
+    def _continue(self, i: int, row: _WordRow, confidence) -> None:
+        prob, top = float(confidence[0]), int(confidence[1])
         row.facts.setdefault(len(row.text), (prob, top))
         if not row.first and prob < self.policy.tau:  # uncertain: the next round's guidance takes over
             row.rounds += 1

@@ -1,0 +1,72 @@
+"""Moving data between the host and the device, in one place so that it can be counted and timed.
+
+On a GPU a copy to the host waits until the device has finished all the work queued before it (a
+synchronisation): the host then sits idle while the device drains, and the device idles while the
+host prepares the next step. The engine copies to the host once per decoding step, through
+`to_host`, and counts it in `SYNCS` (the tests hold a decode step to one). Inputs go the other way
+with `to_device`: from pinned memory and without waiting, so that building them costs no
+synchronisation either. `Clock` times forward passes without synchronising: on CUDA it records
+events and reads them only when asked, after the work is done.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+
+class SyncCounter:
+    """How many device-to-host copies the engine made (each one a synchronisation on a GPU)."""
+
+    def __init__(self):
+        self.count = 0
+
+
+SYNCS = SyncCounter()
+
+
+def to_host(tensor: torch.Tensor) -> np.ndarray:
+    """The one way the engine reads device values: a single copy, counted."""
+    SYNCS.count += 1
+    return tensor.detach().cpu().numpy()
+
+
+def to_device(data, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A host list or array as a tensor on `device`; on CUDA from pinned memory, without waiting."""
+    if device.type != "cuda":
+        return torch.as_tensor(data, dtype=dtype)
+    return torch.as_tensor(data, dtype=dtype).pin_memory().to(device, non_blocking=True)
+
+
+class Clock:
+    """Accumulates the time of named blocks; on CUDA from events, read once at the end (no sync)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.seconds: dict[str, float] = {}
+        self._pending: list[tuple[str, object, object]] = []
+
+    def start(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def stop(self, name: str, started) -> None:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._pending.append((name, started, end))
+        else:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+    def totals(self) -> dict[str, float]:
+        """Seconds per name so far (on CUDA this waits for the timed work to finish)."""
+        if self._pending:
+            self._pending[-1][2].synchronize()
+            for name, begin, end in self._pending:
+                self.seconds[name] = self.seconds.get(name, 0.0) + begin.elapsed_time(end) / 1000
+            self._pending = []
+        return dict(self.seconds)
