@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: install test test-fast reproduce bench clean help
+.PHONY: install test test-fast test-slow reproduce bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -27,6 +27,9 @@ test: $(STAMP)  ## the whole test suite (tiny local models + the embedded real p
 
 test-fast: $(STAMP)  ## tests on tiny local models only (skips the real pair)
 	$(PY) -m pytest -q -m "not real"
+
+test-slow: $(STAMP)  ## only the tests that take minutes (torch.compile of the embedded pair)
+	BLENDIN_SLOW_TESTS=1 $(PY) -m pytest -q -m slow
 
 # The main job, on the embedded default pair (SmolLM2-135M-Instruct guiding Gemma-3-270m), then the
 # report that regenerates the paper's figures and tables from the stored runs:

@@ -117,6 +117,16 @@ def model_dirs(tmp_path_factory):
     }
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `slow` run only when BLENDIN_SLOW_TESTS=1 (make test-slow): they take minutes."""
+    if os.environ.get("BLENDIN_SLOW_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow (minutes on a 2-core CPU): BLENDIN_SLOW_TESTS=1 runs it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 def make_pair(model_dirs, kind: str):
     from blendin.pair import Pair, pair_spec
 

@@ -111,6 +111,11 @@ def test_trace_counts_agree_with_rates(kind, shared_pair, cross_pair):
                 assert all(1 <= r <= 5 for r, a in zip(trace["guide_top_rank"], trace["applied"]) if a)
             for c, g in zip(trace["consulted"], trace["guide_top_rank"]):
                 assert (g == -1) if not c else (g == -1 or g >= 1)
+            blank = [not c for c in trace["consulted"]]  # no guidance facts where it was not consulted
+            for column in ("guide_top_in_base_top_p", "guide_top_spelled"):
+                assert not any(v for v, b in zip(trace[column], blank) if b), column
+            assert all(v == -1 for v, b in zip(trace["base_top_p_size"], blank) if b)
+            assert all(v != v for v, b in zip(trace["guide_top_prob"], blank) if b)
 
 
 def test_cap_running_keeps_the_rate_under_the_cap(cross_pair):

@@ -116,3 +116,15 @@ def test_real_vocabulary_overlap(real_pair):
     assert maps_to("\u0120the") == "\u2581the"  # 'Ġthe' -> '▁the'
     assert maps_to("\u010a") == "\n"  # 'Ċ' -> newline
     assert maps_to("<|im_end|>") == "<eos>"  # the guidance's EOS ends generation
+
+
+@pytest.mark.slow
+def test_compiled_decode_steps_equal_eager(real_pair):
+    """compile=compile on the embedded pair (a sliding-window Gemma-3 base, per-layer-type masks):
+    7.5 min on 2 CPU cores, mostly compiling, so it runs with BLENDIN_SLOW_TESTS=1 (make test-slow)."""
+    from test_compile import compare
+
+    prompts = [Prompt("Question: What is 12 times 7?", "Answer the question by walking through the reasoning steps."),
+               Prompt("Instruction: Name three colours.", "You are a helpful assistant."),
+               Prompt("Question: Why is the sky blue?", "Answer the question by walking through the reasoning steps.")]
+    compare(real_pair, prompts, max_new_tokens=12, stop=["."])

@@ -290,7 +290,9 @@ class _Batch:
                 "guide_top_rank": step.located_rank, "guide_top_in_base_top_p": step.located_in_top_p,
                 "guide_top_spelled": step.guide_top_spelled, "base_top_p_size": step.base_top_p_size,
                 "top100_overlap": step.top100_overlap})
-        blank = {"guide_top_id": minus, "guide_top_rank": minus, "base_top_p_size": minus}
+        no = torch.zeros_like(nan)  # a step without the guidance: no guidance facts
+        blank = {"guide_top_id": minus, "guide_top_rank": minus, "base_top_p_size": minus,
+                 "guide_top_in_base_top_p": no, "guide_top_spelled": no}
         return torch.stack([columns[name].to(torch.float64) if name in columns else blank.get(name, nan)
                             for name in PACKED], dim=1)
 
