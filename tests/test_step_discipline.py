@@ -51,11 +51,12 @@ def counted_steps():
         engine._Batch.step = original_step
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["plain", "overlap"])
 @pytest.mark.parametrize("kind", ["shared", "cross"])
 @pytest.mark.parametrize("method", [{"name": "base"}] + GUIDED, ids=lambda m: f"{m['name']}-{m.get('top_k', '')}")
-def test_a_decode_step_copies_to_the_host_once_and_reads_nothing_else(kind, method, shared_pair, cross_pair):
+def test_a_decode_step_copies_to_the_host_once_and_reads_nothing_else(kind, method, overlap, shared_pair, cross_pair):
     pair = shared_pair if kind == "shared" else cross_pair
-    decoder = pair.decoder(method, guidance_schedule="every")
+    decoder = pair.decoder(method, guidance_schedule="every", overlap=overlap)
     with counted_steps() as (counts, reads):
         decoder.generate([Prompt(p) for p in PROMPTS], max_new_tokens=MAX_NEW, batch_size=3)
     assert len(counts) >= MAX_NEW
@@ -120,3 +121,21 @@ def test_attention_masks_are_no_wider_than_the_longest_row(kind, shared_pair, cr
     finally:
         for hook in hooks:
             hook.remove()
+
+
+@pytest.mark.parametrize("schedule", ["lazy", "every"])
+@pytest.mark.parametrize("kind", ["shared", "cross"])
+def test_feeding_the_chosen_tokens_before_the_host_reads_them_changes_nothing(kind, schedule, shared_pair, cross_pair):
+    """overlap=True (the default on CUDA) queues the next forward on the step's tokens while they are
+    still on the device; where that guess is incomplete (a guidance-only token spelled in several base
+    tokens) or moot (a row that ended) the next feed puts it right."""
+    pair = shared_pair if kind == "shared" else cross_pair
+    prompts = [Prompt(p) for p in PROMPTS]
+    for method in [{"name": "base"}] + GUIDED + [{"name": "probe", "tau": 0.4}]:
+        plain = pair.decoder(method, guidance_schedule=schedule, overlap=False)
+        ahead = pair.decoder(method, guidance_schedule=schedule, overlap=True)
+        expected = plain.generate(prompts, max_new_tokens=MAX_NEW, stop_strings=["e."], batch_size=3)
+        got = ahead.generate(prompts, max_new_tokens=MAX_NEW, stop_strings=["e."], batch_size=3)
+        assert [o.token_ids for o in got] == [o.token_ids for o in expected], method
+        assert [o.trace["applied"] for o in got] == [o.trace["applied"] for o in expected]
+        assert [o.stop_reason for o in got] == [o.stop_reason for o in expected]

@@ -88,6 +88,7 @@ class Peak:
             torch.cuda.synchronize()
         self.seconds = time.perf_counter() - self.start
         self.mb = torch.cuda.max_memory_allocated() / 2**20 if self.cuda else _vm_hwm_mb()
+        self.reserved_mb = torch.cuda.max_memory_reserved() / 2**20 if self.cuda else None
 
 
 def _vm_hwm_mb() -> float | None:
@@ -105,8 +106,9 @@ def never_stop(decoder) -> None:
     decoder.lead = dataclasses.replace(decoder.lead, eos_ids=frozenset())
 
 
-def hf_generate(model, items: list[Prompt], batch_size: int, length: int) -> int:
-    """transformers' greedy generate of the base alone, left-padded batches sorted by length."""
+def hf_generate(model, items: list[Prompt], batch_size: int, length: int, static: bool = False) -> int:
+    """transformers' greedy generate of the base alone, left-padded batches sorted by length.
+    static=True: with its static cache, which transformers compiles on a GPU (`hf_static` row)."""
     ids = sorted((model.prompt_ids(p) for p in items), key=len)
     total = 0
     for start in range(0, len(ids), batch_size):
@@ -117,7 +119,8 @@ def hf_generate(model, items: list[Prompt], batch_size: int, length: int) -> int
         mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], device=model.device)
         with torch.inference_mode():
             out = model.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=length,
-                                       min_new_tokens=length, do_sample=False, pad_token_id=pad)
+                                       min_new_tokens=length, do_sample=False, pad_token_id=pad,
+                                       **({"cache_implementation": "static"} if static else {}))
         total += (out.shape[1] - width) * len(chunk)
     return total
 
@@ -128,36 +131,93 @@ def measure(label, run, device) -> dict:
         tokens, extra = run(warmup=False)
     return {"row": label, "tokens": tokens, "seconds": round(peak.seconds, 3),
             "tokens_per_s": round(tokens / peak.seconds, 2), "peak_mb": round(peak.mb, 1) if peak.mb else None,
-            **extra}
+            **({"reserved_mb": round(peak.reserved_mb, 1)} if peak.reserved_mb else {}), **extra}
 
 
-def fixed_length_rows(pair, methods, batch_sizes, lengths, n) -> list[dict]:
+def fixed_length_rows(pair, methods, batch_sizes, lengths, n, variants=({},), hf_static=False) -> list[dict]:
+    """Every method at every (length, batch size), once per engine variant (a dict of `Pair.decoder`
+    settings: compile, guidance_schedule, overlap), beside transformers' generate."""
     items = prompts(n)
     device = pair.model("base").device
+    base = pair.model("base")
     rows = []
     for length in lengths:
         for batch_size in batch_sizes:
-            def reference(warmup):
-                k = 1 if warmup else length
-                return hf_generate(pair.model("base"), items[:batch_size] if warmup else items, batch_size, k), {}
-            rows.append({"method": "hf_generate", "batch_size": batch_size, "length": length,
-                         **measure("hf_generate", reference, device)})
-            print(_line(rows[-1]), flush=True)
-            for name in methods:
-                decoder = pair.decoder(METHODS[name])
-                never_stop(decoder)
-
-                def ours(warmup, decoder=decoder):
-                    before, clock = dict(decoder.stats), decoder.clock.totals()
-                    outs = decoder.generate(items[:batch_size] if warmup else items,
-                                            max_new_tokens=2 if warmup else length, batch_size=batch_size)
-                    tokens = sum(o.n_tokens for o in outs)
-                    return tokens, {**where_time_goes(decoder, before, clock, tokens, batch_size),
-                                    "intervention_rate": round(sum(o.intervention_rate for o in outs) / len(outs), 4)}
-                rows.append({"method": name, "batch_size": batch_size, "length": length,
-                             **measure(name, ours, device)})
+            references = [("hf_generate", False)] + ([("hf_static", True)] if hf_static else [])
+            for label, static in references:
+                def reference(warmup, static=static):
+                    k = 1 if warmup else length
+                    return hf_generate(base, items[:batch_size] if warmup else items, batch_size, k, static), {}
+                try:
+                    rows.append({"method": label, "batch_size": batch_size, "length": length,
+                                 **measure(label, reference, device)})
+                except Exception as err:  # noqa: BLE001 - a reference that cannot run here is reported, not fatal
+                    print(f"{label}: not measured ({type(err).__name__}: {err})", flush=True)
+                    continue
                 print(_line(rows[-1]), flush=True)
+            for variant in variants:
+                for name in methods:
+                    decoder = pair.decoder(METHODS[name], **variant)
+                    never_stop(decoder)
+
+                    def ours(warmup, decoder=decoder):
+                        before, clock = dict(decoder.stats), decoder.clock.totals()
+                        outs = decoder.generate(items[:batch_size] if warmup else items,
+                                                max_new_tokens=2 if warmup else length, batch_size=batch_size)
+                        tokens = sum(o.n_tokens for o in outs)
+                        return tokens, {**where_time_goes(decoder, before, clock, tokens, batch_size),
+                                        "intervention_rate": round(sum(o.intervention_rate for o in outs) / len(outs),
+                                                                   4)}
+                    rows.append({"method": name, "variant": variant_label(variant), "batch_size": batch_size,
+                                 "length": length, **measure(name, ours, device)})
+                    if device.type == "cuda":
+                        rows[-1]["bandwidth_fraction"] = bandwidth_fraction(pair, rows[-1], items, length)
+                    print(_line(rows[-1]), flush=True)
     return _ratios(rows)
+
+
+def variant_label(variant: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in variant.items()) or "default"
+
+
+# Peak memory bandwidth (bytes/s) by device name, for the fraction of the bandwidth limit a step reaches.
+PEAK_BANDWIDTH = {"H200": 4.8e12, "H100 NVL": 3.9e12, "H100 PCIe": 2.0e12, "H100": 3.35e12, "A100-SXM4-80GB": 2.04e12,
+                  "A100 80GB PCIe": 1.94e12, "A100": 1.56e12, "L40S": 0.864e12, "A10G": 0.6e12}
+
+
+def peak_bandwidth(device) -> float | None:
+    name = torch.cuda.get_device_name(device)
+    return next((bw for key, bw in PEAK_BANDWIDTH.items() if key in name), None)
+
+
+def bytes_read_per_step(loaded, batch_size: int, mean_columns: float) -> float:
+    """What one decode step must read from memory at least: the weights (an untied input embedding is
+    only looked up, so it is left out) and every row's keys and values."""
+    from .memory import kv_bytes_per_token
+
+    model = loaded.model
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    embedding, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    if embedding.data_ptr() != head.data_ptr():
+        weights -= embedding.numel() * embedding.element_size()
+    return weights + kv_bytes_per_token(model) * batch_size * mean_columns
+
+
+def bandwidth_fraction(pair, row: dict, items, length: int) -> float | None:
+    """(bytes a step must read) / (step time x peak bandwidth): 1.0 is the memory-bound limit."""
+    device = pair.model("base").device
+    peak = peak_bandwidth(device)
+    if peak is None or not row.get("ms_per_step"):
+        return None
+    batch = row["batch_size"]
+    total = 0.0
+    for role, share in (("base", 1.0), ("guidance", row.get("steps_with_guidance", 0.0))):
+        if share <= 0 or (role == "guidance" and row["method"] == "base"):
+            continue
+        loaded = pair.model(role if row["method"] != "guidance" else "guidance")
+        prompt = sum(len(loaded.prompt_ids(p)) for p in items) / len(items)
+        total += share * bytes_read_per_step(loaded, batch, prompt + length / 2)
+    return round(total / (row["ms_per_step"] / 1000 * peak), 3)
 
 
 def where_time_goes(decoder, before: dict, clock_before: dict, tokens: int, batch_size: int) -> dict:
@@ -211,12 +271,13 @@ def _ratios(rows) -> list[dict]:
     for r in rows:
         same = [x for x in rows if x["batch_size"] == r["batch_size"] and x.get("length") == r.get("length")]
         ref = next((x for x in same if x["method"] == "hf_generate"), None)
-        base = next((x for x in same if x["method"] == "base"), None)
+        base = next((x for x in same if x["method"] == "base" and x.get("variant") == r.get("variant", "default")),
+                    None) or next((x for x in same if x["method"] == "base"), None)
         r["time_vs_hf_generate"] = round(per_token(r) / per_token(ref), 3) if ref else None
         r["time_vs_base"] = round(per_token(r) / per_token(base), 3) if base else None
     by_method = {}
     for r in rows:
-        by_method.setdefault((r["method"], r["batch_size"]), []).append(r)
+        by_method.setdefault((r["method"], r.get("variant"), r["batch_size"]), []).append(r)
     for group in by_method.values():  # per-token cost at the longest length vs the shortest
         group.sort(key=lambda r: r.get("length") or 0)
         for r in group:
@@ -279,25 +340,35 @@ def markdown(rows, meta) -> str:
              f"{meta['threads']} CPU threads. Fixed-length rows decode exactly `length` tokens per prompt "
              f"({meta['n_prompts']} prompts); ratios are time per token.", ""]
     fixed = [r for r in rows if r.get("mode") is None]
+    variants = len({r.get("variant") for r in fixed if r.get("variant")}) > 1
+
+    def label(r):
+        return f"{r['method']} [{r['variant']}]" if variants and r.get("variant") else r["method"]
     if fixed:
         lines += ["| method | batch | length | tokens/s | time vs hf_generate | time vs our base | per token vs "
                   "shortest length | peak MB | guidance passes / token | steps with a guidance pass | "
                   "intervention rate |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in fixed:
-            lines.append(f"| {r['method']} | {r['batch_size']} | {r['length']} | {r['tokens_per_s']} | "
+            lines.append(f"| {label(r)} | {r['batch_size']} | {r['length']} | {r['tokens_per_s']} | "
                          f"{r['time_vs_hf_generate']} | {r['time_vs_base']} | {r['per_token_vs_shortest']} | "
                          f"{r['peak_mb']} | {r.get('guidance_passes_per_token', '-')} | "
                          f"{r.get('steps_with_guidance', '-')} | {r.get('intervention_rate', '-')} |")
     timed = [r for r in fixed if "ms_per_step" in r]
     if timed:
-        lines += ["", "Where a step's time goes (ms per decoding step; `other` = the step minus both forwards: the "
-                      "host's work and the step's own tensor work; syncs = copies to the host per step):", "",
+        cuda = any("bandwidth_fraction" in r for r in timed)
+        lines += ["", "Where a step's time goes (ms per decoding step; forwards as the device ran them; `other` = "
+                      "the step's wall time minus both forwards: the host's work and the step's own tensor work, "
+                      "0 where it ran beside the forwards; syncs = copies to the host per step"
+                  + ("; bandwidth = bytes a step must read (weights, keys and values) over step time x the "
+                     "device's peak bandwidth" if cuda else "") + "):", "",
                   "| method | batch | length | ms per step | base forward | guidance forward | other | syncs / step | "
-                  "widest mask / longest row |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "widest mask / longest row |" + (" fraction of bandwidth limit | reserved MB |" if cuda else ""),
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if cuda else "")]
         for r in timed:
-            lines.append(f"| {r['method']} | {r['batch_size']} | {r['length']} | {r['ms_per_step']} | "
+            lines.append(f"| {label(r)} | {r['batch_size']} | {r['length']} | {r['ms_per_step']} | "
                          f"{r['base_forward_ms']} | {r['guidance_forward_ms']} | {r['other_ms']} | "
-                         f"{r['syncs_per_step']} | {r['widest_mask_over_longest_row']} |")
+                         f"{r['syncs_per_step']} | {r['widest_mask_over_longest_row']} |"
+                         + (f" {r.get('bandwidth_fraction')} | {r.get('reserved_mb')} |" if cuda else ""))
     ragged = [r for r in rows if r.get("mode") == "ragged"]
     if ragged:
         lines += ["", "| method | batch | benchmark | n | output lengths | tokens/s ragged | tokens/s fixed length | "
@@ -343,7 +414,10 @@ def run(args) -> Path:
     if args.ragged:
         rows += ragged_rows(pair, cfg, args.ragged, args.methods, args.batch_sizes[-1], args.n, args.max_new_tokens)
     else:
-        rows += fixed_length_rows(pair, args.methods, args.batch_sizes, args.lengths, args.n)
+        variants = [{k: v for k, v in (("compile", c), ("guidance_schedule", g), ("overlap", o)) if v is not None}
+                    for c in args.compile for g in args.schedule for o in args.overlap]
+        hf_static = args.hf_static if args.hf_static is not None else device.type == "cuda"
+        rows += fixed_length_rows(pair, args.methods, args.batch_sizes, args.lengths, args.n, variants, hf_static)
         if args.identity and len(set(args.batch_sizes)) > 1:
             rows += identity_rows(pair, [m for m in ("base", "nudging", "blendin") if m in args.methods],
                                   args.batch_sizes, min(args.lengths), args.n)
@@ -382,6 +456,15 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--identity", action="store_true",
                         help="also compare outputs at the smallest and largest batch size (same tokens?)")
+    parser.add_argument("--compile", nargs="+", default=["none"], choices=["none", "compile", "cudagraphs"],
+                        help="how decode steps run; several values: rows for each (compare them in one run)")
+    parser.add_argument("--schedule", nargs="+", default=[None], choices=["lazy", "every"],
+                        help="when the guidance runs (default: the device's default); several values: rows for each")
+    parser.add_argument("--overlap", nargs="+", default=[None], type=lambda v: {"on": True, "off": False}[v],
+                        metavar="on|off", help="feed each step's tokens before the host reads them (default: on CUDA)")
+    parser.add_argument("--hf-static", dest="hf_static", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time transformers' static-cache generate (compiled by transformers on a GPU; "
+                             "default: on a GPU)")
     parser.add_argument("--out", default=str(ROOT / "results" / "bench"))
     args = parser.parse_args(argv)
     if args.batch_sizes is None:

@@ -26,7 +26,7 @@ from .facts import add_guidance_facts, top_p_size
 from .policies import Greedy, Step
 from .prompts import Prompt
 from .streams import COMPILE_MODES
-from .transfer import SYNCS, Clock, to_device, to_host
+from .transfer import SYNCS, Clock, PendingCopy, to_device, to_host
 from .views import Detokenizer, TokenView
 
 TRACE_COLUMNS = (
@@ -126,10 +126,13 @@ class Decoder:
         every step, as the reference code's text-based servers did).
     guidance_schedule: "lazy", "every" or "auto" (see `resolve_schedule`); outputs are the same.
     compile: "none", "compile" or "cudagraphs": how decode steps run (`streams.decode_forward`).
+    overlap: feed each step's tokens to the models straight from the device, before the host reads
+        them, so that the next forward runs while the host does its work (EOS, stop strings, text,
+        trace); None = on CUDA. Same outputs (tests force it on the CPU).
     """
 
     def __init__(self, lead, policy=None, guidance=None, vocab=None, use_cache: bool = True, base_view: str = "ids",
-                 guidance_schedule: str = "auto", compile: str = "none"):
+                 guidance_schedule: str = "auto", compile: str = "none", overlap: bool | None = None):
         self.lead, self.guidance, self.vocab = lead, guidance, vocab
         self.policy = policy or Greedy()
         self.use_cache = use_cache
@@ -145,6 +148,9 @@ class Decoder:
             raise ConfigError("compile=cudagraphs needs a CUDA device. Fix: compile=compile (torch.compile, any "
                               "device) or compile=none")
         self.compile = compile
+        if overlap is None:
+            overlap = lead.device.type == "cuda"
+        self.overlap = overlap and use_cache and base_view == "ids"
         if vocab is not None:
             vocab.prepare()
         self.stats = new_stats()
@@ -252,7 +258,12 @@ class _Batch:
         self.counts = self.counts + torch.stack([torch.ones_like(choice.applied, dtype=torch.long),
                                                  choice.applied.long(), packed[:, _COLUMN["latch"]].long()], 1)
         self.counts[:, 2].clamp_(max=1)
-        values = to_host(packed)
+        copy = PendingCopy(packed)
+        if d.overlap:
+            self._speculate(choice.token)
+        values = copy.wait()
+        if d.overlap:
+            self._commit(values)
         self._complete_top_p(values, probs)
         host_started = time.perf_counter()
         self._record(values)
@@ -304,6 +315,41 @@ class _Batch:
             sizes = to_host(top_p_size(probs[to_device(rows, torch.long, probs.device)]))
             column[rows] = sizes
 
+    def _speculate(self, token: torch.Tensor) -> None:
+        """Queue the next forward(s) on the chosen tokens while they are still on the device: each row
+        reads the token it chose (a guidance-only token: the first base token of its spelling). The
+        next `_feed` finds them read and feeds only what differs (the rest of a spelling)."""
+        ids = token
+        size = self.d.lead_size
+        if self.d.vocab is not None:
+            spelled = self.d.vocab.first_base_ids((token - size).clamp_min(0))
+            ids = torch.where(token < size, token, torch.where(spelled >= 0, spelled, self.d.lead.pad_id))
+        guide_too = self._every_step() and not self.guide.by_text  # one tokenizer: the guidance reads the same ids
+        if guide_too and self.side is not None:
+            self.side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side):
+                self.guide.speculate(ids)
+        self.lead.speculate(ids)
+        if guide_too and self.side is None:
+            self.guide.speculate(ids)
+        elif guide_too:
+            torch.cuda.current_stream().wait_stream(self.side)
+        self.speculated_guide = guide_too
+
+    def _commit(self, values) -> None:
+        """What `_speculate` fed, as read on the host (the same rule)."""
+        size, pad = self.d.lead_size, self.d.lead.pad_id
+        ids = []
+        for joint in values[:, _COLUMN["joint"]].astype(int).tolist():
+            first = joint if joint < size else self.d.vocab.first_base_id(joint - size)
+            ids.append(first if first >= 0 else pad)
+        self.lead.commit(ids)
+        if self.speculated_guide:
+            self.guide.commit(ids)
+
+    def _every_step(self) -> bool:
+        return self.guide is not None and self.d.schedule == "every" and self.d.policy.tau > 0
+
     @property
     def guide_logits(self) -> torch.Tensor:
         """The every-step schedule: the guidance already read this step's tokens in `_feed`."""
@@ -318,7 +364,7 @@ class _Batch:
 
     def _feed(self) -> None:
         """Bring the lead (and, on the every-step schedule, the guidance) up to date with every row."""
-        every_step = self.guide is not None and self.d.schedule == "every" and self.d.policy.tau > 0
+        every_step = self._every_step()
         if every_step and self.side is not None:  # the guidance's pass beside the base's, on its own stream
             self.side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self.side):

@@ -26,18 +26,19 @@ def rank_in(probs: torch.Tensor, token: torch.Tensor) -> tuple[torch.Tensor, tor
     return above.sum(-1) + 1, (probs * above).sum(-1) < TOP_P
 
 
-def top_p_size(probs: torch.Tensor, p: float = TOP_P, exact: bool = True) -> torch.Tensor:
+def top_p_size(probs: torch.Tensor, p: float = TOP_P, exact: bool = True, top: torch.Tensor | None = None) -> torch.Tensor:
     """Size of the smallest set of most probable tokens whose mass reaches p, per row.
 
     Sorting a 262k-token distribution is slow, so look at the top 256 first. exact=False stops there
     and returns -(256 + 1) for rows whose top 256 hold less than p (the caller completes them with
     `top_p_size` where it needs to; the decoding step does, after its one copy to the host).
     exact=True grows the prefix until every row is done (it reads a flag from the device to know).
+    top: the 256 largest probabilities of each row, sorted, if already known.
     """
     vocab = probs.shape[-1]
     k = min(256, vocab)
     while True:
-        top = probs.topk(k, dim=-1).values.cumsum(-1)
+        top = (top if top is not None and top.shape[-1] == k else probs.topk(k, dim=-1).values).cumsum(-1)
         reached = top[:, -1] >= p
         size = ((top < p).sum(-1) + 1).clamp_max(k)
         if not exact:
@@ -73,15 +74,22 @@ def add_guidance_facts(step, guide_probs: torch.Tensor, exact: bool = True) -> N
     step.located_rank = torch.where(consulted & found, rank, minus)
     step.located_in_top_p = consulted & found & in_top_p
     step.guide_top_spelled = consulted & ~has_twin & found
-    step.base_top_p_size = torch.where(consulted, top_p_size(step.base_probs, exact=exact), minus)
+    sizes = top_p_size(step.base_probs, exact=exact, top=step.top("base", 256)[0])
+    step.base_top_p_size = torch.where(consulted, sizes, minus)
     nan = torch.full_like(step.base_top_prob, float("nan"))
-    step.top100_overlap = torch.where(consulted, top_k_overlap(step.base_probs, guide_probs, vocab), nan)
+    overlap = top_k_overlap(step.base_probs, guide_probs, vocab,
+                            tops=(step.top("base", OVERLAP_K)[1], step.top("guide", OVERLAP_K)[1]))
+    step.top100_overlap = torch.where(consulted, overlap, nan)
 
 
-def top_k_overlap(base_probs: torch.Tensor, guide_probs: torch.Tensor, vocab, k: int = OVERLAP_K) -> torch.Tensor:
-    """Share of the base's top-k tokens that are also in the guidance's top-k (by base twin)."""
+def top_k_overlap(base_probs: torch.Tensor, guide_probs: torch.Tensor, vocab, k: int = OVERLAP_K,
+                  tops: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Share of the base's top-k tokens that are also in the guidance's top-k (by base twin).
+    tops: both top-k id lists, if already known."""
     k_b, k_g = min(k, base_probs.shape[-1]), min(k, guide_probs.shape[-1])
-    base_ids = base_probs.topk(k_b, dim=-1).indices
-    guide_ids = vocab.guidance_to_base[guide_probs.topk(k_g, dim=-1).indices]  # -1 never matches a base id
-    shared = (base_ids.unsqueeze(-1) == guide_ids.unsqueeze(1)).any(-1).sum(-1)
+    base_ids, guide_top = tops or (base_probs.topk(k_b, dim=-1).indices, guide_probs.topk(k_g, dim=-1).indices)
+    guide_ids = vocab.guidance_to_base[guide_top]  # -1 never matches a base id
+    guide_ids = guide_ids.sort(-1).values
+    at = torch.searchsorted(guide_ids, base_ids).clamp_max(k_g - 1)  # membership by sorted search
+    shared = (guide_ids.gather(-1, at) == base_ids).sum(-1)
     return shared.float() / k_b

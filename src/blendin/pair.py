@@ -75,17 +75,19 @@ class Pair:
         return self._vocab
 
     def decoder(self, method, use_cache: bool = True, base_view: str = "ids", guidance_schedule: str = "auto",
-                compile: str = "none"):
+                compile: str = "none", overlap: bool | None = None):
         """The decoder for a method config (dict or OmegaConf node with `name` and its parameters).
 
         base_view: "ids" (ours) or "text" (the base re-reads the tokenized text each step, as the
         reference code's servers did). Word-level NUDGING always works on text.
         guidance_schedule: when the guidance model runs (`engine.resolve_schedule`); outputs are the same.
         compile: how decode steps run (none, compile, cudagraphs; `streams.decode_forward`).
+        overlap: the host's work beside the next forward (`engine.Decoder`; None = on CUDA).
         """
         policy = make_policy(method)
         if policy.name in ("base", "guidance", "aligned"):
-            return Decoder(self.model(policy.name), policy, use_cache=use_cache, base_view=base_view, compile=compile)
+            return Decoder(self.model(policy.name), policy, use_cache=use_cache, base_view=base_view, compile=compile,
+                           overlap=overlap)
         if policy.name == "forced":
             from .forcing import ForcedDecoder
 
@@ -95,4 +97,4 @@ class Pair:
 
             return WordNudgingDecoder(self.model("base"), policy, self.model("guidance"), self.vocab, use_cache)
         return Decoder(self.model("base"), policy, self.model("guidance"), self.vocab, use_cache=use_cache,
-                       base_view=base_view, guidance_schedule=guidance_schedule, compile=compile)
+                       base_view=base_view, guidance_schedule=guidance_schedule, compile=compile, overlap=overlap)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -50,9 +50,21 @@ class Step:
     base_top_p_size: torch.Tensor | None = None
     top100_overlap: torch.Tensor | None = None
 
+    _tops: dict = field(default_factory=dict, repr=False)
+
     @property
     def base_size(self) -> int:
         return self.base_probs.shape[-1]
+
+    def top(self, which: str, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k most probable tokens (probabilities, ids) of the "base" or "guide" distribution, sorted.
+        Computed once per step, as wide as the widest use (the base's top-p facts look at 256)."""
+        probs = self.base_probs if which == "base" else self.guide_probs
+        k = min(k, probs.shape[-1])
+        if which not in self._tops or self._tops[which][0].shape[-1] < k:
+            self._tops[which] = probs.topk(min(max(k, 256 if which == "base" else k), probs.shape[-1]), dim=-1)
+        values, ids = self._tops[which]
+        return values[..., :k].contiguous(), ids[..., :k].contiguous()
 
 
 @dataclass
@@ -215,13 +227,13 @@ def _blend_top_k(pb, pg, step: Step, policy: Blend):
     """Blend the union of both top-k lists, keyed by token (joint ids), as the reference does."""
     k_b = min(policy.top_k, pb.shape[-1])
     k_g = min(policy.top_k, pg.shape[-1])
-    base_p, base_ids = pb.topk(k_b, dim=-1)
-    guide_p, guide_gids = pg.topk(k_g, dim=-1)
+    base_p, base_ids = step.top("base", k_b)
+    guide_p, guide_gids = step.top("guide", k_g)
     guide_ids = _joint_ids(guide_gids, step)
     candidates = torch.cat([base_ids, guide_ids], dim=-1)  # [R, kb + kg]
     # P_b and P_g of each candidate, 0 where the candidate is not in that model's list
-    p_base = ((candidates.unsqueeze(-1) == base_ids.unsqueeze(1)) * base_p.unsqueeze(1)).sum(-1)
-    p_guide = ((candidates.unsqueeze(-1) == guide_ids.unsqueeze(1)) * guide_p.unsqueeze(1)).sum(-1)
+    p_base = _list_mass(candidates, base_ids, base_p)
+    p_guide = _list_mass(candidates, guide_ids, guide_p)
     # P_b(t_g) as the reference sees it: 0 when t_g is outside the base's top-k list
     pb_tg = p_base[:, k_b]  # the first guidance candidate is the guidance top token
     alpha = policy.weight(step.base_top_prob, step.guide_top_prob, pb_tg)
@@ -231,6 +243,18 @@ def _blend_top_k(pb, pg, step: Step, policy: Blend):
     total = a.squeeze(-1) * guide_p.sum(-1) + (1 - a.squeeze(-1)) * base_p.sum(-1)
     prob, best = blended.max(-1, keepdim=True)
     return candidates.gather(-1, best).squeeze(-1), alpha, prob.squeeze(-1) / total.clamp_min(1e-30)
+
+
+def _list_mass(candidates: torch.Tensor, ids: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """Per row, the probability each candidate has in the list (ids, probs), 0 where it is absent; an
+    id listed twice (two guidance tokens with one base twin) counts with both. By sorted search, not
+    by comparing every candidate with every entry."""
+    order = ids.argsort(-1)
+    sorted_ids, sorted_p = ids.gather(-1, order), probs.gather(-1, order)
+    first = torch.searchsorted(sorted_ids, sorted_ids)  # where each id's first copy sits
+    merged = torch.zeros_like(sorted_p).scatter_add_(-1, first, sorted_p)
+    at = torch.searchsorted(sorted_ids, candidates).clamp_max(ids.shape[-1] - 1)
+    return torch.where(sorted_ids.gather(-1, at) == candidates, merged.gather(-1, at), torch.zeros_like(merged[:, :1]))
 
 
 def _joint_ids(guidance_ids: torch.Tensor, step: Step) -> torch.Tensor:

@@ -237,9 +237,7 @@ class CachedStream:
         if queries == 0:
             return (self.logits, [self.logits[i:i, :] for i in range(len(new))]) if all_logits else self.logits
         lengths = [len(r) for r in self.rows]
-        if max(lengths) + queries > self.cache.capacity:  # past the plan: grow once, by half again
-            capacity = max(max(lengths) + queries, self.cache.capacity * 3 // 2)
-            self.cache.relayout(None, max(lengths), capacity)
+        self._reserve(max(lengths) + queries)
         # One host-to-device copy: each row's new tokens right-aligned in the chunk (so the chunk's
         # last position is every fed row's last token), then its length and count.
         packed = [[self.pad_id] * (queries - c) + n + [length, c] for n, c, length in zip(new, counts, lengths)]
@@ -250,12 +248,9 @@ class CachedStream:
         # a real token lands right after the row's tokens; a padding slot further on, where no real
         # query looks: columns are positions, and no row has holes
         columns = torch.where(j >= first, length + j - first, length + count + j)
-        width = max(n + c for n, c in zip(lengths, counts))
-        if self.compile == "cudagraphs" and queries == 1:  # few distinct shapes: few graphs to capture
-            width = min(-(-width // WIDTH_BUCKET) * WIDTH_BUCKET, self.cache.capacity)
         for row, n in zip(self.rows, new):
             row.extend(n)
-        logits = self._forward(ids, columns, width, keep=0 if all_logits else 1)
+        logits = self._forward(ids, columns, max(n + c for n, c in zip(lengths, counts)), keep=0 if all_logits else 1)
         fed = to_device([c > 0 for c in counts], torch.bool, self.device)
         last = logits[:, -1].float()
         self.logits = last if self.logits is None or all(counts) else torch.where(fed[:, None], last, self.logits)
@@ -264,9 +259,31 @@ class CachedStream:
         per_row = [logits[i, queries - c + r:].float() for i, (c, r) in enumerate(zip(counts, refed))]
         return self.logits, per_row
 
+    @torch.inference_mode()
+    def speculate(self, ids: torch.Tensor) -> None:
+        """Feed every row one token that is still on the device (a step's choice, before the host has
+        read it); `commit` then records the tokens in the rows. The forward is queued at once, so on
+        a GPU it runs while the host works through the step's results."""
+        lengths = [len(r) for r in self.rows]
+        self._reserve(max(lengths) + 1)
+        columns = to_device(lengths, torch.long, self.device)[:, None]
+        self.logits = self._forward(ids[:, None], columns, max(lengths) + 1, keep=1)[:, -1].float()
+
+    def commit(self, ids: list[int]) -> None:
+        """The tokens `speculate` fed, as the host now knows them."""
+        for row, token in zip(self.rows, ids):
+            row.append(token)
+
+    def _reserve(self, columns: int) -> None:
+        if columns > self.cache.capacity:  # past the plan: grow once, by half again
+            used = max(len(r) for r in self.rows)
+            self.cache.relayout(None, used, max(columns, self.cache.capacity * 3 // 2))
+
     def _forward(self, ids: torch.Tensor, columns: torch.Tensor, width: int, keep: int) -> torch.Tensor:
         """One forward pass writing the chunk `ids` [B, Q] at `columns` [B, Q] and attending to the first
         `width` columns (each query sees the columns up to its own; sliding windows in positions)."""
+        if self.compile == "cudagraphs" and ids.shape[1] == 1:  # few distinct shapes: few graphs to capture
+            width = min(-(-width // WIDTH_BUCKET) * WIDTH_BUCKET, self.cache.capacity)
         keys = torch.arange(width, device=self.device)
         self.cache.write_columns, self.cache.key_columns = columns, keys
         visible = keys[None, None, :] <= columns[:, :, None]

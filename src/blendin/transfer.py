@@ -26,10 +26,31 @@ class SyncCounter:
 SYNCS = SyncCounter()
 
 
+class PendingCopy:
+    """A copy to the host, started now and read later: on CUDA into pinned memory without waiting, so
+    that work queued after it (the next forward) is already on its way when `wait` blocks."""
+
+    def __init__(self, tensor: torch.Tensor):
+        tensor = tensor.detach()
+        self.event = None
+        if tensor.device.type == "cuda":
+            self.host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            self.host.copy_(tensor, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = tensor.cpu()
+
+    def wait(self) -> np.ndarray:
+        SYNCS.count += 1
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.numpy()
+
+
 def to_host(tensor: torch.Tensor) -> np.ndarray:
     """The one way the engine reads device values: a single copy, counted."""
-    SYNCS.count += 1
-    return tensor.detach().cpu().numpy()
+    return PendingCopy(tensor).wait()
 
 
 def to_device(data, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -275,6 +275,16 @@ class TokenView:
         self.forward_passes += 1
         return self.stream.step(new, drop, all_logits=all_logits)
 
+    def speculate(self, ids: torch.Tensor) -> None:
+        """Feed every row one token from the device before the host knows it (`CachedStream.speculate`);
+        the next `catch_up` keeps it where the continuation has it and crops it elsewhere."""
+        self.forward_passes += 1
+        self.stream.speculate(ids)
+
+    def commit(self, ids: list[int]) -> None:
+        self.stream.commit(ids)
+        self.longest = max(self.longest, max(len(self.stream.tokens(r)) for r in range(len(self.prompts))))
+
     def append(self, rows: Sequence[int], tokens: Sequence[Sequence[int]]) -> torch.Tensor:
         """Feed extra tokens to `rows` beyond their continuation (a draft); the next `catch_up`
         keeps those that the continuation turns out to contain and crops the rest."""

@@ -108,6 +108,7 @@ class VocabMap:
     _base_byte_ids: dict | None = field(default=None, repr=False)
     _identity: bool | None = field(default=None, repr=False)
     _first_table: torch.Tensor | None = field(default=None, repr=False)
+    _first_host: list | None = field(default=None, repr=False)
     _shared: torch.Tensor | None = field(default=None, repr=False)
     _mapped: tuple | None = field(default=None, repr=False)
     _spelled: dict = field(default_factory=dict, repr=False)
@@ -170,7 +171,14 @@ class VocabMap:
                 for g, ids in zip(missing, self.spell(missing)):
                     table[g] = ids[0] if ids else -1
             self._first_table = table.to(self.guidance_to_base.device)
+            self._first_host = table.tolist()
         return self._first_table[guidance_ids]
+
+    def first_base_id(self, guidance_id: int) -> int:
+        """`first_base_ids` of one id, read on the host (same table)."""
+        if self._first_host is None:
+            self.prepare()
+        return self._first_host[guidance_id]
 
     def base_ids_for_guidance_token(self, guidance_id: int) -> list[int]:
         """Base ids that spell a guidance token without a single-token equivalent (by its text)."""
