@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from .cli import call
+from .errors import ConfigError
 from .prompts import Prompt
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,15 +135,17 @@ def measure(label, run, device) -> dict:
             **({"reserved_mb": round(peak.reserved_mb, 1)} if peak.reserved_mb else {}), **extra}
 
 
-def fixed_length_rows(pair, methods, batch_sizes, lengths, n, variants=({},), hf_static=False) -> list[dict]:
+def fixed_length_rows(pair, methods, batch_sizes, lengths, n, variants=({},), hf_static=False,
+                      n_batch1: int | None = None) -> list[dict]:
     """Every method at every (length, batch size), once per engine variant (a dict of `Pair.decoder`
-    settings: compile, guidance_schedule, overlap), beside transformers' generate."""
-    items = prompts(n)
+    settings: compile, guidance_schedule, overlap), beside transformers' generate. Each row decodes n
+    prompts (n_batch1 at batch size 1, where a GPU is slowest per token)."""
     device = pair.model("base").device
     base = pair.model("base")
     rows = []
     for length in lengths:
         for batch_size in batch_sizes:
+            items = prompts(n_batch1 if batch_size == 1 and n_batch1 else n)
             references = [("hf_generate", False)] + ([("hf_static", True)] if hf_static else [])
             for label, static in references:
                 def reference(warmup, static=static):
@@ -157,7 +160,11 @@ def fixed_length_rows(pair, methods, batch_sizes, lengths, n, variants=({},), hf
                 print(_line(rows[-1]), flush=True)
             for variant in variants:
                 for name in methods:
-                    decoder = pair.decoder(METHODS[name], **variant)
+                    try:
+                        decoder = pair.decoder(METHODS[name], **variant)
+                    except ConfigError as err:
+                        print(f"{name} [{variant_label(variant)}]: not measured ({err})", flush=True)
+                        continue
                     never_stop(decoder)
 
                     def ours(warmup, decoder=decoder):
@@ -168,8 +175,14 @@ def fixed_length_rows(pair, methods, batch_sizes, lengths, n, variants=({},), hf
                         return tokens, {**where_time_goes(decoder, before, clock, tokens, batch_size),
                                         "intervention_rate": round(sum(o.intervention_rate for o in outs) / len(outs),
                                                                    4)}
+                    try:
+                        measured = measure(name, ours, device)
+                    except Exception as err:  # noqa: BLE001 - one variant that cannot run here must not lose the rest
+                        print(f"{name} [{variant_label(variant)}]: not measured ({type(err).__name__}: {err})",
+                              flush=True)
+                        continue
                     rows.append({"method": name, "variant": variant_label(variant), "batch_size": batch_size,
-                                 "length": length, **measure(name, ours, device)})
+                                 "length": length, **measured})
                     if device.type == "cuda":
                         rows[-1]["bandwidth_fraction"] = bandwidth_fraction(pair, rows[-1], items, length)
                     print(_line(rows[-1]), flush=True)
@@ -338,7 +351,8 @@ def markdown(rows, meta) -> str:
     lines = [f"# Decoding speed: {meta['pair']} on {meta['device_name']}", "",
              f"{meta['created_at']}; torch {meta['torch']}, transformers {meta['transformers']}, dtype {meta['dtype']}, "
              f"{meta['threads']} CPU threads. Fixed-length rows decode exactly `length` tokens per prompt "
-             f"({meta['n_prompts']} prompts); ratios are time per token.", ""]
+             f"({meta['n_prompts']} prompts" + (f", {meta['n_batch1']} at batch 1" if meta.get("n_batch1") else "")
+             + "); ratios are time per token.", ""]
     fixed = [r for r in rows if r.get("mode") is None]
     variants = len({r.get("variant") for r in fixed if r.get("variant")}) > 1
 
@@ -417,7 +431,8 @@ def run(args) -> Path:
         variants = [{k: v for k, v in (("compile", c), ("guidance_schedule", g), ("overlap", o)) if v is not None}
                     for c in args.compile for g in args.schedule for o in args.overlap]
         hf_static = args.hf_static if args.hf_static is not None else device.type == "cuda"
-        rows += fixed_length_rows(pair, args.methods, args.batch_sizes, args.lengths, args.n, variants, hf_static)
+        rows += fixed_length_rows(pair, args.methods, args.batch_sizes, args.lengths, args.n, variants, hf_static,
+                                  args.n_batch1)
         if args.identity and len(set(args.batch_sizes)) > 1:
             rows += identity_rows(pair, [m for m in ("base", "nudging", "blendin") if m in args.methods],
                                   args.batch_sizes, min(args.lengths), args.n)
@@ -425,7 +440,7 @@ def run(args) -> Path:
 
     meta = {"pair": cfg.pair.name, "device": str(device), "dtype": str(pair.model("base").model.dtype),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-            "n_prompts": args.n, "torch": torch.__version__, "transformers": transformers.__version__,
+            "n_prompts": args.n, "n_batch1": args.n_batch1, "torch": torch.__version__, "transformers": transformers.__version__,
             "threads": torch.get_num_threads(), "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(["python -m blendin.bench"] + sys.argv[1:])}
     out = Path(args.out)
@@ -447,7 +462,8 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=None,
                         help="default: 1 8 on a CPU, 1 32 on a GPU")
     parser.add_argument("--lengths", nargs="+", type=int, default=[64, 512], help="new tokens per prompt")
-    parser.add_argument("--n", type=int, default=None, help="prompts (default: the largest batch size)")
+    parser.add_argument("--n", type=int, default=None, help="prompts per row (default: the largest batch size)")
+    parser.add_argument("--n-batch1", type=int, default=None, help="prompts per row at batch size 1 (default: --n)")
     parser.add_argument("--ragged", metavar="BENCHMARK", help="decode a real subset with EOS and stop strings active")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="ragged mode: the budget per item (default: the benchmark's)")

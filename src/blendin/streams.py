@@ -185,7 +185,8 @@ class CachedStream:
 
     def __init__(self, model, pad_id: int, headroom: int = 256, clock=None, role: str = "model", compile: str = "none"):
         """headroom: columns planned beyond the longest prompt; clock: a `transfer.Clock` that times
-        the forward passes under "<role>_forward"; compile: how decode steps run (`decode_forward`)."""
+        the forward passes under "<role>_forward" ("<role>_prefill" for prompts); compile: how decode
+        steps run (`decode_forward`)."""
         self.model, self.pad_id, self.headroom, self.clock, self.role = model, pad_id, headroom, clock, role
         self.compile = compile
         self.decode_model = decode_forward(model, compile)
@@ -201,6 +202,7 @@ class CachedStream:
         self.cache = RowCache(0)
         self.widest = 0  # the widest attention mask passed to the model so far (columns)
         self.forward_passes = 0
+        self.prefilling = False
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -213,7 +215,11 @@ class CachedStream:
         self.rows = [[] for _ in prompts]
         self.cache = RowCache(max(len(p) for p in prompts) + self.headroom)
         self.logits = None
-        return self.step(prompts)
+        self.prefilling = True
+        try:
+            return self.step(prompts)
+        finally:
+            self.prefilling = False
 
     @torch.inference_mode()
     def step(self, new: list[list[int]], drop: list[int] | None = None, all_logits: bool = False):
@@ -296,7 +302,7 @@ class CachedStream:
         out = model(input_ids=ids, attention_mask=masks, position_ids=columns, use_cache=True, logits_to_keep=keep,
                     **{self.cache_argument: self.cache})
         if self.clock:
-            self.clock.stop(f"{self.role}_forward", started)
+            self.clock.stop(f"{self.role}_{'prefill' if self.prefilling else 'forward'}", started)
         return out.logits
 
     def select(self, keep: list[int]) -> None:
