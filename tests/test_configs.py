@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,11 @@ def test_wandb_logger_offline_writes_config_metrics_and_sample_table(model_dirs,
     [run] = list((tmp_path / "tracking" / "wandb").glob("offline-run-*"))
     [log] = list(run.glob("run-*.wandb"))
     data = log.read_bytes()
+    for _ in range(100):  # wandb's service process may still be writing the file when finish() returns
+        if str(metrics["score"]).encode() in data:
+            break
+        time.sleep(0.2)
+        data = log.read_bytes()
     assert b"gsm8k" in data and b"intervention_rate" in data and str(metrics["score"]).encode() in data
     [table] = list(run.glob("files/media/table/samples_*.table.json"))
     rows = json.loads(table.read_text())

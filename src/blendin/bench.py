@@ -59,7 +59,9 @@ METHODS = {
     "blendin_full": {"name": "blendin", "tau": 0.4, "alpha": "auto", "top_k": None},
     "cap": {"name": "cap", "tau": 0.4, "cap": 0.15},
     "af_cc": {"name": "af_cc", "tau": 0.4, "agreement_k": 5},
+    "nudging_words": {"name": "nudging_words", "tau": 0.4},
 }
+DEFAULT_METHODS = [m for m in METHODS if m != "nudging_words"]  # word-level NUDGING ends at the guidance's EOS
 
 
 def prompts(n: int) -> list[Prompt]:
@@ -458,7 +460,8 @@ def main(argv=None) -> None:
     parser.add_argument("--pair", default="smollm2_gemma3", help="a pair of conf/pair/ (default: the embedded one)")
     parser.add_argument("--synthetic", choices=["llama8b+llama1b", "qwen8b+llama1b", "tiny", "tiny-shared"],
                         help="random models of real sizes instead of --pair (for GPU speed without weights)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS),
+                        help="nudging_words may be added; its rows end at the guidance's EOS, not at a fixed length")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=None,
                         help="default: 1 8 on a CPU, 1 32 on a GPU")
     parser.add_argument("--lengths", nargs="+", type=int, default=[64, 512], help="new tokens per prompt")
