@@ -28,6 +28,7 @@ pass per word where the base tokenization of a prefix is not a prefix of the who
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,6 +159,14 @@ class WordNudgingDecoder:
 
     @torch.inference_mode()
     def _tick(self) -> list[_WordRow]:
+        started = time.perf_counter()
+        try:
+            return self._advance()
+        finally:
+            self.clock.seconds["step"] = self.clock.seconds.get("step", 0.0) + time.perf_counter() - started
+
+    def _advance(self) -> list[_WordRow]:
+        """One tick: the drafting rows' guidance pass, then the base pass of the verifying and continuing rows."""
         self.stats["steps"] += 1
         rows = self.rows
         drafting = [i for i, r in enumerate(rows) if r.phase == DRAFT]
