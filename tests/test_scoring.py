@@ -248,9 +248,20 @@ def test_refusal_classifiers_are_named_and_selectable():
         scoring.is_refusal("anything", classifier="regex")
 
 
-def test_bootstrap_ci():
-    low, high = scoring.bootstrap_ci([1.0] * 50 + [0.0] * 50)
+def test_one_interval_helper_for_metrics_and_analysis():
+    from analysis import stats
+
+    from blendin import intervals
+    from blendin.benchmarks import benchmark_from_config
+
+    low, high = intervals.bootstrap_ci([1.0] * 50 + [0.0] * 50)
     assert 0.38 < low < 0.5 < high < 0.62
-    assert scoring.bootstrap_ci([1.0, 1.0]) == [1.0, 1.0]
-    assert scoring.bootstrap_ci([1.0, 0.0] * 10, seed=3) == scoring.bootstrap_ci([1.0, 0.0] * 10, seed=3)
+    assert intervals.bootstrap_ci([1.0, 1.0]) == (1.0, 1.0)
+    assert intervals.bootstrap_ci([1.0, 0.0] * 10, seed=3) == intervals.bootstrap_ci([1.0, 0.0] * 10, seed=3)
     assert scoring.mean([]) is None and scoring.mean([1.0, 0.0]) == 0.5
+    # what metrics.json stores as ci95 is the interval the analysis shows for the same scores
+    scores = [1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+    summary = benchmark_from_config({"name": "gsm8k"}).summarize(
+        [{"score": v, "prediction": "1", "strict_score": v} for v in scores])
+    assert summary["ci95"] == list(stats.mean_ci(scores)[1:])
+    assert stats.bootstrap_ci is intervals.bootstrap_ci

@@ -16,7 +16,7 @@ import math
 import numpy as np
 from scipy import optimize, stats
 
-LEVEL = 0.95
+from blendin.intervals import LEVEL, bootstrap_ci, bootstrap_means, clean  # noqa: F401 - re-exported
 
 
 def _z(level: float = LEVEL) -> float:
@@ -99,37 +99,7 @@ def is_binary(values) -> bool:
     return len(values) > 0 and bool(np.isin(values, (0.0, 1.0)).all())
 
 
-def _clean(values) -> np.ndarray:
-    values = np.asarray(values, float)
-    return values[np.isfinite(values)]
-
-
-def bootstrap_means(values, n_resamples: int = 2000, seed: int = 0, size: int | None = None,
-                    replace: bool = True) -> np.ndarray:
-    """Means of `n_resamples` resamples of `size` (default: all) values, in memory-bounded chunks.
-
-    replace=False draws subsets without replacement (what a random n-sample subset of a benchmark is)."""
-    values = _clean(values)
-    size = len(values) if size is None else size
-    rng = np.random.default_rng(seed)
-    if not replace:  # one subset per draw; Generator.choice without replacement costs O(size)
-        return np.array([values[rng.choice(len(values), size, replace=False)].mean() for _ in range(n_resamples)])
-    chunk = max(1, 2_000_000 // max(size, 1))  # bounded memory: chunk x size indices at a time
-    means = []
-    for start in range(0, n_resamples, chunk):
-        k = min(chunk, n_resamples - start)
-        means.append(values[rng.integers(0, len(values), size=(k, size))].mean(axis=1))
-    return np.concatenate(means) if means else np.array([])
-
-
-def bootstrap_ci(values, n_resamples: int = 2000, seed: int = 0, level: float = LEVEL) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean."""
-    values = _clean(values)
-    if len(values) == 0:
-        return math.nan, math.nan
-    means = bootstrap_means(values, n_resamples, seed)
-    tail = (1 - level) / 2 * 100
-    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+_clean = clean  # the one interval helper lives in blendin.intervals (metrics.json uses it too)
 
 
 def wald_ci(values, level: float = LEVEL) -> tuple[float, float]:

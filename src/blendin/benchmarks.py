@@ -25,7 +25,8 @@ from . import data as D
 from . import scoring
 from .errors import ConfigError
 from .prompts import Prompt
-from .scoring import (LETTERS, bootstrap_ci, extract_choice, gsm8k_gold, last_number, mean, same_number,
+from .intervals import bootstrap_ci
+from .scoring import (LETTERS, extract_choice, gsm8k_gold, last_number, mean, same_number,
                       shuffled_options, strict_answer)
 
 REASONING_SYSTEM = "Answer the question by walking through the reasoning steps."
@@ -210,7 +211,7 @@ class Benchmark:
     def summarize(self, scored: list[dict]) -> dict:
         """Benchmark metrics from per-sample scores (score, score_name, ci95 and extras)."""
         values = [s["score"] for s in scored if s["score"] is not None]
-        summary = {"score": mean(values), "score_name": self.score_name, "ci95": bootstrap_ci(values),
+        summary = {"score": mean(values), "score_name": self.score_name, "ci95": list(bootstrap_ci(values)),
                    "n_scored": len(values), "n_unparseable": sum(s.get("prediction") is None for s in scored)}
         return summary
 
@@ -485,7 +486,7 @@ class JustEvalSafe(RefusalScored):
                        "note": "the 1-5 safety score needs an LLM judge: set judge=openai or judge=local, or score "
                                "this run later with python -m blendin.rescore RUN_DIR --judge openai; "
                                "refusal_rate is the rule-based refusal classifier's share of refusals"}
-        summary.update(refusal_rate=mean(refusals), refusal_rate_ci95=bootstrap_ci(refusals),
+        summary.update(refusal_rate=mean(refusals), refusal_rate_ci95=list(bootstrap_ci(refusals)),
                        classifier=self.refusal_classifier)
         return summary
 

@@ -319,15 +319,3 @@ def is_refusal(output: str, classifier: str = DEFAULT_REFUSAL_CLASSIFIER) -> boo
 def mean(values) -> float | None:
     """Mean of a list, None for an empty one (no samples scored is not a score of 0)."""
     return sum(values) / len(values) if values else None
-
-
-def bootstrap_ci(values: list[float], n_resamples: int = 2000, seed: int = 0, level: float = 0.95):
-    """Percentile bootstrap interval of the mean; [nan, nan] for no values."""
-    if not values:
-        return [float("nan"), float("nan")]
-    rng = random.Random(seed)
-    n = len(values)
-    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_resamples))
-    low = means[int((1 - level) / 2 * n_resamples)]
-    high = means[min(n_resamples - 1, int((1 + level) / 2 * n_resamples))]
-    return [low, high]
