@@ -129,6 +129,36 @@ def test_option_text_must_stand_as_the_answer_and_be_distinctive():
                                   banned) is None
 
 
+@pytest.mark.parametrize("output, letter", [
+    # the ways stronger models and people state an answer (all missed by the rules before)
+    ("Answer - B", "B"), ("Final answer \u2014 C", "C"), ("ans - D", "D"), ("**Final Answer -- B**", "B"),
+    ("B is correct.", "B"), ("(D) is the best answer.", "D"), ("C is the one, it fits", "C"),
+    ("Option C is the right one.", "C"),
+    ("I'd pick B because it is big.", "B"), ("I would go with C.", "C"), ("I choose A.", "A"),
+    ("It has to be C.", "C"), ("Must be D.", "D"), ("So it should be B.", "B"),
+    ("[B]", "B"), ("Sand gives friction. (A)", "A"), ("14. {D}", "D"), ("Answer: <B>", "B"),
+    ("$\\boxed{C}$", "C"), ("$$\\boxed{\\text{B}}$$", "B"), ("Final answer: \\(\\boxed{\\mathrm{D}}\\)", "D"),
+    ("Answer:\nA", "A"), ("**Answer**\n\nD\n\nBecause of scattering.", "D"),
+    ("I'm not 100% sure, but I think it's A", "A"), ("Probably D.", "D"), ("Not sure, maybe B?", "B"),
+    ("A, because London is larger.", "A"), ("C since it is in Germany", "C"), ("A \u2014 the others are wrong.", "A"),
+    ("At first I thought B, but actually it's C.", "C"), ("D. No wait \u2014 B.", "B"),
+    ("So the option that matches the evidence is A: Paris.", "A"),
+    # ... and where a careful reader still sees no single answer
+    ("Answer: B/D", None), ("A and C are both right.", None), ("Either B or D.", None),
+    ("A good answer would need more context.", None), ("I think none fits.", None), ("Answer:\nA\nB\nC\nD", None),
+])
+def test_phrasings_of_stronger_writers(output, letter):
+    assert scoring.extract_choice(output, OPTIONS) == letter
+
+
+def test_what_a_reader_may_doubt_is_counted_ambiguous():
+    assert scoring.choice_detail("Final answer: C\n\nFinal answer: A", OPTIONS) == ("A", True)  # no correction
+    assert scoring.choice_detail("The answer is A. Actually, it is C.", OPTIONS) == ("C", False)  # a correction
+    assert scoring.choice_detail("Answer: B or D", OPTIONS) == (None, True)
+    assert scoring.choice_detail("A. Paris\nB. London\nC. Berlin\nD. Madrid", OPTIONS) == (None, False)  # a list
+    assert scoring.choice_detail("The answer is E.", OPTIONS) == (None, False)  # not an option: clear
+
+
 def test_five_and_three_options():
     assert scoring.extract_choice("The answer is (E).", OPTIONS + ["Rome"]) == "E"
     assert scoring.extract_choice("The answer is (D).", OPTIONS[:3]) is None
@@ -159,6 +189,23 @@ def test_extractor_agrees_with_hand_labels_of_real_outputs():
     report = f"extract_choice agrees with the hand labels on {agreement:.3f} ({len(rows) - len(wrong)}/{len(rows)})"
     print(f"{report}; disagreements:\n{listing}")  # shown with pytest -s
     assert agreement >= 0.95, f"{report}; disagreements:\n{listing}"
+
+
+def test_extractor_agrees_with_answers_phrased_by_other_writers():
+    """tests/labelled/mc_phrasings.jsonl: 120 answers in the styles of chat models, students, tutors and
+    LaTeX users, written and labelled by someone other than the rules' author before the rules were
+    extended (they read 57 of 120 then)."""
+    rows = _read("mc_phrasings.jsonl")
+    assert len(rows) == 120
+    wrong = [(r, got) for r in rows if (got := scoring.extract_choice(r["output"], r["options"])) != r["label"]]
+    agreement = 1 - len(wrong) / len(rows)
+    listing = "\n".join(f"  {r['note'][:40]}: label {r['label']}, extracted {got}: {r['output'][-100:]!r}"
+                        for r, got in wrong)
+    report = f"extract_choice agrees with the labels on {agreement:.3f} ({len(rows) - len(wrong)}/{len(rows)})"
+    print(f"{report}; disagreements:\n{listing}")
+    assert agreement >= 0.95, f"{report}; disagreements:\n{listing}"
+    nulls = [r for r in rows if r["label"] is None]
+    assert sum(scoring.extract_choice(r["output"], r["options"]) is None for r in nulls) >= len(nulls) - 2
 
 
 def _refusal_scores(rows: list[dict], classify) -> dict:

@@ -26,7 +26,7 @@ from . import scoring
 from .errors import ConfigError
 from .prompts import Prompt
 from .intervals import bootstrap_ci
-from .scoring import (LETTERS, extract_choice, gsm8k_gold, last_number, mean, same_number,
+from .scoring import (LETTERS, choice_detail, gsm8k_gold, last_number, mean, same_number,
                       shuffled_options, strict_answer)
 
 REASONING_SYSTEM = "Answer the question by walking through the reasoning steps."
@@ -212,7 +212,9 @@ class Benchmark:
         """Benchmark metrics from per-sample scores (score, score_name, ci95 and extras)."""
         values = [s["score"] for s in scored if s["score"] is not None]
         summary = {"score": mean(values), "score_name": self.score_name, "ci95": list(bootstrap_ci(values)),
-                   "n_scored": len(values), "n_unparseable": sum(s.get("prediction") is None for s in scored)}
+                   "n_scored": len(values), "n_unparseable": sum(s.get("prediction") is None for s in scored),
+                   # outputs the rules read one way where a careful reader might read them another
+                   "n_ambiguous": sum(bool(s.get("ambiguous")) for s in scored)}
         return summary
 
     def _prompt(self, text: str, prefix: str = "Question: ") -> Prompt:
@@ -239,8 +241,11 @@ class GSM8K(Benchmark):
 
     def score(self, sample, output, judge=None):
         predicted, strict = last_number(output), strict_answer(output)
+        # the two rules read different answers ("#### 12" then a last number 15): a reader may doubt it
+        ambiguous = strict is not None and predicted is not None and not same_number(predicted, strict)
         return {"prediction": predicted, "score": float(same_number(predicted, sample.gold)),
-                "strict_prediction": strict, "strict_score": float(same_number(strict, sample.gold))}
+                "strict_prediction": strict, "strict_score": float(same_number(strict, sample.gold)),
+                "ambiguous": ambiguous}
 
     def summarize(self, scored):
         summary = super().summarize(scored)
@@ -256,8 +261,9 @@ class MultipleChoice(Benchmark):
                       mc_reference(gold, options))
 
     def score(self, sample, output, judge=None):
-        letter = extract_choice(output, list(sample.options))
-        result = {"prediction": letter, "score": float(letter == sample.gold), "rule_score": float(letter == sample.gold)}
+        letter, ambiguous = choice_detail(output, list(sample.options))
+        result = {"prediction": letter, "score": float(letter == sample.gold), "rule_score": float(letter == sample.gold),
+                  "ambiguous": ambiguous}
         if judge is not None:
             from .judges import judge_equivalence
 

@@ -90,33 +90,103 @@ def extract_choice(output: str, options: list[str]) -> str | None:
     - A letter that is not an option (an invented "E." on a four-option question) answers nothing, and
       neither does a letter followed by the text of a different option ("A. <text of B>").
     """
+    return choice_detail(output, options)[0]
+
+
+def choice_detail(output: str, options: list[str]) -> tuple[str | None, bool]:
+    """(`extract_choice`'s letter, whether a careful reader might read the output otherwise): it
+    states two different letters with no word saying the later one replaces the earlier, joins
+    letters as its answer ("B or D"), gives a letter with another option's text, or states the text
+    of two options without a letter. A repeated option list, or an option the question does not
+    have, is clear: it commits to nothing."""
     letters = LETTERS[:len(options)]
     lines = _answer_block(output)
-    stated = [(m.group(1) or m.group(2), line[m.end():]) for i, line in enumerate(lines)
-              for m in _STATEMENT.finditer(line) if not _opens_list(m.group(1) or m.group(2), lines[i + 1:])]
+    stated = [(letter, rest) for i, (letter, rest) in _statements(lines) if not _opens_list(letter, lines[i + 1:])]
     if stated:
-        return _checked(*stated[-1], options)
+        letter, rest = stated[-1]  # the last statement: a correction counts
+        joined = _JOINED.match(rest)
+        if joined and joined.group(1) != letter:  # "B/D", "A and C", "B or D": two letters as the answer
+            return None, True
+        chosen = _checked(letter, rest, options)
+        conflicting = len({s[0] for s in stated}) > 1 and not _CORRECTION.search(output)
+        return chosen, conflicting or (chosen is None and letter in letters)
     bare = re.fullmatch(rf"\s*\(?({_LETTER})\)?[.)]?\s*", output)
     if bare:
-        return bare.group(1) if bare.group(1) in letters else None
+        return (bare.group(1) if bare.group(1) in letters else None), False
     labelled = [m.groups("") for line in lines if (m := _OPTION_LINE.match(line))]
     if len({letter for letter, _ in labelled}) == 1 and labelled[0][0] in letters:
-        return _checked(*labelled[0], options)
+        return _checked(*labelled[0], options), False
     plain = [line for line in lines if not _OPTION_LINE.match(line)]
     named = {LETTERS[i] for i in _distinctive(options)
              for piece in _pieces(plain) if _states(piece, _plain(options[i]))}
-    return named.pop() if len(named) == 1 else None
+    if len(named) == 1:
+        return named.pop(), False
+    return None, len(named) > 1
 
 
 # A capital letter standing alone: not followed by a word character, and for A and I, the two
 # capitals that are also English words, not followed by a lower-case word ("A bit", "I don't").
 _LETTER = r"[A-Z](?![\w'])(?!(?<=[AI])\s+[a-z])"
-# "Answer: C", "The answer is: C", "**Answer:** C", "the correct choice is (B)", "option D", "**C**".
-# The words match in any case, the letter only as a capital, and only on the same line.
-_STATEMENT = re.compile(
-    rf"\b(?i:answer|choice|option)\b[ \t]*(?i:is|would be|should be)?[ \t]*:?[ \t]*[*_]*[ \t]*"
-    rf"(?i:option[ \t]+)?[(\[]?({_LETTER})"
-    rf"|\*\*\(?({_LETTER})[.)]?\*\*")
+# After a cue that only a letter can follow ("I'd pick", "\boxed{"), any capital standing alone.
+_ANY = r"[A-Z](?![\w'])"
+_OPEN, _CLOSE = r"[(\[{<\u3010]", r"[)\]}>\u3011]"
+_WORDS = r"(?i:final answer|correct answer|answer|ans|choice|option|statement|solution|correct response|response)"
+# Ways of stating a letter, each read on one line; the words match in any case, the letter only as
+# a capital. (1) a label: "Answer: C", "The answer is (C)", "**Answer:** C", "Final answer - B",
+# "ans - D", "the answer must be D", "the option that matches the evidence is A"; (2) the letter as
+# the subject of a verdict: "B is correct", "(D) is the best answer", "C is the one"; (3) a choice in
+# the first person: "I'd pick B", "I would go with C"; (4) a conclusion: "it has to be C", "Must be
+# D", "I think it's A", "Probably D", "so its about 5.2 times, B"; (5) a bracketed letter ending a
+# line: "[B]", "{C}", "(A)", "<B>"; (6) LaTeX: "\boxed{C}", "\boxed{\text{B}}"; (7) bold: "**C**";
+# (8) a correction: "No wait - B".
+_STATEMENTS = [re.compile(pattern) for pattern in (
+    rf"\b{_WORDS}\b(?:[^.\n]{{0,60}}?\b(?i:is|would be|should be|must be|has to be|would have to be)\b)?"
+    rf"[ \t]*(?::|-+|\u2013|\u2014)?[ \t]*[*_]*[ \t]*(?i:option[ \t]+)?{_OPEN}?({_LETTER})",
+    rf"(?<![\w'])(?:(?i:option|choice|answer)[ \t]+)?[*_]*{_OPEN}?({_ANY}){_CLOSE}?[*_]*[ \t]+(?i:is|seems|looks)[ \t]+"
+    rf"(?i:the[ \t]+)?(?i:correct|right|best|true|one\b|answer|most (?:accurate|likely|appropriate|correct))",
+    rf"\bI(?:'d|'ll| would| will)?[ \t]+(?i:pick|choose|select|go with|go for|opt for|vote for|lean towards?)"
+    rf"[ \t]+(?i:option[ \t]+|answer[ \t]+|choice[ \t]+)?{_OPEN}?({_ANY})",
+    rf"(?i:\b(?:has to|must|should|would have to|could only) be|\bit'?s|\bit is|\bprobably|\bmaybe|\bperhaps"
+    rf"|\blikely)[ \t]+(?i:option[ \t]+)?{_OPEN}?({_LETTER})",
+    rf",[ \t]*({_LETTER})[ \t]*\.?[ \t]*$",
+    rf"{_OPEN}({_ANY}){_CLOSE}[*_.\s]*$",
+    rf"\\boxed\{{\s*(?:\\(?:text|mathrm|textbf|mathbf)\{{)?\s*\(?({_ANY})\)?",
+    rf"\*\*\(?({_LETTER})[.)]?\*\*",
+    rf"(?i:\bno,? wait|\bwait|\bactually|\bcorrection|\bi mean)\b[\s,:\u2013\u2014-]*(?:(?i:it'?s)[ \t]+)?{_OPEN}?({_LETTER})",
+)]
+# An answer that opens with the letter and goes on to justify it: "A, because ...", "C since ...",
+# "A - the others are wrong because ...".
+_OPENING_LETTER = re.compile(rf"\s*[*_]*{_OPEN}?({_ANY}){_CLOSE}?[*_]*[ \t]*(?:,?[ \t]*(?i:because|since)\b"
+                             rf"|[ \t]*(?:-+|\u2013|\u2014)[ \t])")
+# A label alone on its line ("Answer:", "**Final answer**"), the letter on the next non-empty line.
+_LABEL_LINE = re.compile(rf"\W*{_WORDS}\W*$")
+_LETTER_LINE = re.compile(rf"\W*({_ANY})(?:[.):]|\s|$)")
+# Words that say a later letter replaces an earlier one.
+_CORRECTION = re.compile(r"(?i)\b(?:no,? wait|wait|actually|correction|i mean|on second thought|i was wrong|at first"
+                         r"|apologi[sz]e|sorry|mistake|instead|rather)\b")
+# Letters joined as the answer: "B/D", "A and C", "B or D".
+_JOINED = re.compile(rf"[ \t]*{_CLOSE}?[ \t]*(?:/|&|,|\band\b|\bor\b)[ \t]*(?i:option[ \t]+)?{_OPEN}?({_ANY})")
+
+
+def _statements(lines: list[str]) -> list[tuple[int, tuple[str, str]]]:
+    """(line index, (letter, the text after it)) for every statement of a letter, in reading order."""
+    found = []
+    for i, line in enumerate(lines):
+        hits = sorted((m.start(), m.group(1), line[m.end():]) for pattern in _STATEMENTS for m in pattern.finditer(line))
+        if i == 0 and (m := _OPENING_LETTER.match(line)):
+            hits.insert(0, (m.start(), m.group(1), line[m.end(1):]))
+        if _LABEL_LINE.match(line):
+            following = next((j for j in range(i + 1, len(lines)) if lines[j].strip()), None)
+            if following is not None and (m := _LETTER_LINE.match(lines[following])):
+                found.append((following, (m.group(1), lines[following][m.end(1):])))
+        seen = set()
+        for _, letter, rest in hits:
+            if (letter, rest) not in seen:  # two patterns reading the same letter count once
+                seen.add((letter, rest))
+                found.append((i, (letter, rest)))
+    return found
+
+
 # A line labelled with a letter, as options are listed: "C. text", "C) text", "(C) text", "C: text", and
 # "Answer: A. 20" when it opens a list.
 _OPTION_LINE = re.compile(r"\s*(?:(?i:answer):\s*)?\(?([A-Z])[.):](?:\s+(.*)|\s*$)")
@@ -132,14 +202,14 @@ def _answer_block(output: str) -> list[str]:
         if answered and _NEW_ITEM.match(line):
             return lines[:i]
         label = _OPTION_LINE.match(line)
-        answered = answered or bool(_STATEMENT.search(line) or label)
+        answered = answered or bool(label or any(pattern.search(line) for pattern in _STATEMENTS))
     return lines
 
 
 def _opens_list(letter: str, following: list[str]) -> bool:
-    """Whether a stated letter is the first of a list: the next line is labelled with the next letter,
-    as in "Answer: A. 20" followed by "B. 21"."""
-    label = _OPTION_LINE.match(next((line for line in following if line.strip()), ""))
+    """Whether a stated letter is the first of a list: the next line starts with the next letter, as
+    in "Answer: A. 20" followed by "B. 21", or "Answer:" over lines "A", "B", "C"."""
+    label = _LETTER_LINE.match(next((line for line in following if line.strip()), ""))
     return bool(label) and ord(label.group(1)) == ord(letter) + 1
 
 
