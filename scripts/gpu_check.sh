@@ -25,6 +25,7 @@ BUDGET=${BUDGET:-420}
 LLAMA=${LLAMA_PAIR:-llama8b+llama1b}  # LLAMA_PAIR=tiny-shared QWEN_PAIR=tiny: a dry run of this script on a CPU
 QWEN=${QWEN_PAIR:-qwen8b+llama1b}
 mkdir -p "$OUT"
+: > "$OUT/summary.md"; : > "$OUT/log.txt"; : > "$OUT/tests.txt"
 WORK=$(mktemp -d)
 export PYTHONUNBUFFERED=1 PYTHONPATH=src TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 START=$(date +%s)
@@ -44,7 +45,7 @@ step() {
   if [ "$limit" -lt 20 ]; then say "- $name: skipped (budget spent)"; return; fi
   echo "== $name (limit ${limit}s): $*" >> "$OUT/log.txt"
   local t0=$(date +%s)
-  timeout "$limit" "$@" >> "$OUT/log.txt" 2>&1
+  timeout -k 15 "$limit" "$@" >> "$OUT/log.txt" 2>&1
   local rc=$?
   say "- $name: exit $rc in $(( $(date +%s) - t0 ))s$( [ $rc = 124 ] && echo ' (time limit)')"
 }
@@ -58,8 +59,18 @@ say ""
 
 step speed-llama 150 "${BENCH[@]}" --synthetic "$LLAMA" --batch-sizes 1 32 --lengths 128 --n 32 --n-batch1 4 \
   --methods base nudging blendin --schedule lazy every --no-hf-static
-step gpu-tests 200 env BLENDIN_REQUIRE_CUDA=1 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -rfEs
-grep -E "passed|failed|error" "$OUT/log.txt" | tail -3 > "$OUT/tests.txt"
+step gpu-tests 200 env BLENDIN_REQUIRE_CUDA=1 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -rfEs \
+  --junitxml="$WORK/tests.xml" -o junit_family=xunit2
+python3 - "$WORK/tests.xml" > "$OUT/tests.txt" 2>&1 <<'PY'
+import sys, xml.etree.ElementTree as ET
+suite = ET.parse(sys.argv[1]).getroot()
+suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+print({k: suite.get(k) for k in ("tests", "failures", "errors", "skipped", "time")})
+for case in suite.iter("testcase"):
+    bad = case.find("failure") if case.find("failure") is not None else case.find("error")
+    if bad is not None:
+        print("FAILED", case.get("name"), (bad.get("message") or "")[:200])
+PY
 step speed-qwen 120 "${BENCH[@]}" --synthetic "$QWEN" --batch-sizes 1 32 --lengths 128 --n 32 --n-batch1 4 \
   --methods base nudging blendin --no-hf-static
 step identity 90 "${BENCH[@]}" --synthetic "$LLAMA" --batch-sizes 1 16 --lengths 64 --n 16 --identity \
@@ -68,7 +79,7 @@ step compile 200 "${BENCH[@]}" --synthetic "$LLAMA" --batch-sizes 32 --lengths 1
   --compile none compile cudagraphs --hf-static
 
 say ""
-say "GPU tests: $(cat "$OUT/tests.txt" | tr '\n' ' ')"
+say "GPU tests: $(head -1 "$OUT/tests.txt") (failures in tests.txt)"
 say ""
 for md in "$WORK"/*.md; do [ -f "$md" ] && { cat "$md" >> "$OUT/summary.md"; echo >> "$OUT/summary.md"; }; done
 python3 - "$WORK" "$OUT/bench.json" <<'PY'

@@ -138,7 +138,7 @@ def measure(label, run, device) -> dict:
 
 
 def fixed_length_rows(pair, methods, batch_sizes, lengths, n, variants=({},), hf_static=False,
-                      n_batch1: int | None = None) -> list[dict]:
+                      n_batch1: int | None = None, on_row=None) -> list[dict]:
     """Every method at every (length, batch size), once per engine variant (a dict of `Pair.decoder`
     settings: compile, guidance_schedule, overlap), beside transformers' generate. Each row decodes n
     prompts (n_batch1 at batch size 1, where a GPU is slowest per token)."""
@@ -168,6 +168,7 @@ def fixed_length_rows(pair, methods, batch_sizes, lengths, n, variants=({},), hf
                         print(f"{name} [{variant_label(variant)}]: not measured ({err})", flush=True)
                         continue
                     never_stop(decoder)
+                    decoder.clock.enabled = True  # time each forward pass
 
                     def ours(warmup, decoder=decoder):
                         before, clock = dict(decoder.stats), decoder.clock.totals()
@@ -188,6 +189,8 @@ def fixed_length_rows(pair, methods, batch_sizes, lengths, n, variants=({},), hf
                     if device.type == "cuda":
                         rows[-1]["bandwidth_fraction"] = bandwidth_fraction(pair, rows[-1], items, length)
                     print(_line(rows[-1]), flush=True)
+                    if on_row:
+                        on_row(rows)
     return _ratios(rows)
 
 
@@ -426,6 +429,24 @@ def run(args) -> Path:
         torch.set_num_threads(args.threads)
     pair, cfg = build_pair(args)
     device = pair.model("base").device
+    import transformers
+
+    meta = {"pair": cfg.pair.name, "device": str(device), "dtype": str(pair.model("base").model.dtype),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "n_prompts": args.n, "n_batch1": args.n_batch1, "torch": torch.__version__,
+            "transformers": transformers.__version__, "threads": torch.get_num_threads(),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(["python -m blendin.bench"] + sys.argv[1:])}
+    out = Path(args.out)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stem = f"{'ragged' if args.ragged else 'speed'}-{cfg.pair.name}-{device.type}-{stamp}"
+
+    def save(rows) -> str:  # after every row: a run stopped by a time limit keeps what it measured
+        atomic_write_json(out / f"{stem}.json", {"meta": meta, "rows": rows})
+        text = markdown(rows, meta)
+        atomic_write_text(out / f"{stem}.md", text)
+        return text
+
     rows = []
     if args.ragged:
         rows += ragged_rows(pair, cfg, args.ragged, args.methods, args.batch_sizes[-1], args.n, args.max_new_tokens)
@@ -434,23 +455,11 @@ def run(args) -> Path:
                     for c in args.compile for g in args.schedule for o in args.overlap]
         hf_static = args.hf_static if args.hf_static is not None else device.type == "cuda"
         rows += fixed_length_rows(pair, args.methods, args.batch_sizes, args.lengths, args.n, variants, hf_static,
-                                  args.n_batch1)
+                                  args.n_batch1, on_row=lambda done: save(_ratios([dict(r) for r in done])))
         if args.identity and len(set(args.batch_sizes)) > 1:
             rows += identity_rows(pair, [m for m in ("base", "nudging", "blendin") if m in args.methods],
                                   args.batch_sizes, min(args.lengths), args.n)
-    import transformers
-
-    meta = {"pair": cfg.pair.name, "device": str(device), "dtype": str(pair.model("base").model.dtype),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-            "n_prompts": args.n, "n_batch1": args.n_batch1, "torch": torch.__version__, "transformers": transformers.__version__,
-            "threads": torch.get_num_threads(), "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(["python -m blendin.bench"] + sys.argv[1:])}
-    out = Path(args.out)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    stem = f"{'ragged' if args.ragged else 'speed'}-{cfg.pair.name}-{device.type}-{stamp}"
-    atomic_write_json(out / f"{stem}.json", {"meta": meta, "rows": rows})
-    text = markdown(rows, meta)
-    atomic_write_text(out / f"{stem}.md", text)
+    text = save(rows)
     print("\n" + text + f"\nstored {out / stem}.json and .md")
     return out / f"{stem}.json"
 

@@ -57,13 +57,9 @@ def check_run_config(cfg) -> None:
 def check_engine(compile, schedule, device) -> None:
     """compile and guidance_schedule: known values, and cudagraphs only where CUDA is."""
     from .engine import SCHEDULES
-    from .streams import COMPILE_MODES
+    from .streams import check_compile
 
-    if compile not in COMPILE_MODES:
-        raise ConfigError(f"compile={compile!r} must be one of {', '.join(COMPILE_MODES)} (none: eager; compile: "
-                          "torch.compile; cudagraphs: CUDA graphs through torch.compile, GPU only)")
-    if compile == "cudagraphs" and resolve_device(device, strict=False).type != "cuda":
-        raise ConfigError("compile=cudagraphs needs a CUDA device. Fix: compile=compile or compile=none")
+    check_compile(compile, resolve_device(device, strict=False))
     if schedule not in SCHEDULES:
         raise ConfigError(f"guidance_schedule={schedule!r} must be one of {', '.join(SCHEDULES)} (lazy: the "
                           "guidance runs on steps where some row is unsure; every: every step; auto: every on a GPU)")

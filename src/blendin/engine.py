@@ -25,8 +25,8 @@ from .errors import ConfigError
 from .facts import add_guidance_facts, top_p_size
 from .policies import Greedy, Step
 from .prompts import Prompt
-from .streams import COMPILE_MODES
-from .transfer import SYNCS, Clock, PendingCopy, to_device, to_host
+from .streams import check_compile
+from .transfer import SYNCS, Clock, PendingCopy, on_device, to_device, to_host
 from .views import Detokenizer, TokenView
 
 TRACE_COLUMNS = (
@@ -142,12 +142,7 @@ class Decoder:
         if self.policy.tau > 0 and guidance is None:
             raise ConfigError(f"method {self.policy.name} needs a guidance model")
         self.schedule = resolve_schedule(guidance_schedule, lead.device)
-        if compile not in COMPILE_MODES:
-            raise ConfigError(f"compile={compile!r} must be one of {', '.join(COMPILE_MODES)}")
-        if compile == "cudagraphs" and lead.device.type != "cuda":
-            raise ConfigError("compile=cudagraphs needs a CUDA device. Fix: compile=compile (torch.compile, any "
-                              "device) or compile=none")
-        self.compile = compile
+        self.compile = check_compile(compile, lead.device)
         if overlap is None:
             overlap = lead.device.type == "cuda"
         self.overlap = overlap and use_cache and base_view == "ids"
@@ -179,10 +174,11 @@ class Decoder:
             if on_batch:
                 on_batch([row.index for row in rows], outs)
 
-        schedule(len(prompts), [len(p) for p in lead_ids], batch_size,
-                 lambda idx: batch.admit(idx, [lead_ids[i] for i in idx],
-                                         [guide_ids[i] for i in idx] if guide_ids else None),
-                 batch.step, lambda: len(batch.rows), done)
+        with on_device(self.lead.device):
+            schedule(len(prompts), [len(p) for p in lead_ids], batch_size,
+                     lambda idx: batch.admit(idx, [lead_ids[i] for i in idx],
+                                             [guide_ids[i] for i in idx] if guide_ids else None),
+                     batch.step, lambda: len(batch.rows), done)
         add_stats(self.stats, batch.lead, batch.guide, SYNCS.count - syncs)
         return results
 
@@ -261,7 +257,7 @@ class _Batch:
         copy = PendingCopy(packed)
         if d.overlap:
             self._speculate(choice.token)
-        values = copy.wait()
+        values = copy.wait().copy()  # the pinned buffer goes back at once; the rows keep their own copy
         if d.overlap:
             self._commit(values)
         self._complete_top_p(values, probs)
@@ -325,15 +321,7 @@ class _Batch:
             spelled = self.d.vocab.first_base_ids((token - size).clamp_min(0))
             ids = torch.where(token < size, token, torch.where(spelled >= 0, spelled, self.d.lead.pad_id))
         guide_too = self._every_step() and not self.guide.by_text  # one tokenizer: the guidance reads the same ids
-        if guide_too and self.side is not None:
-            self.side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self.side):
-                self.guide.speculate(ids)
-        self.lead.speculate(ids)
-        if guide_too and self.side is None:
-            self.guide.speculate(ids)
-        elif guide_too:
-            torch.cuda.current_stream().wait_stream(self.side)
+        self._beside(lambda: self.guide.speculate(ids) if guide_too else None, lambda: self.lead.speculate(ids))
         self.speculated_guide = guide_too
 
     def _commit(self, values) -> None:
@@ -356,32 +344,30 @@ class _Batch:
         return self.guide.logits
 
     def _guidance_logits(self) -> torch.Tensor:
-        every = range(len(self.rows))
-        if not self.guide.by_text:
-            return self.guide.catch_up(every, ids=[r.ids for r in self.rows])
-        return self.guide.catch_up(every, texts=[r.detok.text for r in self.rows],
-                                   stables=[r.detok.stable_length for r in self.rows])
+        return self.guide.follow(self.rows)
 
     def _feed(self) -> None:
         """Bring the lead (and, on the every-step schedule, the guidance) up to date with every row."""
         every_step = self._every_step()
-        if every_step and self.side is not None:  # the guidance's pass beside the base's, on its own stream
-            self.side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self.side):
-                self._guidance_logits()
-        self._feed_lead()
-        if every_step and self.side is None:
-            self._guidance_logits()
-        elif every_step:
-            torch.cuda.current_stream().wait_stream(self.side)
+        self._beside(lambda: self.guide.follow(self.rows) if every_step else None, lambda: self.lead.follow(self.rows))
 
-    def _feed_lead(self) -> None:
-        every = range(len(self.rows))
-        if self.lead.by_text:
-            self.lead.catch_up(every, texts=[r.detok.text for r in self.rows],
-                               stables=[r.detok.stable_length for r in self.rows])
-        else:
-            self.lead.catch_up(every, ids=[r.ids for r in self.rows])
+    def _beside(self, guidance_work, lead_work) -> None:
+        """Run the guidance's work beside the lead's: on CUDA on its own stream, joined before the next
+        step reads it; elsewhere one after the other."""
+        if self.side is None:
+            guidance_work()
+            lead_work()
+            return
+        main = torch.cuda.current_stream(self.side.device)
+        held = self.guide.tensors()  # made on the main stream: not freed (and reused) while the side reads them
+        self.side.wait_stream(main)
+        with torch.cuda.stream(self.side):
+            guidance_work()
+        lead_work()
+        main.wait_stream(self.side)
+        for tensor in self.guide.tensors():  # made on the side stream, read on the main one from now on
+            tensor.record_stream(main)
+        del held
 
     def _record(self, values) -> None:
         """Trace the step, apply each row's choice and check stopping (host work on the copy)."""

@@ -127,16 +127,23 @@ def begin_session(run_path: Path, digest: str, env: dict, resuming: bool) -> dic
             "in one run. Fix: pin the template variables (e.g. chat_template_kwargs: {date_string: ...} in "
             "conf/model/), or start over with force=true")
     else:
-        first = record["sessions"][0] if record["sessions"] else env
+        latest = record["sessions"][-1] if record["sessions"] else env  # the batch size it last decoded with
         reduced = env["dtype"] in ("torch.bfloat16", "torch.float16")
-        if reduced and first.get("batch_size") != env["batch_size"]:
+        if reduced and latest.get("batch_size") != env["batch_size"]:
             raise ConfigError(
-                f"{run_path} was started with batch_size={first.get('batch_size')} in {env['dtype']}; in reduced "
+                f"{run_path} last decoded with batch_size={latest.get('batch_size')} in {env['dtype']}; in reduced "
                 "precision the batch size changes the outputs, so resuming with batch_size="
-                f"{env['batch_size']} would mix two. Fix: batch_size={first.get('batch_size')}, or force=true")
+                f"{env['batch_size']} would mix two. Fix: batch_size={latest.get('batch_size')}, or force=true")
     record["sessions"].append(env)
     atomic_write_json(path, record)
     return record
+
+
+def last_session(run_path: Path) -> dict | None:
+    """The environment of the latest decoding session recorded for a run, if any."""
+    path = Path(run_path) / "identity.json"
+    sessions = json.loads(path.read_text()).get("sessions") if path.is_file() else None
+    return sessions[-1] if sessions else None
 
 
 def record_session(run_path: Path, env: dict) -> None:

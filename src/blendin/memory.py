@@ -15,9 +15,15 @@ MAX_BATCH = 256
 USABLE = 0.8  # of the free memory: allocator fragmentation and the forward's activations need the rest
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    """A CUDA (or other accelerator) out-of-memory error, which a smaller batch may avoid."""
-    return isinstance(error, torch.OutOfMemoryError)
+def is_out_of_memory(error: BaseException | None) -> bool:
+    """A CUDA (or other accelerator) out-of-memory error, which a smaller batch may avoid: torch's own,
+    or one that a library (cuBLAS, a compiled graph) raised with the message or wrapped."""
+    while error is not None:
+        if isinstance(error, torch.OutOfMemoryError) or (
+                isinstance(error, RuntimeError) and "out of memory" in str(error).lower()):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def kv_bytes_per_token(model) -> int:

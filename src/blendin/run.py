@@ -9,6 +9,7 @@ Config: conf/config.yaml.
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import subprocess
@@ -26,8 +27,8 @@ from .checks import check_run_config
 from .cli import call
 from .data import REPO_ROOT
 from .errors import ConfigError
-from .identity import (begin_session, effective_pair, environment, prompts_digest, protocol_summary, record_session,
-                       run_dir, run_name, session_summary)
+from .identity import (begin_session, effective_pair, environment, last_session, prompts_digest, protocol_summary,
+                       record_session, run_dir, run_name, session_summary)
 from .judges import make_judge
 from .memory import auto_batch_size, is_out_of_memory
 from .pair import Pair, pair_spec
@@ -76,7 +77,7 @@ def execute(cfg: DictConfig, pair: Pair | None = None) -> dict:
                                    compile=cfg.get("compile", "none"))
             rendered = [(decoder.lead.prompt_text(s.prompt),
                          decoder.guidance.prompt_text(s.prompt) if decoder.guidance else None) for s in samples]
-            batch_size = resolved_batch_size(cfg, decoder, pending)
+            batch_size = resolved_batch_size(cfg, decoder, pending, store.path if done else None)
             begin_session(store.path, prompts_digest(rendered), dict(environment(cfg), batch_size=batch_size),
                           resuming=bool(done))
             _decode(cfg, decoder, pending, store, batch_size)
@@ -151,20 +152,26 @@ def _decode(cfg, decoder, pending, store: RunStore, batch_size: int) -> None:
         except Exception as err:  # noqa: BLE001 - only out-of-memory is handled; the rest is re-raised
             if not is_out_of_memory(err) or batch_size == 1:
                 raise
-            stored = {r["id"] for r in store.samples()}
-            todo = [s for s in todo if s.id not in stored]
-            batch_size //= 2
-            log.warning("out of memory: batch size halved to %d; %d samples left", batch_size, len(todo))
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            record_session(store.path, dict(environment(cfg), batch_size=batch_size, after="out of memory"))
+        # out of memory: the failed batch's tensors are gone with the exception; free their blocks
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        stored = {r["id"] for r in store.samples()}
+        todo = [s for s in todo if s.id not in stored]
+        batch_size //= 2
+        log.warning("out of memory: batch size halved to %d; %d samples left", batch_size, len(todo))
+        record_session(store.path, dict(environment(cfg), batch_size=batch_size, after="out of memory"))
     bar.close()
 
 
-def resolved_batch_size(cfg, decoder, samples) -> int:
-    """`batch_size`, or for batch_size=auto the largest batch that fits the GPU (`memory.auto_batch_size`)."""
+def resolved_batch_size(cfg, decoder, samples, resuming: Path | None = None) -> int:
+    """`batch_size`, or for batch_size=auto the largest batch that fits the GPU (`memory.auto_batch_size`);
+    a resumed auto run keeps the batch size it last decoded with (in bf16 another one would change outputs)."""
     if cfg.batch_size != "auto":
         return cfg.batch_size
+    last = last_session(resuming) if resuming else None
+    if last and isinstance(last.get("batch_size"), int):
+        return last["batch_size"]
     models = [decoder.lead] + ([decoder.guidance] if decoder.guidance is not None else [])
     longest = max(len(decoder.lead.prompt_ids(s.prompt)) for s in samples)
     size = auto_batch_size(models, longest, cfg.benchmark.max_new_tokens)

@@ -100,14 +100,23 @@ COMPILE_MODES = ("none", "compile", "cudagraphs")
 WIDTH_BUCKET = 256  # cudagraphs: attended widths are rounded up to a multiple of this (fewer graphs to record)
 
 
+def check_compile(mode: str, device: torch.device) -> str:
+    """The compile mode, if it is one and can run on `device`; else a ConfigError naming the fix."""
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"compile={mode!r} must be one of {', '.join(COMPILE_MODES)} (none: eager; compile: "
+                          "torch.compile; cudagraphs: CUDA graphs through torch.compile, GPU only)")
+    if mode == "cudagraphs" and device.type != "cuda":
+        raise ConfigError("compile=cudagraphs needs a CUDA device. Fix: compile=compile (torch.compile, any "
+                          "device) or compile=none")
+    return mode
+
+
 def decode_forward(model, mode: str):
     """What runs a decode step (every row feeds one token): the model itself (`none`), the model
     through `torch.compile` with dynamic shapes (`compile`: one graph for every batch size and
     width), or the same captured as CUDA graphs (`cudagraphs`: torch.compile's reduce-overhead mode,
     one graph per batch size and width bucket). Prefill and steps that feed several tokens to a row
     stay eager. Compiled once per model and process."""
-    if mode not in COMPILE_MODES:
-        raise ConfigError(f"compile={mode!r} must be one of {', '.join(COMPILE_MODES)}")
     if mode == "none":
         return model
     compiled = model.__dict__.setdefault("_blendin_compiled", {})
@@ -131,6 +140,7 @@ class RowLayer(DynamicLayer):
         rows, heads, capacity = key_states.shape[0], key_states.shape[1], self.owner.capacity
         self._k = key_states.new_zeros((rows, heads, capacity, key_states.shape[-1]))
         self._v = value_states.new_zeros((rows, heads, capacity, value_states.shape[-1]))
+        self.owner.mark_static(self._k, self._v)
         self.is_initialized = True
 
     def update(self, key_states, value_states, *args, **kwargs):
@@ -161,16 +171,27 @@ class RowLayer(DynamicLayer):
             v_new[at:at + v.shape[0], :, :w] = v[:, :, :w]
             at += k.shape[0]
         self._k, self._v = k_new, v_new
+        self.owner.mark_static(k_new, v_new)
 
 
 class RowCache(Cache):
     """The cache of a `CachedStream`: its layers and what the next forward writes and reads."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, static: bool = False):
         super().__init__(layer_class_to_replicate=lambda: RowLayer(self))
-        self.capacity = capacity
+        self.capacity, self.static = capacity, static
         self.key_columns: torch.Tensor | None = None  # arange(width): the columns the next forward attends to
         self.write_columns: torch.Tensor | None = None  # [B, Q]: where it writes its new keys and values
+
+    def mark_static(self, *buffers: torch.Tensor) -> None:
+        """CUDA graphs (compile=cudagraphs) replay on fixed addresses: tell torch.compile that these
+        buffers, written in place by every step, keep theirs (a re-layout makes new ones: re-recorded)."""
+        if self.static:
+            for buffer in buffers:
+                torch._dynamo.mark_static_address(buffer)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for layer in self.layers if layer.is_initialized for t in (layer._k, layer._v)]
 
     def relayout(self, rows: torch.Tensor | None, width: int, capacity: int, below: "RowCache | None" = None,
                  below_width: int = 0) -> None:
@@ -199,7 +220,7 @@ class CachedStream:
         self.additive_dtype = next(model.parameters()).dtype if attention == "eager" else None
         self.cache_argument = cache_argument(model)
         self.rows: list[list[int]] = []
-        self.cache = RowCache(0)
+        self.cache = RowCache(0, static=compile == "cudagraphs")
         self.widest = 0  # the widest attention mask passed to the model so far (columns)
         self.forward_passes = 0
         self.prefilling = False
@@ -210,10 +231,14 @@ class CachedStream:
     def tokens(self, row: int) -> list[int]:
         return self.rows[row]
 
+    def tensors(self) -> list[torch.Tensor]:
+        """The device tensors this stream holds (its logits and cache buffers)."""
+        return ([self.logits] if self.logits is not None else []) + self.cache.tensors()
+
     def start(self, prompts: list[list[int]]) -> torch.Tensor:
         """Feed the prompts; return each row's next-token logits [B, V]."""
         self.rows = [[] for _ in prompts]
-        self.cache = RowCache(max(len(p) for p in prompts) + self.headroom)
+        self.cache = RowCache(max(len(p) for p in prompts) + self.headroom, static=self.compile == "cudagraphs")
         self.logits = None
         self.prefilling = True
         try:
@@ -257,9 +282,12 @@ class CachedStream:
         for row, n in zip(self.rows, new):
             row.extend(n)
         logits = self._forward(ids, columns, max(n + c for n, c in zip(lengths, counts)), keep=0 if all_logits else 1)
-        fed = to_device([c > 0 for c in counts], torch.bool, self.device)
         last = logits[:, -1].float()
-        self.logits = last if self.logits is None or all(counts) else torch.where(fed[:, None], last, self.logits)
+        if self.logits is None or all(counts):
+            self.logits = last
+        else:  # rows that read nothing keep their logits
+            self.logits = torch.where(to_device([c > 0 for c in counts], torch.bool, self.device)[:, None], last,
+                                      self.logits)
         if not all_logits:
             return self.logits
         per_row = [logits[i, queries - c + r:].float() for i, (c, r) in enumerate(zip(counts, refed))]
@@ -323,7 +351,7 @@ class CachedStream:
             self.rows, self.cache, self.logits = other.rows, other.cache, other.logits
             return
         width = max(len(r) for r in self.rows)
-        capacity = max(self.cache.capacity, other.cache.capacity, width + self.headroom)
+        capacity = max(self.cache.capacity, other.cache.capacity)  # each side's plan already holds its rows
         self.cache.relayout(None, width, capacity, other.cache, max(len(r) for r in other.rows))
         self.rows += other.rows
         self.logits = torch.cat([self.logits, other.logits])

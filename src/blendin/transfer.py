@@ -37,7 +37,7 @@ class PendingCopy:
             self.host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
             self.host.copy_(tensor, non_blocking=True)
             self.event = torch.cuda.Event()
-            self.event.record()
+            self.event.record(torch.cuda.current_stream(tensor.device))
         else:
             self.host = tensor.cpu()
 
@@ -56,19 +56,30 @@ def to_host(tensor: torch.Tensor) -> np.ndarray:
 def to_device(data, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A host list or array as a tensor on `device`; on CUDA from pinned memory, without waiting."""
     if device.type != "cuda":
-        return torch.as_tensor(data, dtype=dtype)
+        return torch.as_tensor(data, dtype=dtype, device=device)
     return torch.as_tensor(data, dtype=dtype).pin_memory().to(device, non_blocking=True)
 
 
-class Clock:
-    """Accumulates the time of named blocks; on CUDA from events, read once at the end (no sync)."""
+def on_device(device: torch.device):
+    """Make `device` the current CUDA device (streams and events are created on the current one)."""
+    import contextlib
 
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+class Clock:
+    """Accumulates the time of named blocks; on CUDA from events, read once at the end (no sync).
+    Forward passes are timed only when `enabled` (the benchmark turns it on): a long run would pile
+    up CUDA events otherwise."""
+
+    def __init__(self, device: torch.device, enabled: bool = False):
+        self.cuda, self.enabled = device.type == "cuda", enabled
         self.seconds: dict[str, float] = {}
         self._pending: list[tuple[str, object, object]] = []
 
     def start(self):
+        if not self.enabled:
+            return None
         if self.cuda:
             event = torch.cuda.Event(enable_timing=True)
             event.record()
@@ -76,6 +87,8 @@ class Clock:
         return time.perf_counter()
 
     def stop(self, name: str, started) -> None:
+        if started is None:
+            return
         if self.cuda:
             end = torch.cuda.Event(enable_timing=True)
             end.record()
@@ -86,7 +99,7 @@ class Clock:
     def totals(self) -> dict[str, float]:
         """Seconds per name so far (on CUDA this waits for the timed work to finish)."""
         if self._pending:
-            self._pending[-1][2].synchronize()
+            torch.cuda.synchronize()  # every timed block, on every stream, has finished
             for name, begin, end in self._pending:
                 self.seconds[name] = self.seconds.get(name, 0.0) + begin.elapsed_time(end) / 1000
             self._pending = []

@@ -275,6 +275,16 @@ class TokenView:
         self.forward_passes += 1
         return self.stream.step(new, drop, all_logits=all_logits)
 
+    def follow(self, rows) -> torch.Tensor:
+        """`catch_up` every row of a decoding batch (`engine._Row`s): by their ids, or by their text."""
+        every = range(len(rows))
+        if self.by_text:
+            return self.catch_up(every, texts=[r.detok.text for r in rows], stables=[r.detok.stable_length for r in rows])
+        return self.catch_up(every, ids=[r.ids for r in rows])
+
+    def tensors(self) -> list[torch.Tensor]:
+        return self.stream.tensors() if hasattr(self.stream, "tensors") else []
+
     def speculate(self, ids: torch.Tensor) -> None:
         """Feed every row one token from the device before the host knows it (`CachedStream.speculate`);
         the next `catch_up` keeps it where the continuation has it and crops it elsewhere."""

@@ -37,7 +37,7 @@ import torch
 from .engine import TRACE_COLUMNS, Generation, add_stats, check_generate_args, cut_at_stop, new_stats, schedule
 from .errors import ConfigError
 from .policies import SOURCE_BASE, SOURCE_GUIDANCE
-from .transfer import SYNCS, Clock, to_host
+from .transfer import SYNCS, Clock, on_device, to_device, to_host
 from .views import Detokenizer, TailTokenizer, TokenView
 from .vocab import token_bytes
 
@@ -152,8 +152,9 @@ class WordNudgingDecoder:
                 on_batch([r.index for r in rows], outs)
 
         syncs = SYNCS.count
-        schedule(len(prompts), [len(p) for p in base_prompts], batch_size, admit, self._tick, lambda: len(self.rows),
-                 done)
+        with on_device(self.lead.device):
+            schedule(len(prompts), [len(p) for p in base_prompts], batch_size, admit, self._tick,
+                     lambda: len(self.rows), done)
         add_stats(self.stats, self.base, self.guide, SYNCS.count - syncs)
         return results
 
@@ -181,7 +182,8 @@ class WordNudgingDecoder:
             logits, per_row = self.base.catch_up(reading, texts=[r.candidate() for r in rows], all_logits=True)
             # the base's top token and its probability after every token it read: one copy to the host
             sizes = [len(per_row[i]) for i in reading]
-            both = _confidence(torch.cat([logits[reading]] + [per_row[i] for i in reading]))
+            index = to_device(reading, torch.long, logits.device)
+            both = _confidence(torch.cat([logits[index]] + [per_row[i] for i in reading]))
             last, fed = both[:len(reading)], np.split(both[len(reading):], np.cumsum(sizes)[:-1])
             for k, i in enumerate(reading):
                 if rows[i].phase == VERIFY:
