@@ -36,6 +36,7 @@ RUN_COLUMNS = [
     "n_samples", "n_spec", "split", "seed", "max_new_tokens", "protocol", "protocol_json", "stop", "judge",
     "setting", "setting_key", "params_key",
     "score", "stored_score", "score_name", "score_excluded", "ci_low", "ci_high", "n_scored", "n_unparseable",
+    "n_ambiguous", "refusal_range",
     "intervention_rate", "intervention_unit", "token_intervention_rate", "override_rate", "consult_rate",
     "tokens_generated", "wall_time_s", "tokens_per_s", "base_model", "guidance_model", "device", "dtype",
     "batch_size", "created_at", "git_commit", "reused_from", "run_dir", "run_name",
@@ -55,6 +56,14 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         return {}
     return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def _refusal_range(metrics: dict) -> str:
+    """The rule's refusal rate range if every ambiguous output went the other way ("" where none is stored)."""
+    ranges = [(label, metrics.get(key)) for label, key in (("unsafe refusal", "rule_refusal_unsafe_range"),
+                                                           ("safe compliance", "rule_compliance_safe_range"),
+                                                           ("refusal", "refusal_rate_range"))]
+    return "; ".join(f"{label} {low:.3f}-{high:.3f}" for label, r in ranges if r for low, high in [r])
 
 
 def _num(value) -> float:
@@ -175,6 +184,8 @@ def run_row(run_dir: Path) -> dict:
         "ci_high": math.nan if excluded else _num(ci[1]),
         "n_scored": _num(metrics.get("n_scored")),
         "n_unparseable": _num(metrics.get("n_unparseable")),
+        "n_ambiguous": _num(metrics.get("n_ambiguous")),  # outputs the rules read one way, a reader perhaps another
+        "refusal_range": _refusal_range(metrics),
         "intervention_rate": _num(metrics.get("intervention_rate")),
         "intervention_unit": unit,
         "token_intervention_rate": _num(metrics.get("token_intervention_rate",

@@ -453,11 +453,29 @@ def build(results: Path, analysis: Path, out: Path, failed: list[str] = ()) -> s
     lines += disagreement_section(values)
     lines += subset_section(analysis, out)
     lines += calibrated
+    lines += ambiguity_section(frame)
     for title, find in OPTIONAL_SECTIONS:
         lines += render_optional_section(title, find(results, analysis), results)
     lines += inventory_section(frame)
     lines += missing_section(frame, results)
     return "\n".join(lines) + "\n"
+
+
+def ambiguity_section(frame: pd.DataFrame) -> list[str]:
+    """How many outputs the rule-based scorers found ambiguous, and how far that could move the rates."""
+    lines = ["## Outputs the rules may have misread", ""]
+    if "n_ambiguous" not in frame or frame["n_ambiguous"].fillna(0).sum() == 0:
+        return lines + ["No stored run counts an output its scoring rules found ambiguous (runs scored before "
+                        "the count existed show nothing here).", ""]
+    shown = frame[frame["n_ambiguous"].fillna(0) > 0][["benchmark", "method", "params", "n_samples", "n_ambiguous",
+                                                       "refusal_range"]]
+    return lines + ["`n_ambiguous` counts the outputs that the rule-based scorers read one way where a careful reader "
+                    "might read them another: two different answer letters with no correction between them, "
+                    "letters joined as the answer, GSM8K's two number rules disagreeing, a refusal read from a "
+                    "rebuttal or a lecture rather than an explicit decline. `refusal_range` is each refusal rate "
+                    "if every ambiguous output had gone the other way. An LLM judge (`judge=openai` or "
+                    "`judge=local`, or `python -m blendin.rescore RUN --judge openai` later) reads them instead.", "",
+                    write.markdown_table(shown.sort_values(["benchmark", "method"])), ""]
 
 
 def main(argv=None) -> int:
