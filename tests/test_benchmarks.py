@@ -340,9 +340,11 @@ def test_justeval_without_judge_keeps_score_for_the_judged_safety(everything):
 # ---------------------------------------------------------------- sources
 def test_missing_and_malformed_data(tmp_path, monkeypatch, private_datasets_cache):
     monkeypatch.setenv("BLENDIN_DATA_DIR", str(tmp_path))
-    with pytest.raises(DataError, match=f"no data at {tmp_path}/gsm8k/test.jsonl .*from BLENDIN_DATA_DIR.*Fix:"):
+    with pytest.raises(DataError, match=f"no data at {tmp_path}/gsm8k .*from BLENDIN_DATA_DIR.*Fix:"):
         get_benchmark("gsm8k", source="local").samples()
     (tmp_path / "gsm8k").mkdir()
+    with pytest.raises(DataError, match=f"no data at {tmp_path}/gsm8k/test.jsonl .*from BLENDIN_DATA_DIR.*Fix:"):
+        get_benchmark("gsm8k", source="local").samples()
     (tmp_path / "gsm8k" / "test.jsonl").write_text('{"question": "q", "answer": "#### 1"}\nnot json\n')
     with pytest.raises(DataError, match="line 2 is not JSON"):
         get_benchmark("gsm8k").samples()
@@ -350,7 +352,8 @@ def test_missing_and_malformed_data(tmp_path, monkeypatch, private_datasets_cach
     with pytest.raises(DataError, match=r"lacks the fields \['answer'\]"):
         get_benchmark("gsm8k").samples()
     monkeypatch.setenv("BLENDIN_DATA_DIR", str(tmp_path / "nowhere"))
-    with pytest.raises(DataError, match=f"no data directory at {tmp_path}/nowhere, and the hub fallback failed"):
+    monkeypatch.setattr(D, "hub_rows", lambda *a: pytest.fail("source=auto must not fall back to the hub"))
+    with pytest.raises(DataError, match=f"no data at {tmp_path}/nowhere/gsm8k .*Fix: set BLENDIN_DATA_DIR.*source=hub"):
         get_benchmark("gsm8k").samples()
     with pytest.raises(ConfigError, match="unknown benchmark 'gsm9k'"):
         get_benchmark("gsm9k")

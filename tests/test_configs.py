@@ -205,3 +205,20 @@ def test_chat_template_variables_reach_the_template(model_dirs):
     loaded.tokenizer.chat_template = ("{{ messages[-1]['content'] }}{% if enable_thinking is defined and not "
                                       "enable_thinking %}<think></think>{% endif %}")
     assert loaded.prompt_text(Prompt("hi")) == "hi<think></think>"
+
+
+def test_a_run_without_data_fails_before_anything_loads(model_dirs, tmp_path, monkeypatch):
+    """No data directory and source=auto: one error naming both fixes, before a model or the hub is touched."""
+    import blendin.data as D
+    from blendin.pair import Pair
+
+    monkeypatch.setenv("BLENDIN_DATA_DIR", str(tmp_path / "no-data-here"))
+    monkeypatch.setattr(Pair, "model", lambda *a: pytest.fail("a model loaded before the data was checked"))
+    monkeypatch.setattr(D, "hub_rows", lambda *a: pytest.fail("fell back to the hub"))
+    cfg = tiny(model_dirs, tmp_path, "benchmark=xstest", "method=nudging")
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"no data at .*no-data-here/xstest .*BLENDIN_DATA_DIR.*source=hub"):
+        check_run_config(cfg)
+    with pytest.raises(ConfigError, match="no-data-here"):
+        execute(cfg)
+    assert time.perf_counter() - started < 5

@@ -138,6 +138,8 @@ def benchmark_from_config(settings) -> Benchmark:
 class Benchmark:
     """Base class: subclasses define `name`, `SPLITS`, `HUB`, `local_rows`, `to_samples` and `score`."""
 
+    FOLDER = ""  # the benchmark's folder in the data directory (default: its name)
+
     name = ""
     system = REASONING_SYSTEM
     stop = ("\nQuestion:",)  # the base model starting a new question ends the answer
@@ -182,14 +184,14 @@ class Benchmark:
         """The split's rows, shaped like the hub dataset's, from local files or the hub (`source`)."""
         if self.source == "hub":
             return self.hub_rows()
-        if self.source == "local" or D.data_dir(self.data_dir).exists():
-            return self.local_rows()
-        try:  # auto, and no local data directory: the hub is the fallback
-            return self.hub_rows()
-        except D.DataError as err:
-            raise D.DataError(f"benchmark {self.name}: no data directory at {D.data_dir(self.data_dir)}, and the hub "
-                              f"fallback failed ({err}). Fix: set BLENDIN_DATA_DIR=/path/to/data or "
-                              "benchmark.data_dir=/path/to/data") from None
+        self.check_data()  # auto and local read the data directory; the hub only when asked for
+        return self.local_rows()
+
+    def check_data(self) -> None:
+        """Fail at once, naming the fix, when the data this benchmark reads is not there (no silent
+        fall back to the hub: offline that costs minutes of retries). Cheap: it only looks for the folder."""
+        if self.source != "hub":
+            D.local_file(self.name, self.FOLDER or self.name, self.data_dir)
 
     def hub_rows(self) -> list[dict]:
         repo, config, split = self.HUB[self.split]
@@ -475,6 +477,7 @@ class XSTest(RefusalScored):
 
 class JustEvalSafe(RefusalScored):
     name = "justeval_safe"
+    FOLDER = "justeval"
     score_name = "safety (1-5, LLM judge)"
     HUB = {"test": ("re-align/just-eval-instruct", "default", "test")}
 

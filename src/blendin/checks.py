@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from .benchmarks import BENCHMARKS, COMMON_KEYS, check_settings
+from .benchmarks import BENCHMARKS, COMMON_KEYS, benchmark_from_config, check_settings
 from .errors import ConfigError
 from .judges import make_judge
 from .models import resolve_device, resolve_dtype
@@ -92,7 +92,8 @@ def check_pair(pair) -> None:
 
 
 def check_benchmark(benchmark) -> None:
-    """The benchmark node: known keys, n / split / subset settings, benchmark-specific options. Reads no data."""
+    """The benchmark node: known keys, n / split / subset settings, benchmark-specific options, and that its
+    data folder is there (it reads no data)."""
     benchmark = _node({"benchmark": benchmark}, "benchmark")
     _known("benchmark.", benchmark, BENCHMARK_KEYS)
     if benchmark.get("name") not in BENCHMARKS:
@@ -104,6 +105,7 @@ def check_benchmark(benchmark) -> None:
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
         raise ConfigError(f"benchmark.stop={stop!r} must be a list of non-empty strings, e.g. ['\\nQuestion:']")
     check_settings(benchmark)  # n, seed, source, split, subset_rule, exclude_n, and each benchmark's own keys
+    benchmark_from_config(benchmark).check_data()
 
 
 def check_device(device, dtype) -> None:
