@@ -44,12 +44,17 @@ REPRO_N      ?= 12
 REPRO_TOKENS ?= 128
 REPRO_CAL_N  ?= 100
 reproduce: $(STAMP)  ## the main job on the embedded default pair, then the report (results/report/)
-	@status=0; \
+	@status=0; start=$$(date +%s); \
+	step() { echo "== make reproduce: step $$1 of 4 ($$2), $$(( $$(date +%s) - start ))s so far" >&2; }; \
+	step 1 "six benchmarks x seven methods"; \
 	$(PY) -m blendin.run -m experiment=embedded_overview benchmark.n=$(REPRO_N) \
 		benchmark.max_new_tokens=$(REPRO_TOKENS) || status=1; \
+	step 2 "NUDGING at four more thresholds"; \
 	$(PY) -m blendin.run -m experiment=embedded_tau_sweep benchmark.n=$(REPRO_N) \
 		benchmark.max_new_tokens=$(REPRO_TOKENS) || status=1; \
+	step 3 "teacher forcing for calibration"; \
 	$(PY) -m blendin.run -m experiment=calibration benchmark.n=$(REPRO_CAL_N) benchmark.max_new_tokens=256 || status=1; \
+	step 4 "the report"; \
 	$(PY) -m analysis.report || status=1; \
 	echo "report: results/report/index.html (and report.md)"; \
 	exit $$status

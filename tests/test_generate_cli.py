@@ -82,3 +82,15 @@ def test_bad_values_fail_before_models_load(model_dirs):
         composed(["method=nudgin"])
     with pytest.raises(ConfigCompositionException, match="alpha"):
         composed(["method=nudging", "method.alpha=0.5"])
+
+
+def test_settings_and_methods_generate_cannot_use_are_refused_before_loading(monkeypatch):
+    from blendin.pair import Pair
+
+    monkeypatch.setattr(Pair, "model", lambda *a: pytest.fail("a model loaded"))
+    with pytest.raises(ConfigError, match="blendin.generate has no setting temperature; its settings are pair"):
+        generate.run(composed(["+temperature=0.7"]))  # Hydra's own hint after temperature=0.7 is refused
+    with pytest.raises(ConfigError, match="method=forced walks a stored answer.*Fix: python -m blendin.run"):
+        generate.run(composed(["method=forced"]))
+    with pytest.raises(ConfigError, match="guidance_schedule='often'"):
+        generate.run(composed(["guidance_schedule=often"]))

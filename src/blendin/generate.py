@@ -20,7 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from .cli import call
 from .errors import ConfigError
+from .checks import check_engine
 from .pair import Pair, pair_spec
+from .policies import make_policy
 from .prompts import Prompt
 
 
@@ -36,8 +38,28 @@ def prompt_text(cfg: DictConfig) -> str:
     return str(cfg.prompt)
 
 
+SETTINGS = ("pair", "method", "prompt", "prompt_file", "system", "max_new_tokens", "stop", "device", "dtype",
+            "use_cache", "base_view", "guidance_schedule", "compile")
+
+
+def check(cfg: DictConfig) -> None:
+    """Refuse, before any model loads, a setting generate does not have (Hydra's `+key=value` adds any
+    key) and a method it cannot run."""
+    unknown = sorted(set(cfg) - set(SETTINGS) - {"hydra"})
+    if unknown:
+        raise ConfigError(f"blendin.generate has no setting {', '.join(unknown)}; its settings are "
+                          f"{', '.join(SETTINGS)} (conf/generate.yaml)")
+    method = OmegaConf.to_container(cfg.method, resolve=True)
+    if method.get("name") == "forced":
+        raise ConfigError("method=forced walks a stored answer through both models; it has nothing to generate. "
+                          "Fix: python -m blendin.run method=forced benchmark=gsm8k (see conf/method/forced.yaml)")
+    make_policy(method)
+    check_engine(cfg.get("compile", "none"), cfg.get("guidance_schedule", "auto"), cfg.device)
+
+
 def run(cfg: DictConfig) -> dict:
     """Load the pair, decode the prompt, print the text; return the statistics."""
+    check(cfg)
     prompt = Prompt(prompt_text(cfg), cfg.system)  # validate before any model loads
     if isinstance(cfg.max_new_tokens, bool) or not isinstance(cfg.max_new_tokens, int) or cfg.max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens={cfg.max_new_tokens!r} must be a positive integer")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def run_job(cfg: DictConfig, execute, run_dir, summary_keys) -> dict:
     hydra_cfg = HydraConfig.get()
     _share_cpu_threads(hydra_cfg.launcher)
     record = {"job": hydra_cfg.job.num, "overrides": list(hydra_cfg.overrides.task)}
+    print(progress_line(hydra_cfg.job.num), file=sys.stderr, flush=True)
     try:
         path = run_dir(cfg)
         record["run_dir"] = str(path)
@@ -59,6 +61,24 @@ def run_job(cfg: DictConfig, execute, run_dir, summary_keys) -> dict:
         record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
     atomic_write_json(Path(hydra_cfg.runtime.output_dir) / "job.json", record)
     return record
+
+
+# Set by SweepReport when a sweep starts in this process (the basic launcher); elsewhere jobs know only their number.
+_SWEEP = {"total": None, "started": None}
+
+
+def progress_line(job: int) -> str:
+    """"[sweep] run 5 of 42, 3m10s so far, about 23m left" (the estimate: time per finished run so far)."""
+    total, started = _SWEEP["total"], _SWEEP["started"]
+    if not total or started is None:
+        return f"[sweep] run {job + 1}"
+    spent = time.monotonic() - started
+    left = f", about {_minutes(spent / job * (total - job))} left" if job else ""
+    return f"[sweep] run {job + 1} of {total}, {_minutes(spent)} so far{left}"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
 def _share_cpu_threads(launcher) -> None:
@@ -91,6 +111,7 @@ class SweepReport(Callback):
                   "started:\n" + "\n".join(problems), file=sys.stderr)
             sys.exit(2)
         print(f"sweep: {len(jobs)} runs, configs checked; job records in {config.hydra.sweep.dir}", file=sys.stderr)
+        _SWEEP.update(total=len(jobs), started=time.monotonic())
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from .store import atomic_write_json
