@@ -38,7 +38,7 @@ test-slow: $(STAMP)  ## only the tests that take minutes (torch.compile of the e
 #   3. teacher forcing along 100 GSM8K and 100 TruthfulQA answers: calibration  (experiment=calibration)
 #   4. python -m analysis.report -> results/report/index.html and report.md
 # REPRO_N items per run and REPRO_TOKENS new tokens keep it under an hour on 2 CPU cores from a fresh
-# clone (README: measured time). A killed run resumes; a second `make reproduce` only re-renders.
+# clone (README: measured time; docs/analysis.md says what each step runs). A killed run resumes; a second `make reproduce` only re-renders.
 # A failed run does not stop the others or the report; the exit status says it failed.
 REPRO_N      ?= 12
 REPRO_TOKENS ?= 128
@@ -60,7 +60,7 @@ reproduce: $(STAMP)  ## the main job on the embedded default pair, then the repo
 	exit $$status
 
 # CPU-sized: batch 1 and 8 at 64 new tokens (+ batch-size identity), batch 8 at 64 and 512 tokens, and a
-# real GSM8K subset with EOS and stop strings active. On a GPU see README "Speed" (--synthetic, batch 32).
+# real GSM8K subset with EOS and stop strings active. On a GPU: docs/speed.md and scripts/gpu_check.sh.
 bench: $(STAMP)  ## speed of every method against transformers' generate on the embedded pair
 	$(PY) -m blendin.bench --batch-sizes 1 8 --lengths 64 --identity
 	$(PY) -m blendin.bench --batch-sizes 8 --lengths 64 512

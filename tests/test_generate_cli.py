@@ -1,4 +1,4 @@
-"""`python -m blendin.generate`: the command-line contract of DESIGN.md section 10."""
+"""`python -m blendin.generate`: its command-line contract (docs/running.md)."""
 from __future__ import annotations
 
 import json

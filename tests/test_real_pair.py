@@ -107,7 +107,7 @@ def test_real_vocabulary_overlap(real_pair):
     vm = real_pair.vocab
     stats = vm.stats()
     assert stats["guidance_vocab"] == 49152 and stats["base_vocab"] == 262144
-    assert 0.92 < stats["guidance_mapped_fraction"] < 0.96  # DESIGN.md: about 94%
+    assert 0.92 < stats["guidance_mapped_fraction"] < 0.96  # about 94% (docs/engine.md)
     g, b = vm.guidance_tokenizer, vm.base_tokenizer
 
     def maps_to(guidance_token: str) -> str:

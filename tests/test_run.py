@@ -1,4 +1,4 @@
-"""`blendin.run` on tiny models: the run directory of DESIGN.md section 7, resume, skip, force,
+"""`blendin.run` on tiny models: the run directory (docs/running.md), resume, skip, force,
 re-scoring, and outputs kept when the judge is down."""
 from __future__ import annotations
 

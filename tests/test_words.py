@@ -1,5 +1,5 @@
 """Word-level NUDGING (`method=nudging_words`) against a naive string-level implementation of the
-same algorithm (PROTOCOL_NOTES.md, last section): every query re-tokenizes the text and runs a full
+same algorithm (docs/protocols.md): every query re-tokenizes the text and runs a full
 forward pass, as the reference code's text servers do. Same and different tokenizers."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The paper's figures and tables, computed only from stored runs (results/runs/, DESIGN.md section 7).
+"""The paper's figures and tables, computed only from stored runs (results/runs/, see docs/running.md).
 
 One command per artefact, each `python -m analysis.<name> [--results results] [--out results/analysis]`:
 

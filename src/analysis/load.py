@@ -1,4 +1,4 @@
-"""The loader: the only code that reads the results store (DESIGN.md section 7).
+"""The loader: the only code that reads the results store (docs/running.md).
 
     from analysis.load import load_runs, sample_scores, load_tokens
     runs = load_runs("results")              # one row per finished run (a tidy pandas frame)
@@ -270,7 +270,7 @@ OPTIONAL_TOKEN_COLUMNS = {"guide_top_spelled": pd.NA, "base_top_p_size": -1, "to
 
 
 def load_tokens(run, columns: list[str] | None = None) -> pd.DataFrame:
-    """tokens.parquet of one run: the per-token trace (DESIGN.md section 5), one row per step.
+    """tokens.parquet of one run: the per-token trace (docs/engine.md), one row per step.
 
     Columns that older runs lack are added with their 'unknown' values (OPTIONAL_TOKEN_COLUMNS):
     `guide_top_spelled` is NA (not False) when the run did not record it."""

@@ -37,7 +37,7 @@ def disagreements(values: pd.DataFrame) -> pd.DataFrame:
       one) with values further apart than their rounding allows;
     - Figure 2's delta against Table 1's NUDGING minus base score (both on the 100-sample subsets);
     - the same setting on the 100-sample subset and on the full set differing by more than 0.25
-      (not a contradiction by itself: different samples; PROTOCOL_NOTES says the XSTest scorer
+      (not a contradiction by itself: different samples; docs/protocols.md says the XSTest scorer
       changed between them)."""
     rows = []
     # Table 5 prints its (tau 0.4, alpha auto) row twice; one copy of each printed number is enough

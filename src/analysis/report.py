@@ -175,7 +175,7 @@ def figure3_section(analysis: Path, out: Path) -> list[str]:
         lines += [write.markdown_table(_format(fits)), ""]
     lines += ["The paper prints no numbers for Figure 3; it reports negative correlations, significant on GSM8K, "
               "TruthfulQA and XSTest, and a 20% intervention line. Its x axis is Fei et al.'s word-level ratio "
-              "(PROTOCOL_NOTES), ours is token-level unless the unit says word.", ""]
+              "(docs/protocols.md), ours is token-level unless the unit says word.", ""]
     return lines + _details("Settings and notes", _include(analysis / "paradox_notes.md", 3))
 
 
@@ -227,7 +227,7 @@ def disagreement_section(values: pd.DataFrame) -> list[str]:
     return lines + [write.markdown_table(found), "",
                     "Table 5's default row (tau 0.4, alpha auto, Q→L, full sets) and Table 2's BlendIn Q→L row "
                     "describe the same setting with different numbers, and so do Table 6 and Table 1 for some "
-                    "cells; the large subset-vs-full XSTest gaps fit PROTOCOL_NOTES' remark that the XSTest "
+                    "cells; the large subset-vs-full XSTest gaps fit the remark in docs/protocols.md that the XSTest "
                     "scorer changed between the two.", ""]
 
 

@@ -1,6 +1,6 @@
 """The six benchmarks: loading, zero-shot prompts (reference protocol) and scoring.
 
-Prompts follow the reference protocol (shared/reference/PROTOCOL_NOTES.md): the base model sees
+Prompts follow the reference protocol (docs/protocols.md): the base model sees
 `"{system}\\n{prefix}{question}\\n"`, the guidance model the same system and user text in its chat
 template. Reasoning tasks use the system line "Answer the question by walking through the reasoning
 steps." and the prefix "Question: "; safety tasks "You are a helpful assistant." and "Instruction: ".

@@ -1,4 +1,4 @@
-"""One run's directory (DESIGN.md section 7), written so that nothing is lost when a run dies.
+"""One run's directory (docs/running.md), written so that nothing is lost when a run dies.
 
 While decoding, each finished batch is appended to `samples.jsonl` (flushed and fsynced) and its
 per-token trace written as `_parts/tokens-<k>.parquet`. A restarted run reads the finished sample

@@ -1,7 +1,7 @@
 """Word-level NUDGING, as Fei et al. (2025) published it (`method=nudging_words`).
 
 The token-level `nudging` method swaps single tokens; the original algorithm works on WORDS, in
-rounds (shared/reference/PROTOCOL_NOTES.md, last section):
+rounds (docs/protocols.md):
 
 1. Draft: the guidance model continues its prompt + the output so far greedily for up to
    `draft_tokens` (16) tokens. If it ends (EOS) inside them, its whole draft is appended and
