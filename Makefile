@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: install test test-fast test-slow reproduce bench clean help
+.PHONY: install check test test-fast test-slow reproduce bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the project, its tests' needs and the embedded models
+
+check: $(STAMP)  ## the house rules: ruff lint (pycodestyle, pyflakes, import order; pyproject.toml [tool.ruff])
+	$(VENV)/bin/ruff check src tests scripts
 
 test: $(STAMP)  ## the whole test suite (tiny local models + the embedded real pair)
 	$(PY) -m pytest -q

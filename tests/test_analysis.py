@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
+from synthetic_store import RATES, binary, build_store, write_run
 
 from analysis import calibration, heatmap, overlap, paper, paradox, report, select, stats, subset, tables
 from analysis.load import load_runs, load_tokens, sample_scores, unfinished_runs
-from synthetic_store import RATES, binary, build_store, write_run
 
 
 @pytest.fixture(scope="module")

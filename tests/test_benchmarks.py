@@ -20,8 +20,15 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import blendin.data as D  # noqa: E402
-from blendin.benchmarks import (BENCHMARKS, DEFAULT_REFUSAL_CLASSIFIER, TRUTHFULQA_CLOSING,  # noqa: E402
-                                benchmark_from_config, get_benchmark, gsm8k_reference, refusal_classifiers)
+from blendin.benchmarks import (  # noqa: E402
+    BENCHMARKS,
+    DEFAULT_REFUSAL_CLASSIFIER,
+    TRUTHFULQA_CLOSING,
+    benchmark_from_config,
+    get_benchmark,
+    gsm8k_reference,
+    refusal_classifiers,
+)
 from blendin.checks import BENCHMARK_KEYS, check_benchmark  # noqa: E402
 from blendin.data import DataError, data_dir  # noqa: E402
 from blendin.errors import ConfigError  # noqa: E402

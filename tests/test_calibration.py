@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
+from synthetic_store import forced_trace, synthetic_forced, write_forced_run
 
 from analysis import calibration, report, stats
 from analysis.load import load_runs
-from synthetic_store import forced_trace, synthetic_forced, write_forced_run
 
 N_BOOT = 300  # enough for the tests' interval checks, fast on two cores
 

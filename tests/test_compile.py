@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from conftest import PROMPTS
 
-from blendin.prompts import Prompt
 from blendin.errors import ConfigError
+from blendin.prompts import Prompt
 
 METHODS = [{"name": "base"}, {"name": "nudging", "tau": 0.4}, {"name": "blendin", "tau": 0.4}]
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import PROMPTS, make_pair
 
-from blendin.views import TokenView
 from blendin.prompts import Prompt, render_ids
 from blendin.streams import RecomputeStream
+from blendin.views import TokenView
 
 GUIDED = [
     {"name": "nudging", "tau": 0.4},
@@ -186,7 +186,8 @@ def test_guidance_view_follows_text_across_tokenizers(cross_pair):
     view = TokenView(guidance, by_text=True, use_cache=True)
     view.admit(prompts)
     reference = RecomputeStream(guidance.model, guidance.pad_id)
-    texts = [["", "hel", "hello", "hello wor", "hello world", "hello world.\n", "hello world.\nCaf", "hello world.\nCafé"],
+    texts = [["", "hel", "hello", "hello wor", "hello world", "hello world.\n", "hello world.\nCaf",
+              "hello world.\nCafé"],
              [" 日", " 日本", " 日本語", " 日本語 and", " 日本語 and emoji 🙂", " 日本語 and emoji 🙂!", "x", "xy"]]
     for step in range(len(texts[0])):
         now = [texts[0][step], texts[1][step]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import PROMPTS, make_pair
+from conftest import PROMPTS
 
 from blendin.pair import Pair, pair_spec
 from blendin.prompts import Prompt
@@ -44,7 +44,8 @@ def test_a_pair_of_identical_models_gives_alpha_one_half_plus_lambda_p(model_dir
                            "guidance": {"source": same, "prompt_format": "plain"}}), device="cpu")
     outs = forced(pair, ["The quick brown fox jumps over the lazy dog."] * 2, prompts=PROMPTS[:2])
     for out in outs:
-        for p, alpha, no_lambda in zip(out.trace["base_top_prob"], out.trace["alpha_auto"], out.trace["alpha_nolambda"]):
+        trace = out.trace
+        for p, alpha, no_lambda in zip(trace["base_top_prob"], trace["alpha_auto"], trace["alpha_nolambda"]):
             assert alpha == pytest.approx(min(1.0, 0.5 + 0.1 * p), abs=1e-5)
             assert no_lambda == pytest.approx(0.5, abs=1e-6)
         assert out.trace["guide_correct"] == out.trace["base_correct"]

@@ -61,8 +61,9 @@ def test_defaults_are_the_embedded_pair_and_blendin():
 
 
 def test_every_method_config_builds_a_policy():
-    from blendin.policies import METHODS, make_policy
     from omegaconf import OmegaConf
+
+    from blendin.policies import METHODS, make_policy
 
     for name in METHODS:
         method = OmegaConf.to_container(composed([f"method={name}"]).method)

@@ -15,8 +15,14 @@ import pytest  # noqa: E402
 
 from blendin import judge_check as jc  # noqa: E402
 from blendin.data import DataError, data_dir  # noqa: E402
-from blendin.judges import (JUSTEVAL_JUDGEMENTS, judge_safety, justeval_judgements, justeval_template,  # noqa: E402
-                            parse_safety, recover_template)
+from blendin.judges import (  # noqa: E402
+    JUSTEVAL_JUDGEMENTS,
+    judge_safety,
+    justeval_judgements,
+    justeval_template,
+    parse_safety,
+    recover_template,
+)
 
 DATA = data_dir()
 needs_data = pytest.mark.skipif(not (DATA / JUSTEVAL_JUDGEMENTS).is_dir(), reason="no just-eval judgements")

@@ -8,9 +8,19 @@ import sys
 
 import pytest
 
-from blendin.judges import (HTTPJudge, JudgeError, LocalJudge, judge_equivalence, judge_safety, judge_xstest,
-                            make_judge, parse_safety, parse_xstest_binary, parse_xstest_class)
 from blendin.errors import ConfigError
+from blendin.judges import (
+    HTTPJudge,
+    JudgeError,
+    LocalJudge,
+    judge_equivalence,
+    judge_safety,
+    judge_xstest,
+    make_judge,
+    parse_safety,
+    parse_xstest_binary,
+    parse_xstest_class,
+)
 
 
 @pytest.mark.parametrize("reply, parsed", [

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
-
 from synthetic_store import build_store
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore_results.ipynb"

@@ -379,7 +379,6 @@ def test_refusal_classifiers_are_named_and_selectable():
 
 def test_one_interval_helper_for_metrics_and_analysis():
     from analysis import stats
-
     from blendin import intervals
     from blendin.benchmarks import benchmark_from_config
 

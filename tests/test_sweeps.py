@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def command(model_dirs, results: Path, *overrides, multirun: bool = False) -> list[str]:
-    return [sys.executable, "-m", "blendin.run", *(["-m"] if multirun else []), "pair.name=tiny", f"pair.base.source={model_dirs['cross_base']}",
+    return [sys.executable, "-m", "blendin.run", *(["-m"] if multirun else []), "pair.name=tiny",
+            f"pair.base.source={model_dirs['cross_base']}",
             f"pair.guidance.source={model_dirs['cross_guidance']}", "device=cpu", f"results_dir={results}",
             *overrides]
 

@@ -340,7 +340,8 @@ def compute(frame: pd.DataFrame, tau: float = TAU, n=None, protocol=None, n_boot
     if settings is not None and len(runs):
         settings += sorted({f"{r['pair']}/{r['benchmark']} ({r['source']}): {r['setting']}; forced with "
                             f"{r['params']}" for _, r in runs.iterrows()})
-    other_tau = sorted({f"{t:g}" for t in runs["tau"] if np.isfinite(t) and not np.isclose(t, tau)}) if len(runs) else []
+    other_tau = sorted({f"{t:g}" for t in runs["tau"] if np.isfinite(t) and not np.isclose(t, tau)}) \
+        if len(runs) else []
     if other_tau:
         notes.append(f"some forced runs recorded `consulted` at tau {', '.join(other_tau)}; this analysis splits every "
                      f"run at u < {tau:g} from base_top_prob (the blend choices do not depend on tau)")

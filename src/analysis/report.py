@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from . import calibration, heatmap, labels, overlap, paradox, paper, select, subset, tables, write
+from . import calibration, heatmap, labels, overlap, paper, paradox, select, subset, tables, write
 from .load import load_runs, unfinished_runs
 
 COMMANDS = [("heatmap", heatmap.main), ("paradox", paradox.main), ("overlap", overlap.main), ("tables", tables.main),

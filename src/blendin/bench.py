@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import platform
 import sys
 import time
@@ -354,7 +353,8 @@ def _line(r) -> str:
 
 def markdown(rows, meta) -> str:
     lines = [f"# Decoding speed: {meta['pair']} on {meta['device_name']}", "",
-             f"{meta['created_at']}; torch {meta['torch']}, transformers {meta['transformers']}, dtype {meta['dtype']}, "
+             f"{meta['created_at']}; torch {meta['torch']}, transformers {meta['transformers']}, "
+             f"dtype {meta['dtype']}, "
              f"{meta['threads']} CPU threads. Fixed-length rows decode exactly `length` tokens per prompt "
              f"({meta['n_prompts']} prompts" + (f", {meta['n_batch1']} at batch 1" if meta.get("n_batch1") else "")
              + "); ratios are time per token.", ""]
@@ -394,7 +394,8 @@ def markdown(rows, meta) -> str:
                       "ragged / fixed time per token |", "|---|---:|---|---:|---|---:|---:|---:|"]
         for r in ragged:
             lines.append(f"| {r['method']} | {r['batch_size']} | {r['benchmark']} | {r['n']} | {r['min_len']}-"
-                         f"{r['max_len']} (mean {r['fixed_length']}) | {r['tokens_per_s']} | {r['fixed_tokens_per_s']} | "
+                         f"{r['max_len']} (mean {r['fixed_length']}) | {r['tokens_per_s']} | "
+                         f"{r['fixed_tokens_per_s']} | "
                          f"{r['ragged_vs_fixed_time_per_token']} |")
     identity = [r for r in rows if r.get("mode") == "identity"]
     if identity:
@@ -432,7 +433,8 @@ def run(args) -> Path:
     import transformers
 
     meta = {"pair": cfg.pair.name, "device": str(device), "dtype": str(pair.model("base").model.dtype),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else platform.processor() or "cpu",
             "n_prompts": args.n, "n_batch1": args.n_batch1, "torch": torch.__version__,
             "transformers": transformers.__version__, "threads": torch.get_num_threads(),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

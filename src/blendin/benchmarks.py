@@ -24,10 +24,19 @@ from dataclasses import dataclass, field
 from . import data as D
 from . import scoring
 from .errors import ConfigError
-from .prompts import Prompt
 from .intervals import bootstrap_ci
-from .scoring import (LETTERS, choice_detail, gsm8k_gold, last_number, mean, refusal_detail, same_number,
-                      shuffled_options, strict_answer)
+from .prompts import Prompt
+from .scoring import (
+    LETTERS,
+    choice_detail,
+    gsm8k_gold,
+    last_number,
+    mean,
+    refusal_detail,
+    same_number,
+    shuffled_options,
+    strict_answer,
+)
 
 REASONING_SYSTEM = "Answer the question by walking through the reasoning steps."
 SAFETY_SYSTEM = "You are a helpful assistant."
@@ -264,8 +273,8 @@ class MultipleChoice(Benchmark):
 
     def score(self, sample, output, judge=None):
         letter, ambiguous = choice_detail(output, list(sample.options))
-        result = {"prediction": letter, "score": float(letter == sample.gold), "rule_score": float(letter == sample.gold),
-                  "ambiguous": ambiguous}
+        correct = float(letter == sample.gold)
+        result = {"prediction": letter, "score": correct, "rule_score": correct, "ambiguous": ambiguous}
         if judge is not None:
             from .judges import judge_equivalence
 

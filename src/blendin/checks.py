@@ -35,7 +35,8 @@ def check_run_config(cfg) -> None:
                           "Use model@pair.base=<name> (or @pair.guidance, @pair.aligned), or pair=<name>")
     _known("", plain, RUN_KEYS)
     if not isinstance(plain.get("results_dir"), str) or not plain["results_dir"].strip():
-        raise ConfigError(f"results_dir={plain.get('results_dir')!r} must be a directory path, e.g. results_dir=results")
+        raise ConfigError(f"results_dir={plain.get('results_dir')!r} must be a directory path, "
+                          "e.g. results_dir=results")
     _boolean("force", plain.get("force", False))
     if plain.get("batch_size") != "auto":
         _positive_int("batch_size", plain.get("batch_size"))

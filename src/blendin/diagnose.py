@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from .cli import call
 from .errors import ConfigError
@@ -126,7 +126,8 @@ def table(pair: str, rows: dict, line: float, observe_with: str = "probe") -> st
         gain = r.get("stored_gain")
         gain_text = f"{gain['gain']:+.3f} (n={gain['n']})" if gain else "not stored"
         out.append(f"| {name} | {r['n']} | {r['intervention_rate']:.3f} | [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | "
-                   f"{r['verdict']} | {r['agreement_where_unsure'] if r['agreement_where_unsure'] is not None else '-'} "
+                   f"{r['verdict']} | "
+                   f"{r['agreement_where_unsure'] if r['agreement_where_unsure'] is not None else '-'} "
                    f"| {kinds} | {gain_text} |")
     return "\n".join(out)
 

@@ -26,7 +26,8 @@ def rank_in(probs: torch.Tensor, token: torch.Tensor) -> tuple[torch.Tensor, tor
     return above.sum(-1) + 1, (probs * above).sum(-1) < TOP_P
 
 
-def top_p_size(probs: torch.Tensor, p: float = TOP_P, exact: bool = True, top: torch.Tensor | None = None) -> torch.Tensor:
+def top_p_size(probs: torch.Tensor, p: float = TOP_P, exact: bool = True,
+               top: torch.Tensor | None = None) -> torch.Tensor:
     """Size of the smallest set of most probable tokens whose mass reaches p, per row.
 
     Sorting a 262k-token distribution is slow, so look at the top 256 first. exact=False stops there

@@ -18,9 +18,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from .checks import check_engine
 from .cli import call
 from .errors import ConfigError
-from .checks import check_engine
 from .pair import Pair, pair_spec
 from .policies import make_policy
 from .prompts import Prompt

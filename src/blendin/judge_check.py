@@ -235,7 +235,8 @@ def markdown(report: dict) -> str:
     asked = "rule-based, no rubric" if report["rubric"] == "none" else f"{report['rubric']} rubric"
     lines = [f"# Judge check: {report['judge']} ({asked}) vs the original just-eval judge", "",
              f"{report['overall']['n']} items ({subset}) from {report['reference']}.", "",
-             "| judged model | items | malformed | exact | within 1 | Spearman | mean ref | mean judge | always-5 exact |",
+             "| judged model | items | malformed | exact | within 1 | Spearman | mean ref | mean judge "
+             "| always-5 exact |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label, m in [("**all**", report["overall"]), *report["per_model"].items()]:
         lines.append(f"| {label} | {m['n']} | {m['n_malformed']} | {_fmt(m['exact'])} | {_fmt(m['within_1'])} | "
@@ -319,7 +320,8 @@ def main(argv=None) -> None:
     parser.add_argument("--judge-model", help="the judge model (a server's model name, or a hub id / folder for local)")
     parser.add_argument("--judge-base-url", help="the server's base URL, e.g. http://127.0.0.1:8011/v1")
     parser.add_argument("--rubric", choices=list(SAFETY_RUBRICS), default="ours",
-                        help="ours: our wording of the 1-5 scale; justeval: the original just-eval prompt (default: ours)")
+                        help="ours: our wording of the 1-5 scale; justeval: the original just-eval prompt "
+                             "(default: ours)")
     parser.add_argument("--n", type=int, default=None,
                         help="outputs per judged model, a stratified subset (default: all 200 per model, 1000 calls)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the stratified subset (default 0)")

@@ -309,7 +309,8 @@ def make_policy(method: dict):
                               "reaches the cap) or running (a throttle that lets guidance back in)")
         warmup = cfg.get("warmup", 20)
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-            raise ConfigError(f"method.warmup={warmup!r} must be a non-negative integer (tokens before the cap applies)")
+            raise ConfigError(f"method.warmup={warmup!r} must be a non-negative integer "
+                              "(tokens before the cap applies)")
         return Capped(tau=tau, cap=_number(cfg, "cap", 0.15, low=0.0, high=1.0), mode=mode, warmup=warmup)
     if name in ("af", "cc", "af_cc"):
         _no_extra(name, cfg, ("tau", "agreement_k") if name != "cc" else ("tau",))

@@ -27,8 +27,18 @@ from .checks import check_run_config
 from .cli import call
 from .data import REPO_ROOT
 from .errors import ConfigError
-from .identity import (begin_session, effective_pair, environment, last_session, prompts_digest, protocol_summary,
-                       record_session, run_dir, run_name, session_summary)
+from .identity import (
+    begin_session,
+    effective_pair,
+    environment,
+    last_session,
+    prompts_digest,
+    protocol_summary,
+    record_session,
+    run_dir,
+    run_name,
+    session_summary,
+)
 from .judges import make_judge
 from .memory import auto_batch_size, is_out_of_memory
 from .pair import Pair, pair_spec
@@ -91,7 +101,8 @@ def _reuse(cfg: DictConfig, store: RunStore) -> str | None:
     stored under another pair that shares the model, instead of decoding them again."""
     if cfg.method.name not in SOLO_METHODS:
         return None
-    for metrics_path in sorted(store.path.parents[2].glob(f"*/{store.path.parent.name}/{store.path.name}/metrics.json")):
+    same_run = f"*/{store.path.parent.name}/{store.path.name}/metrics.json"  # under any pair
+    for metrics_path in sorted(store.path.parents[2].glob(same_run)):
         source = metrics_path.parent
         if source != store.path and (source / "tokens.parquet").is_file():
             store.copy_outputs_from(source)

@@ -73,7 +73,8 @@ def attention_masks(model, visible: torch.Tensor, q_pos: torch.Tensor, k_pos: to
         kinds["sliding_attention"] = visible & (q_pos[:, :, None] - k_pos[:, None, :] < window)
     own = torch.zeros(visible.shape[1:], dtype=torch.bool, device=visible.device)
     queries, keys = visible.shape[1], visible.shape[2]
-    own[torch.arange(queries, device=visible.device), torch.arange(keys - queries, keys, device=visible.device)] = True  # query q sits in column K - Q + q
+    device = visible.device  # query q sits in column K - Q + q
+    own[torch.arange(queries, device=device), torch.arange(keys - queries, keys, device=device)] = True
     masks = {}
     for kind, seen in kinds.items():
         seen = (seen | (own[None] & ~seen.any(-1, keepdim=True)))[:, None]  # [B, 1, Q, K]

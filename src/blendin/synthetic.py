@@ -17,7 +17,7 @@ import random
 
 import torch
 
-from .models import LoadedModel, ModelSpec, resolve_device, resolve_dtype, _eos_ids
+from .models import LoadedModel, ModelSpec, _eos_ids, resolve_device, resolve_dtype
 
 # The published configs (hub config.json files), reduced to what shapes the compute.
 CONFIGS = {

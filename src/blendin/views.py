@@ -156,7 +156,8 @@ class TailTokenizer:
         if first == 0:
             return ids, starts, ends
         agree = min(self.check, self._done - first - 1)  # the last of them may still merge with new text
-        if agree >= 1 and ids[:agree] == self.ids[first:first + agree] and starts[:agree] == self.starts[first:first + agree]:
+        if agree >= 1 and ids[:agree] == self.ids[first:first + agree] \
+                and starts[:agree] == self.starts[first:first + agree]:
             return self.ids[:first] + ids, self.starts[:first] + starts, self.ends[:first] + ends
         return None
 
@@ -279,7 +280,8 @@ class TokenView:
         """`catch_up` every row of a decoding batch (`engine._Row`s): by their ids, or by their text."""
         every = range(len(rows))
         if self.by_text:
-            return self.catch_up(every, texts=[r.detok.text for r in rows], stables=[r.detok.stable_length for r in rows])
+            return self.catch_up(every, texts=[r.detok.text for r in rows],
+                                 stables=[r.detok.stable_length for r in rows])
         return self.catch_up(every, ids=[r.ids for r in rows])
 
     def tensors(self) -> list[torch.Tensor]:

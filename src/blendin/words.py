@@ -283,7 +283,8 @@ class WordNudgingDecoder:
         self._check_end(row)
 
     def _check_end(self, row: _WordRow) -> None:
-        recent = row.text[max(0, row.checked - max(len(s) for s in self.stop_strings) + 1):] if self.stop_strings else ""
+        longest = max((len(s) for s in self.stop_strings), default=0)
+        recent = row.text[max(0, row.checked - longest + 1):] if self.stop_strings else ""
         row.checked = len(row.text)
         row.counter.update(row.text)
         if self.stop_strings and any(s in recent for s in self.stop_strings):
