@@ -145,6 +145,8 @@ def test_option_text_must_stand_as_the_answer_and_be_distinctive():
     ("So the option that matches the evidence is A: Paris.", "A"),
     # ... and where a careful reader still sees no single answer
     ("Answer: B/D", None), ("A and C are both right.", None), ("Either B or D.", None),
+    ("The answer is B, I think.", "B"),  # the pronoun after a comma joins no letter
+    ("Answer: A, B", None),
     ("A good answer would need more context.", None), ("I think none fits.", None), ("Answer:\nA\nB\nC\nD", None),
 ])
 def test_phrasings_of_stronger_writers(output, letter):

@@ -104,9 +104,10 @@ def choice_detail(output: str, options: list[str]) -> tuple[str | None, bool]:
     stated = [(letter, rest) for i, (letter, rest) in _statements(lines) if not _opens_list(letter, lines[i + 1:])]
     if stated:
         letter, rest = stated[-1]  # the last statement: a correction counts
-        joined = _JOINED.match(rest)
-        if joined and joined.group(1) != letter:  # "B/D", "A and C", "B or D": two letters as the answer
-            return None, True
+        for said, after in stated:  # "B/D", "A and C", "B or D", "Answer: A, B": two letters as the answer
+            joined = _JOINED.match(after)
+            if joined and joined.group(1) != said:
+                return None, True
         chosen = _checked(letter, rest, options)
         conflicting = len({s[0] for s in stated}) > 1 and not _CORRECTION.search(output)
         return chosen, conflicting or (chosen is None and letter in letters)
@@ -166,7 +167,7 @@ _LETTER_LINE = re.compile(rf"\W*({_ANY})(?:[.):]|\s|$)")
 _CORRECTION = re.compile(r"(?i)\b(?:no,? wait|wait|actually|correction|i mean|on second thought|i was wrong|at first"
                          r"|apologi[sz]e|sorry|mistake|instead|rather)\b")
 # Letters joined as the answer: "B/D", "A and C", "B or D".
-_JOINED = re.compile(rf"[ \t]*{_CLOSE}?[ \t]*(?:/|&|,|\band\b|\bor\b)[ \t]*(?i:option[ \t]+)?{_OPEN}?({_ANY})")
+_JOINED = re.compile(rf"[ \t]*{_CLOSE}?[ \t]*(?:/|&|,|\band\b|\bor\b)[ \t]*(?i:option[ \t]+)?{_OPEN}?({_LETTER})")
 
 
 def _statements(lines: list[str]) -> list[tuple[int, tuple[str, str]]]:
