@@ -247,7 +247,7 @@ def where_time_goes(decoder, before: dict, clock_before: dict, tokens: int, batc
     per_step = {k: round(1000 * spent.get(k, 0.0) / steps, 3) for k in ("lead_forward", "guidance_forward", "step")}
     forwards = per_step["lead_forward"] + per_step["guidance_forward"]
     return {"guidance_passes_per_token": round(passes / max(1, tokens), 4),
-            "steps_with_guidance": round(passes / steps, 3),
+            "steps_with_guidance": round((stats["guidance_steps"] - before.get("guidance_steps", 0)) / steps, 3),
             "ms_per_step": per_step["step"], "base_forward_ms": per_step["lead_forward"],
             "guidance_forward_ms": per_step["guidance_forward"],
             "other_ms": round(max(0.0, per_step["step"] - forwards), 3),

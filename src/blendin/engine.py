@@ -87,9 +87,11 @@ def schedule(n_prompts: int, lengths: Sequence[int], batch_size: int, admit: Cal
 
 
 def new_stats() -> dict:
-    """A decoder's running counts: forward passes, steps, copies to the host (`syncs`), and the widest
-    attention mask given to either model against the longest row it read (tokens)."""
-    return {"lead_passes": 0, "guidance_passes": 0, "steps": 0, "syncs": 0, "widest_mask": 0, "longest_row": 0}
+    """A decoder's running counts: forward passes, steps, steps in which the guidance ran a forward pass
+    (one or more), copies to the host (`syncs`), and the widest attention mask given to either model
+    against the longest row it read (tokens)."""
+    return {"lead_passes": 0, "guidance_passes": 0, "steps": 0, "guidance_steps": 0, "syncs": 0, "widest_mask": 0,
+            "longest_row": 0}
 
 
 def add_stats(stats: dict, lead, guide, syncs: int) -> None:
@@ -232,6 +234,7 @@ class _Batch:
         d = self.d
         d.stats["steps"] += 1
         started = time.perf_counter()
+        guidance_before = self.guide.forward_passes if self.guide is not None else 0
         lead_logits = self.lead.logits
         probs = torch.softmax(lead_logits, dim=-1)
         top_prob, top_id = probs.max(-1)
@@ -275,6 +278,8 @@ class _Batch:
             self._feed()
         d.clock.seconds["host"] = d.clock.seconds.get("host", 0.0) + time.perf_counter() - host_started
         d.clock.seconds["step"] = d.clock.seconds.get("step", 0.0) + time.perf_counter() - started
+        if self.guide is not None and self.guide.forward_passes > guidance_before:
+            d.stats["guidance_steps"] += 1
         return finished
 
     def _pack(self, step: Step, choice) -> torch.Tensor:

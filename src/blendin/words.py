@@ -172,6 +172,7 @@ class WordNudgingDecoder:
         rows = self.rows
         drafting = [i for i, r in enumerate(rows) if r.phase == DRAFT]
         if drafting:
+            self.stats["guidance_steps"] += 1
             logits = self.guide.catch_up(drafting, texts=[r.text for r in rows],
                                          extra={i: rows[i].draft for i in drafting})
             tops = to_host(logits.argmax(-1))  # one copy for every drafting row
