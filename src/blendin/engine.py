@@ -264,7 +264,6 @@ class _Batch:
         if d.overlap:
             self._commit(values)
         self._complete_top_p(values, probs)
-        host_started = time.perf_counter()
         self._record(values)
         finished = [r for r in self.rows if r.finished]
         if finished:
@@ -276,7 +275,6 @@ class _Batch:
             self.counts = self.counts[to_device(keep, torch.long, self.counts.device)]
         if self.rows:
             self._feed()
-        d.clock.seconds["host"] = d.clock.seconds.get("host", 0.0) + time.perf_counter() - host_started
         d.clock.seconds["step"] = d.clock.seconds.get("step", 0.0) + time.perf_counter() - started
         if self.guide is not None and self.guide.forward_passes > guidance_before:
             d.stats["guidance_steps"] += 1
@@ -326,7 +324,7 @@ class _Batch:
             spelled = self.d.vocab.first_base_ids((token - size).clamp_min(0))
             ids = torch.where(token < size, token, torch.where(spelled >= 0, spelled, self.d.lead.pad_id))
         guide_too = self._every_step() and not self.guide.by_text  # one tokenizer: the guidance reads the same ids
-        self._beside(lambda: self.guide.speculate(ids) if guide_too else None, lambda: self.lead.speculate(ids))
+        self._beside((lambda: self.guide.speculate(ids)) if guide_too else None, lambda: self.lead.speculate(ids))
         self.speculated_guide = guide_too
 
     def _commit(self, values) -> None:
@@ -354,13 +352,15 @@ class _Batch:
     def _feed(self) -> None:
         """Bring the lead (and, on the every-step schedule, the guidance) up to date with every row."""
         every_step = self._every_step()
-        self._beside(lambda: self.guide.follow(self.rows) if every_step else None, lambda: self.lead.follow(self.rows))
+        self._beside((lambda: self.guide.follow(self.rows)) if every_step else None,
+                     lambda: self.lead.follow(self.rows))
 
     def _beside(self, guidance_work, lead_work) -> None:
-        """Run the guidance's work beside the lead's: on CUDA on its own stream, joined before the next
-        step reads it; elsewhere one after the other."""
-        if self.side is None:
-            guidance_work()
+        """Run the guidance's work (None: none this step) beside the lead's: on CUDA on its own stream,
+        joined before the next step reads it; elsewhere one after the other."""
+        if guidance_work is None or self.side is None:
+            if guidance_work is not None:
+                guidance_work()
             lead_work()
             return
         main = torch.cuda.current_stream(self.side.device)
@@ -382,8 +382,6 @@ class _Batch:
         joints = values[:, _COLUMN["joint"]].astype(int).tolist()
         for row, joint, facts in zip(self.rows, joints, values):
             ids = [joint] if joint < size else d.vocab.base_ids_for_guidance_token(joint - size)
-            if facts[_COLUMN["latch"]]:
-                row.latched = True
             if len(ids) == 1 and ids[0] in eos_ids:
                 row.add(facts, joint, len(row.detok.text))
                 row.finish("eos", self.stop_strings)
@@ -409,7 +407,7 @@ class _Row:
     def __init__(self, index: int, detok: Detokenizer):
         self.index, self.detok, self.ids = index, detok, []
         self.n_steps = 0
-        self.finished, self.stop_reason, self.latched = False, "", False
+        self.finished, self.stop_reason = False, ""
         self.facts: list = []  # per step: the packed row (numpy), the chosen joint id, the text length
         self.text = ""
 
