@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install the project, its tests' needs and the embedded models
 
-check: $(STAMP)  ## the house rules: ruff lint (pycodestyle, pyflakes, import order; pyproject.toml [tool.ruff])
+check: $(STAMP)  ## the house rules: ruff lint and format (pyproject.toml [tool.ruff])
 	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff format --check src tests scripts
 
 test: $(STAMP)  ## the whole test suite (tiny local models + the embedded real pair)
 	$(PY) -m pytest -q

@@ -10,6 +10,7 @@ they exist) and prints score and intervention rate of each, their difference, an
 p-value on the shared items for 0/1 scores. The table goes to results/protocol_effects.md/.json.
 Every number comes from the stored runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,15 +25,27 @@ sys.path.insert(0, str(ROOT / "src"))
 DIFFERENCES = [
     ("stop strings on / off (base)", None, ["method=base"], ["method=base", "benchmark.stop=[]"]),
     ("stop strings on / off (NUDGING)", None, ["method=nudging"], ["method=nudging", "benchmark.stop=[]"]),
-    ("TruthfulQA options shuffled / unshuffled, gold always A (base)", ["truthfulqa"], ["method=base"],
-     ["method=base", "benchmark.shuffle=false"]),
-    ("TruthfulQA options shuffled / unshuffled, gold always A (NUDGING)", ["truthfulqa"], ["method=nudging"],
-     ["method=nudging", "benchmark.shuffle=false"]),
+    (
+        "TruthfulQA options shuffled / unshuffled, gold always A (base)",
+        ["truthfulqa"],
+        ["method=base"],
+        ["method=base", "benchmark.shuffle=false"],
+    ),
+    (
+        "TruthfulQA options shuffled / unshuffled, gold always A (NUDGING)",
+        ["truthfulqa"],
+        ["method=nudging"],
+        ["method=nudging", "benchmark.shuffle=false"],
+    ),
     ("base reads ids / re-tokenized text", None, ["method=nudging"], ["method=nudging", "base_view=text"]),
     ("NUDGING token- / word-level", None, ["method=nudging"], ["method=nudging_words"]),
     ("cap running / latch", None, ["method=cap", "method.mode=running"], ["method=cap", "method.mode=latch"]),
-    ("subset seeded / reference (seed 609: other items)", None, ["method=nudging"],
-     ["method=nudging", "benchmark.subset_rule=reference"]),
+    (
+        "subset seeded / reference (seed 609: other items)",
+        None,
+        ["method=nudging"],
+        ["method=nudging", "benchmark.subset_rule=reference"],
+    ),
 ]
 
 
@@ -47,8 +60,11 @@ def run(overrides: list[str]) -> Path:
 
 
 def scores(path: Path) -> dict[str, float]:
-    return {r["id"]: r["score"] for r in map(json.loads, (path / "samples.jsonl").read_text().splitlines())
-            if r.get("score") is not None}
+    return {
+        r["id"]: r["score"]
+        for r in map(json.loads, (path / "samples.jsonl").read_text().splitlines())
+        if r.get("score") is not None
+    }
 
 
 def mcnemar(a: dict, b: dict) -> float | None:
@@ -77,8 +93,12 @@ def main(argv=None) -> None:
     parser.add_argument("--results", default="results")
     args = parser.parse_args(argv)
     setup_logging()
-    common = [f"pair={args.pair}", f"benchmark.n={args.n}", f"benchmark.max_new_tokens={args.max_new_tokens}",
-              f"results_dir={args.results}"]
+    common = [
+        f"pair={args.pair}",
+        f"benchmark.n={args.n}",
+        f"benchmark.max_new_tokens={args.max_new_tokens}",
+        f"results_dir={args.results}",
+    ]
     rows = []
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         for label, only, first, second in DIFFERENCES:
@@ -88,23 +108,38 @@ def main(argv=None) -> None:
                 paths = [run(common + [f"benchmark={benchmark}"] + o) for o in (first, second)]
                 metrics = [json.loads((p / "metrics.json").read_text()) for p in paths]
                 a, b = (scores(p) for p in paths)
-                rows.append({"difference": label, "benchmark": benchmark, "score_name": metrics[0]["score_name"],
-                             "score_a": metrics[0]["score"], "score_b": metrics[1]["score"],
-                             "rate_a": metrics[0]["intervention_rate"], "rate_b": metrics[1]["intervention_rate"],
-                             "unit_b": metrics[1].get("intervention_unit", "token"),
-                             "n": metrics[0]["n_samples"], "shared_items": len(set(a) & set(b)),
-                             "mcnemar_p": mcnemar(a, b), "runs": [str(p) for p in paths]})
-    lines = [f"Protocol differences on {args.pair}, n={args.n} items per run, {args.max_new_tokens} new tokens "
-             "(A = ours, B = the reference code's choice; rates are token-level unless marked word):", "",
-             "| difference (A / B) | benchmark | score A | score B | B - A | McNemar p | intervention A | "
-             "intervention B |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+                rows.append(
+                    {
+                        "difference": label,
+                        "benchmark": benchmark,
+                        "score_name": metrics[0]["score_name"],
+                        "score_a": metrics[0]["score"],
+                        "score_b": metrics[1]["score"],
+                        "rate_a": metrics[0]["intervention_rate"],
+                        "rate_b": metrics[1]["intervention_rate"],
+                        "unit_b": metrics[1].get("intervention_unit", "token"),
+                        "n": metrics[0]["n_samples"],
+                        "shared_items": len(set(a) & set(b)),
+                        "mcnemar_p": mcnemar(a, b),
+                        "runs": [str(p) for p in paths],
+                    }
+                )
+    lines = [
+        f"Protocol differences on {args.pair}, n={args.n} items per run, {args.max_new_tokens} new tokens "
+        "(A = ours, B = the reference code's choice; rates are token-level unless marked word):",
+        "",
+        "| difference (A / B) | benchmark | score A | score B | B - A | McNemar p | intervention A | intervention B |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         delta = None if r["score_a"] is None or r["score_b"] is None else r["score_b"] - r["score_a"]
         unit = " (word)" if r["unit_b"] == "word" else ""
-        lines.append(f"| {r['difference']} | {r['benchmark']} | {fmt(r['score_a'])} | {fmt(r['score_b'])} | "
-                     f"{'-' if delta is None else f'{delta:+.3f}'} | {fmt(r['mcnemar_p'])} | {fmt(r['rate_a'])} | "
-                     f"{fmt(r['rate_b'])}{unit} |")
+        lines.append(
+            f"| {r['difference']} | {r['benchmark']} | {fmt(r['score_a'])} | {fmt(r['score_b'])} | "
+            f"{'-' if delta is None else f'{delta:+.3f}'} | {fmt(r['mcnemar_p'])} | {fmt(r['rate_a'])} | "
+            f"{fmt(r['rate_b'])}{unit} |"
+        )
     text = "\n".join(lines) + "\n"
     atomic_write_json(Path(args.results) / "protocol_effects.json", rows)
     atomic_write_text(Path(args.results) / "protocol_effects.md", text)

@@ -8,6 +8,7 @@ One row per run (pair, benchmark, method and its parameters, subset), with the s
 bootstrap interval, the intervention and override rates and the decoding speed, all read from the
 files the runs stored.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,15 +37,20 @@ def sweep_rows(results: Path, sweep: str) -> list[dict]:
 
 
 def table(runs: list[dict]) -> str:
-    out = ["| pair | benchmark | method | params | n | max tokens | score | score name | 95% CI | intervention | "
-           "override | tok/s |", "|---|---|---|---|---:|---:|---:|---|---|---:|---:|---:|"]
+    out = [
+        "| pair | benchmark | method | params | n | max tokens | score | score name | 95% CI | intervention | "
+        "override | tok/s |",
+        "|---|---|---|---|---:|---:|---:|---|---|---:|---:|---:|",
+    ]
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for m in sorted(runs, key=lambda m: (m["pair"], m["benchmark"], m["method"], json.dumps(m["method_params"]))):
         params = ", ".join(f"{k}={v}" for k, v in m["method_params"].items() if k != "name") or "-"
         ci = "-" if m["ci95"][0] is None else f"[{m['ci95'][0]:.2f}, {m['ci95'][1]:.2f}]"
-        out.append(f"| {m['pair']} | {m['benchmark']} | {m['method']} | {params} | {m['n_samples']} | "
-                   f"{m.get('max_new_tokens', '-')} | {fmt(m['score'])} | {m['score_name']} | {ci} | "
-                   f"{fmt(m['intervention_rate'])} | {fmt(m['override_rate'])} | {fmt(m['tokens_per_s'])} |")
+        out.append(
+            f"| {m['pair']} | {m['benchmark']} | {m['method']} | {params} | {m['n_samples']} | "
+            f"{m.get('max_new_tokens', '-')} | {fmt(m['score'])} | {m['score_name']} | {ci} | "
+            f"{fmt(m['intervention_rate'])} | {fmt(m['override_rate'])} | {fmt(m['tokens_per_s'])} |"
+        )
     return "\n".join(out)
 
 

@@ -8,6 +8,7 @@ The Gemma-3 bases have a 36-token sliding window, so that decoding crosses it (G
 Models are random but with a wide initialisation, so their distributions are peaked enough that a
 threshold of 0.4 splits the steps into confident and uncertain ones.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,16 +21,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 CORPUS = [
-    "The quick brown fox jumps over the lazy dog.", "Question: What is 12 plus 30? Answer: 42.",
-    "Natalia sold 48 clips in April and half as many in May.", "I cannot help with that request, sorry.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Question: What is 12 plus 30? Answer: 42.",
+    "Natalia sold 48 clips in April and half as many in May.",
+    "I cannot help with that request, sorry.",
     "Instruction: Write a short poem about the sea.\nThe sea is wide and deep and blue.",
     "Café, naïve, résumé — unicode text matters: 日本語 and emoji 🙂.",
-    "def add(a, b):\n    return a + b\n", "Step 1: multiply 6 by 7. Step 2: the answer is 42.",
+    "def add(a, b):\n    return a + b\n",
+    "Step 1: multiply 6 by 7. Step 2: the answer is 42.",
     "Safety first: never share passwords. Always be kind and helpful.",
     "Once upon a time there was a small model that guided a larger one.",
 ] * 20
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def _byte_level_tokenizer():
@@ -39,11 +45,20 @@ def _byte_level_tokenizer():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=420,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(CORPUS, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", bos_token="<|im_start|>",
-                                   pad_token="<|endoftext|>", chat_template=CHATML)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        bos_token="<|im_start|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHATML,
+    )
 
 
 def _piece_tokenizer():
@@ -55,8 +70,7 @@ def _piece_tokenizer():
     draft = Tokenizer(models.BPE(unk_token="<unk>"))
     draft.normalizer = normalizers.Replace(" ", "\u2581")
     draft.pre_tokenizer = pre_tokenizers.Split("\u2581", behavior="merged_with_next")
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials, show_progress=False,
-                                  limit_alphabet=60)
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials, show_progress=False, limit_alphabet=60)
     draft.train_from_iterator(CORPUS, trainer)
     spec = json.loads(draft.to_str())
     vocab = {t: i for t, i in spec["model"]["vocab"].items()}
@@ -68,19 +82,32 @@ def _piece_tokenizer():
     tok.pre_tokenizer = draft.pre_tokenizer
     tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
     tok.add_special_tokens(specials)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
-                                   unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>"
+    )
 
 
 def _gemma(vocab_size: int, seed: int, eos: int, pad: int):
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     torch.manual_seed(seed)
-    cfg = Gemma3TextConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=36,
-                           layer_types=["sliding_attention", "full_attention"], max_position_embeddings=1024,
-                           initializer_range=0.45, tie_word_embeddings=False, eos_token_id=eos,
-                           pad_token_id=pad, bos_token_id=None)
+    cfg = Gemma3TextConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        sliding_window=36,
+        layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=1024,
+        initializer_range=0.45,
+        tie_word_embeddings=False,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        bos_token_id=None,
+    )
     return Gemma3ForCausalLM(cfg).eval()
 
 
@@ -88,9 +115,19 @@ def _llama(vocab_size: int, seed: int, eos: int, pad: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      initializer_range=0.5, eos_token_id=eos, pad_token_id=pad, bos_token_id=None)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        initializer_range=0.5,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        bos_token_id=None,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -130,8 +167,16 @@ def pytest_collection_modifyitems(config, items):
 def make_pair(model_dirs, kind: str):
     from blendin.pair import Pair, pair_spec
 
-    return Pair(pair_spec({"name": f"tiny_{kind}", "base": {"source": model_dirs[f"{kind}_base"]},
-                           "guidance": {"source": model_dirs[f"{kind}_guidance"]}}), device="cpu")
+    return Pair(
+        pair_spec(
+            {
+                "name": f"tiny_{kind}",
+                "base": {"source": model_dirs[f"{kind}_base"]},
+                "guidance": {"source": model_dirs[f"{kind}_guidance"]},
+            }
+        ),
+        device="cpu",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -144,7 +189,9 @@ def cross_pair(model_dirs):
     return make_pair(model_dirs, "cross")
 
 
-PROMPTS = ["Question: What is 12 plus 30?",
-           "Instruction: Write a short poem about the sea and the sky and the wide blue world.",
-           "Café 日本語",
-           "The quick brown fox"]
+PROMPTS = [
+    "Question: What is 12 plus 30?",
+    "Instruction: Write a short poem about the sea and the sky and the wide blue world.",
+    "Café 日本語",
+    "The quick brown fox",
+]

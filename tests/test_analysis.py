@@ -4,6 +4,7 @@ Statistics are checked against scipy and hand computations, artefacts against th
 synthetic store was built from (tests/synthetic_store.py), and every command end to end on a
 synthetic store and on an empty results folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,6 +33,7 @@ def frame(store) -> pd.DataFrame:
 
 # ---- statistics -----------------------------------------------------------------------------------
 
+
 def test_correlation_equals_scipy():
     rng = np.random.default_rng(1)
     x = rng.random(12)
@@ -57,9 +59,11 @@ def test_fisher_interval_by_hand():
 
 def _abs_r_against(x):
     """|Pearson r| of x against each resampled y (scipy's vectorized statistic over the last axis)."""
+
     def statistic(y, axis=-1):
         xc, yc = x - x.mean(), y - y.mean(axis=axis, keepdims=True)
-        return np.abs((yc * xc).sum(axis=axis) / np.sqrt((xc ** 2).sum() * (yc ** 2).sum(axis=axis)))
+        return np.abs((yc * xc).sum(axis=axis) / np.sqrt((xc**2).sum() * (yc**2).sum(axis=axis)))
+
     return statistic
 
 
@@ -67,8 +71,9 @@ def test_exact_permutation_p_equals_scipy():
     x = np.array([0.10, 0.15, 0.22, 0.30, 0.41, 0.18])
     y = np.array([0.70, 0.61, 0.66, 0.48, 0.35, 0.52])
     # one sample with permutation_type 'pairings' permutes y alone: all 6! pairings, exactly
-    reference = sps.permutation_test((y,), _abs_r_against(x), vectorized=True, permutation_type="pairings",
-                                     alternative="greater", n_resamples=np.inf)
+    reference = sps.permutation_test(
+        (y,), _abs_r_against(x), vectorized=True, permutation_type="pairings", alternative="greater", n_resamples=np.inf
+    )
     assert stats.permutation_p(x, y) == pytest.approx(reference.pvalue, abs=1e-12)
     assert stats.permutation_p(x, y) < 0.05  # a strong negative relation is rare among 720 pairings
 
@@ -77,8 +82,15 @@ def test_random_permutation_p_close_to_scipy():
     rng = np.random.default_rng(3)
     x = rng.random(15)
     y = 0.3 * x + rng.normal(0, 0.3, 15)
-    reference = sps.permutation_test((y,), _abs_r_against(x), vectorized=True, permutation_type="pairings",
-                                     alternative="greater", n_resamples=20_000, random_state=0)
+    reference = sps.permutation_test(
+        (y,),
+        _abs_r_against(x),
+        vectorized=True,
+        permutation_type="pairings",
+        alternative="greater",
+        n_resamples=20_000,
+        random_state=0,
+    )
     assert stats.permutation_p(x, y, 10_000, seed=0) == pytest.approx(reference.pvalue, abs=0.03)
     assert stats.permutation_p(x, y, 10_000, seed=0) == stats.permutation_p(x, y, 10_000, seed=0)
 
@@ -92,7 +104,7 @@ def test_mcnemar_exact_by_hand():
     # 3 both right, 1 only a right, 6 only b right, 2 both wrong: discordant 7, the smaller side 1
     a = [1] * 3 + [1] + [0] * 6 + [0] * 2
     b = [1] * 3 + [0] + [1] * 6 + [0] * 2
-    hand = 2 * (math.comb(7, 0) + math.comb(7, 1)) / 2 ** 7  # two-sided binomial, p = 1/2
+    hand = 2 * (math.comb(7, 0) + math.comb(7, 1)) / 2**7  # two-sided binomial, p = 1/2
     result = stats.mcnemar_exact(a, b)
     assert (result["n01"], result["n10"]) == (6, 1)
     assert result["p"] == pytest.approx(hand) == pytest.approx(0.125)
@@ -129,13 +141,14 @@ def test_wald_and_bootstrap_intervals():
 def test_minimum_detectable_difference():
     d = stats.mdd_paired_binary(100, 0.3)
     za, zb = 1.959963985, 0.841621234
-    assert (za * math.sqrt(0.3) + zb * math.sqrt(0.3 - d * d)) ** 2 / d ** 2 == pytest.approx(100, rel=1e-6)
+    assert (za * math.sqrt(0.3) + zb * math.sqrt(0.3 - d * d)) ** 2 / d**2 == pytest.approx(100, rel=1e-6)
     assert stats.mdd_paired_binary(400, 0.3) < d < stats.mdd_paired_binary(25, 0.3)
     assert 0 < stats.mdd_paired_binary(100, 0.0) < 0.2  # identical runs: discordance taken as d itself
     assert stats.mdd_paired_continuous(100, 1.0) == pytest.approx((za + zb) / 10, rel=1e-6)
 
 
 # ---- the loader -----------------------------------------------------------------------------------
+
 
 def test_loader_defaults_for_old_runs(frame):
     assert len(frame) > 50
@@ -151,11 +164,28 @@ def test_loader_defaults_for_old_runs(frame):
 
 def test_protocol_settings_group_runs(tmp_path):
     def protocol(name, view, unit):
-        return {"name": name, "stop_strings": ["\n\nQuestion:"], "max_new_tokens": 64, "subset_rule": "seeded",
-                "split": "test", "base_view": view, "intervention_unit": unit, "judge": None}
+        return {
+            "name": name,
+            "stop_strings": ["\n\nQuestion:"],
+            "max_new_tokens": 64,
+            "subset_rule": "seeded",
+            "split": "test",
+            "base_view": view,
+            "intervention_unit": unit,
+            "judge": None,
+        }
+
     write_run(tmp_path, "a_b", "gsm8k", "base", [1.0, 0.0], protocol=protocol("ours", "ids", "token"))
-    write_run(tmp_path, "a_b", "gsm8k", "nudging_words", [1.0, 1.0], rate=0.3, unit="word",
-              protocol=protocol("ours", "text", "word"))
+    write_run(
+        tmp_path,
+        "a_b",
+        "gsm8k",
+        "nudging_words",
+        [1.0, 1.0],
+        rate=0.3,
+        unit="word",
+        protocol=protocol("ours", "text", "word"),
+    )
     write_run(tmp_path, "a_b", "gsm8k", "base", [0.0, 0.0], protocol=protocol("reference", "text", "token"))
     runs = load_runs(tmp_path).set_index(["method", "protocol"])
     ours_base, words = runs.loc[("base", "ours")], runs.loc[("nudging_words", "ours")]
@@ -213,14 +243,34 @@ def test_empty_results_folder_loads(tmp_path):
 
 # ---- Figure 3 -------------------------------------------------------------------------------------
 
+
 def test_paradox_known_answer(frame):
     notes: list[str] = []
     points = paradox.compute_points(frame, notes=notes)
     fits = paradox.compute(frame, points=points)
-    assert list(points.columns[:8]) == ["pair", "benchmark", "method", "tau", "intervention_rate", "score",
-                                        "base_score", "run_dir"]
-    assert list(fits.columns) == ["benchmark", "method", "unit", "n_points", "pearson_r", "pearson_p", "r_ci95_low",
-                                  "r_ci95_high", "spearman_rho", "spearman_p", "permutation_p"]
+    assert list(points.columns[:8]) == [
+        "pair",
+        "benchmark",
+        "method",
+        "tau",
+        "intervention_rate",
+        "score",
+        "base_score",
+        "run_dir",
+    ]
+    assert list(fits.columns) == [
+        "benchmark",
+        "method",
+        "unit",
+        "n_points",
+        "pearson_r",
+        "pearson_p",
+        "r_ci95_low",
+        "r_ci95_high",
+        "spearman_rho",
+        "spearman_p",
+        "permutation_p",
+    ]
     gsm = points[points["benchmark"] == "gsm8k"].set_index("pair")
     assert len(gsm) == len(RATES)  # the full-set twin of Q→L is another setting: left out, not a 6th point
     for pair, rate in RATES.items():
@@ -236,9 +286,21 @@ def test_paradox_fit_equals_scipy_on_the_same_points():
     rng = np.random.default_rng(7)
     rates = rng.uniform(0.05, 0.4, 9)
     scores = 0.9 - rates + rng.normal(0, 0.08, 9)
-    points = pd.DataFrame({"pair": [f"p{i}" for i in range(9)], "benchmark": "gsm8k", "method": "nudging",
-                           "tau": 0.4, "intervention_rate": rates, "score": scores, "base_score": np.nan,
-                           "run_dir": "", "unit": "token", "guidance_score": np.nan, "setting": "s"})
+    points = pd.DataFrame(
+        {
+            "pair": [f"p{i}" for i in range(9)],
+            "benchmark": "gsm8k",
+            "method": "nudging",
+            "tau": 0.4,
+            "intervention_rate": rates,
+            "score": scores,
+            "base_score": np.nan,
+            "run_dir": "",
+            "unit": "token",
+            "guidance_score": np.nan,
+            "setting": "s",
+        }
+    )
     row = paradox.compute(None, points=points).iloc[0]
     ref = sps.pearsonr(rates, scores)
     assert row["pearson_r"] == pytest.approx(ref.statistic) and row["pearson_p"] == pytest.approx(ref.pvalue)
@@ -247,14 +309,18 @@ def test_paradox_fit_equals_scipy_on_the_same_points():
 
 
 def test_paradox_refuses_a_unit_mix_and_splits_units(tmp_path):
-    mixed = pd.DataFrame({"intervention_rate": [0.1, 0.2, 0.3, 0.4], "score": [0.5, 0.4, 0.3, 0.2],
-                          "unit": ["token", "token", "word", "word"]})
+    mixed = pd.DataFrame(
+        {
+            "intervention_rate": [0.1, 0.2, 0.3, 0.4],
+            "score": [0.5, 0.4, 0.3, 0.2],
+            "unit": ["token", "token", "word", "word"],
+        }
+    )
     with pytest.raises(select.UnitMixError, match=r"token, word.*not comparable"):
         paradox.fit(mixed)
     for i, pair in enumerate(["a_b", "c_d", "e_f"]):
         write_run(tmp_path, pair, "gsm8k", "nudging", binary(0.7 - 0.1 * i, 10), rate=0.1 + 0.1 * i)
-        write_run(tmp_path, pair, "gsm8k", "nudging_words", binary(0.6 - 0.1 * i, 10), rate=0.2 + 0.1 * i,
-                  unit="word")
+        write_run(tmp_path, pair, "gsm8k", "nudging_words", binary(0.6 - 0.1 * i, 10), rate=0.2 + 0.1 * i, unit="word")
     assert paradox.main(["--results", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     fits = pd.read_csv(tmp_path / "out" / "paradox.csv")
     assert sorted(zip(fits["method"], fits["unit"])) == [("nudging", "token"), ("nudging_words", "word")]
@@ -277,6 +343,7 @@ def test_paradox_with_two_points_has_no_fit(tmp_path):
 
 # ---- Figure 2 -------------------------------------------------------------------------------------
 
+
 def test_heatmap_deltas_and_missing_cells(frame, tmp_path):
     cells = heatmap.compute(frame)
     assert list(cells.columns) == ["pair", "benchmark", "base_score", "guided_score", "delta"]
@@ -292,12 +359,19 @@ def test_heatmap_deltas_and_missing_cells(frame, tmp_path):
 
 # ---- Figure 4 / Table 4 ---------------------------------------------------------------------------
 
+
 def test_overlap_metrics_on_a_hand_built_trace():
-    trace = pd.DataFrame({
-        "sample_id": ["s"] * 6, "consulted": [True, True, True, True, False, False],
-        "guide_top_rank": [1, 60, -1, 3, -1, 2], "guide_top_in_base_top_p": [True, False, False, True, False, True],
-        "guide_top_spelled": [False, False, pd.NA, True, pd.NA, pd.NA], "base_top_p_size": [4, 9, 2, 5, -1, -1],
-        "top100_overlap": [0.5, 0.7, 0.6, 0.4, np.nan, np.nan]})
+    trace = pd.DataFrame(
+        {
+            "sample_id": ["s"] * 6,
+            "consulted": [True, True, True, True, False, False],
+            "guide_top_rank": [1, 60, -1, 3, -1, 2],
+            "guide_top_in_base_top_p": [True, False, False, True, False, True],
+            "guide_top_spelled": [False, False, pd.NA, True, pd.NA, pd.NA],
+            "base_top_p_size": [4, 9, 2, 5, -1, -1],
+            "top100_overlap": [0.5, 0.7, 0.6, 0.4, np.nan, np.nan],
+        }
+    )
     m = overlap.trace_metrics(trace)
     assert m["n_consulted"] == 4
     assert m["top50_overlap"] == 0.5  # ranks 1 and 3 of 1, 60, -1, 3; the unencodable -1 does not overlap
@@ -324,6 +398,7 @@ def test_overlap_prefers_probe_runs(frame):
 
 # ---- tables ---------------------------------------------------------------------------------------
 
+
 def _scores_from_file(run_dir) -> dict:
     lines = Path(run_dir, "samples.jsonl").read_text().splitlines()
     return {r["id"]: r["score"] for r in map(json.loads, lines)}
@@ -331,11 +406,22 @@ def _scores_from_file(run_dir) -> dict:
 
 def test_table1_columns_values_and_paired_test(frame):
     table, cells = tables.table1(frame, n_boot=300)
-    assert list(table.columns) == ["pair", "benchmark", "base", "guidance", "aligned", "nudging", "blendin",
-                                   "blendin_vs_nudging_pct", "intervention_rate", "paired_p"]
+    assert list(table.columns) == [
+        "pair",
+        "benchmark",
+        "base",
+        "guidance",
+        "aligned",
+        "nudging",
+        "blendin",
+        "blendin_vs_nudging_pct",
+        "intervention_rate",
+        "paired_p",
+    ]
     row = table[(table["pair"] == "qwen1.7b_llama8b") & (table["benchmark"] == "gsm8k")].iloc[0]
     assert (row["base"], row["guidance"], row["aligned"], row["nudging"], row["blendin"]) == pytest.approx(
-        (0.2, 0.5, 0.9, 0.5, 0.55))
+        (0.2, 0.5, 0.9, 0.5, 0.55)
+    )
     assert row["blendin_vs_nudging_pct"] == pytest.approx(10.0) and row["intervention_rate"] == pytest.approx(0.3)
     other = table[(table["pair"] == "llama1b_llama8b") & (table["benchmark"] == "gsm8k")].iloc[0]
     assert math.isnan(other["aligned"])  # not run: missing, not 0
@@ -386,6 +472,7 @@ def test_tables_main_writes_every_format(store, tmp_path, capsys):
 
 # ---- subset vs full set ---------------------------------------------------------------------------
 
+
 def test_subset_against_full_set(frame):
     table = subset.compute(frame, draws=2000)
     assert len(table) == 1
@@ -399,17 +486,26 @@ def test_subset_against_full_set(frame):
 
 # ---- the paper's values ---------------------------------------------------------------------------
 
+
 def test_paper_values_transcription():
     values = paper.load_paper_values()
     counts = values["artefact"].value_counts().to_dict()
-    assert counts == {"table1": 108, "figure2": 90, "table2": 45, "table6": 27, "table4": 24, "table5": 21,
-                      "table3": 16}
+    assert counts == {
+        "table1": 108,
+        "figure2": 90,
+        "table2": 45,
+        "table6": 27,
+        "table4": 24,
+        "table5": 21,
+        "table3": 16,
+    }
     get = lambda **kw: values[np.logical_and.reduce([values[k] == v for k, v in kw.items()])]["value"].tolist()  # noqa
     assert get(artefact="table1", pair="qwen1.7b_llama8b", benchmark="gsm8k", method="blendin") == [0.31]
     assert get(artefact="figure2", pair="qwen1.7b_qwen8b", benchmark="arc_challenge") == [-0.73]
     assert get(artefact="table4", benchmark="xstest", metric="top50_pearson_r") == [0.047]
-    assert get(artefact="table2", pair="llama1b_gemma9b", benchmark="xstest", metric="ci_halfwidth",
-               method="nudging") == [0.037]
+    assert get(
+        artefact="table2", pair="llama1b_gemma9b", benchmark="xstest", metric="ci_halfwidth", method="nudging"
+    ) == [0.037]
     assert "cc" not in set(values[values["artefact"] == "table6"]["method"])
 
 
@@ -425,12 +521,14 @@ def test_paper_disagreements_are_found():
 
 # ---- every command, on a synthetic and on an empty store ------------------------------------------
 
-COMMANDS = {"paradox": (paradox.main, ["paradox.csv", "paradox_points.csv", "figure3.png", "figure3.pdf"]),
-            "heatmap": (heatmap.main, ["figure2.csv", "figure2.png", "figure2.pdf"]),
-            "overlap": (overlap.main, ["overlap.csv", "table4.csv", "figure4.png", "figure4.pdf"]),
-            "tables": (tables.main, ["table1.csv", "table1.md", "table1.tex", "table6.tex"]),
-            "subset": (subset.main, ["subset_vs_full.csv", "subset_vs_full.png"]),
-            "calibration": (calibration.main, ["calibration.csv", "calibration_summary.md"])}
+COMMANDS = {
+    "paradox": (paradox.main, ["paradox.csv", "paradox_points.csv", "figure3.png", "figure3.pdf"]),
+    "heatmap": (heatmap.main, ["figure2.csv", "figure2.png", "figure2.pdf"]),
+    "overlap": (overlap.main, ["overlap.csv", "table4.csv", "figure4.png", "figure4.pdf"]),
+    "tables": (tables.main, ["table1.csv", "table1.md", "table1.tex", "table6.tex"]),
+    "subset": (subset.main, ["subset_vs_full.csv", "subset_vs_full.png"]),
+    "calibration": (calibration.main, ["calibration.csv", "calibration_summary.md"]),
+}
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
@@ -447,17 +545,30 @@ def test_command_on_an_empty_results_folder(name, tmp_path, capsys):
 def test_report_on_a_synthetic_store(store, tmp_path, capsys):
     analysis = tmp_path / "analysis"
     (store / "bench").mkdir(exist_ok=True)
-    (store / "bench" / "speed-x.json").write_text(json.dumps(
-        {"meta": {"pair": "a_b", "device": "cpu"}, "rows": [{"method": "base", "tokens_per_s": 8.5}]}))
+    (store / "bench" / "speed-x.json").write_text(
+        json.dumps({"meta": {"pair": "a_b", "device": "cpu"}, "rows": [{"method": "base", "tokens_per_s": 8.5}]})
+    )
     assert report.main(["--results", str(store), "--out", str(tmp_path / "report"), "--analysis", str(analysis)]) == 0
     for files in (f for _, fs in COMMANDS.values() for f in fs):
         assert (analysis / files).is_file(), files
     md = (tmp_path / "report" / "report.md").read_text()
     html = (tmp_path / "report" / "index.html").read_text()
-    for needle in ("## Figure 2", "## Figure 3", "## Figure 4 and Table 4", "### Table 1", "### Table 5",
-                   "## Where the paper disagrees with itself", "## Is a 100-sample subset enough",
-                   "## Run inventory", "## What is missing for a full reproduction", "without an LLM judge",
-                   "experiment=paper_fig2", "paper (published)", "## Speed", "tokens_per_s"):
+    for needle in (
+        "## Figure 2",
+        "## Figure 3",
+        "## Figure 4 and Table 4",
+        "### Table 1",
+        "### Table 5",
+        "## Where the paper disagrees with itself",
+        "## Is a 100-sample subset enough",
+        "## Run inventory",
+        "## What is missing for a full reproduction",
+        "without an LLM judge",
+        "experiment=paper_fig2",
+        "paper (published)",
+        "## Speed",
+        "tokens_per_s",
+    ):
         assert needle in md, needle
     assert "## Calibration" not in md and "## Diagnosis" not in md  # hooks render only when their files exist
     assert '<img src="figures/figure2.png"' in html and "<table>" in html
@@ -475,8 +586,9 @@ def test_report_on_an_empty_store(tmp_path, capsys):
 def test_optional_section_renders_csv_and_json(tmp_path):
     (tmp_path / "calibration_x.csv").write_text("pair,ece\na_b,0.1\n")
     (tmp_path / "choice.json").write_text(json.dumps({"alpha": 0.5, "tau": 0.4, "trials": [{"alpha": 0.3}]}))
-    lines = report.render_optional_section("Calibration", [tmp_path / "calibration_x.csv", tmp_path / "choice.json"],
-                                           tmp_path)
+    lines = report.render_optional_section(
+        "Calibration", [tmp_path / "calibration_x.csv", tmp_path / "choice.json"], tmp_path
+    )
     text = "\n".join(lines)
     assert "## Calibration" in text and "| a_b | 0.100 |" in text and "trials" in text
     assert report.render_optional_section("Nothing", [], tmp_path) == []

@@ -3,6 +3,7 @@ answers scoring full marks; local files and hub-shaped rows giving the same samp
 
 These read ../shared/data (or $BLENDIN_DATA_DIR) in place and skip when it is absent. Offline.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,10 +38,14 @@ from blendin.scoring import LETTERS  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not data_dir().exists(), reason="no benchmark data directory")
 DATA = data_dir()
-COUNTS = {"gsm8k": 1319, "truthfulqa": 817, "xstest": 450, "mmlu": 14042, "arc_challenge": 1172,
-          "justeval_safe": 200}
-OTHER_SPLITS = {("gsm8k", "train"): 7473, ("mmlu", "validation"): 1531, ("mmlu", "dev"): 285,
-                ("arc_challenge", "validation"): 299, ("arc_challenge", "train"): 1119}
+COUNTS = {"gsm8k": 1319, "truthfulqa": 817, "xstest": 450, "mmlu": 14042, "arc_challenge": 1172, "justeval_safe": 200}
+OTHER_SPLITS = {
+    ("gsm8k", "train"): 7473,
+    ("mmlu", "validation"): 1531,
+    ("mmlu", "dev"): 285,
+    ("arc_challenge", "validation"): 299,
+    ("arc_challenge", "train"): 1119,
+}
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +79,9 @@ def test_ids_are_those_stored_runs_use(everything):
     with open(DATA / "xstest/xstest_prompts.csv", encoding="utf-8", newline="") as fh:
         assert [s.id for s in everything["xstest"]] == [f"xstest-{r['id']}" for r in csv.DictReader(fh)]
     justeval = json.loads((DATA / "justeval/example_data.json").read_text())
-    assert [s.id for s in everything["justeval_safe"]] == [f"justeval-{r['id']}" for r in justeval
-                                                           if r["category"] == "safety"]
+    assert [s.id for s in everything["justeval_safe"]] == [
+        f"justeval-{r['id']}" for r in justeval if r["category"] == "safety"
+    ]
     arc = [json.loads(line)["id"] for line in (DATA / "arc_challenge/ARC-Challenge-Test.jsonl").open()]
     assert [s.id for s in everything["arc_challenge"]] == arc
     mmlu = []
@@ -108,7 +114,8 @@ def test_other_splits_have_their_counts_and_ids_disjoint_from_test(name, split, 
         prefix = {"validation": "mmlu-val-", "dev": "mmlu-dev-"}[split]
         assert samples[0].id == f"{prefix}abstract_algebra-0"
         assert collections.Counter(s.meta["subject"] for s in samples)["abstract_algebra"] == (
-            5 if split == "dev" else 11)
+            5 if split == "dev" else 11
+        )
 
 
 @pytest.mark.parametrize("name", ["truthfulqa", "xstest", "justeval_safe"])
@@ -168,38 +175,52 @@ def test_exclude_n_gives_a_slice_disjoint_from_the_test_subset(name, settings, r
     assert not test & {s.id for s in tuning.samples("head:10")}
 
 
-@pytest.mark.parametrize("settings, n, message", [
-    ({}, 0, "benchmark.n=0 must be a positive integer or 'full'"),
-    ({}, "head:0", "benchmark.n='head:0' must be"),
-    ({}, "head:x", "head:N for the first N items"),
-    ({}, "some", "benchmark.n='some'"),
-    ({"subset_rule": "numpy"}, 5, "benchmark.subset_rule='numpy' must be seeded .* or reference"),
-    ({"exclude_n": 0}, 5, "benchmark.exclude_n=0 must be null or a positive integer"),
-    ({"exclude_n": 2000}, 5, "benchmark.exclude_n=2000 leaves no items"),
-    ({"exclude_n": 100, "split": "train"}, 5, "holds no test items: set benchmark.exclude_n=null"),
-    ({"source": "web"}, 5, "benchmark.source='web' must be auto, local or hub"),
-    ({"part": "safe"}, 5, "benchmark.part does not apply to gsm8k; it is a setting of xstest"),
-    ({"colour": "red"}, 5, "benchmark.colour does not apply to gsm8k"),
-])
+@pytest.mark.parametrize(
+    "settings, n, message",
+    [
+        ({}, 0, "benchmark.n=0 must be a positive integer or 'full'"),
+        ({}, "head:0", "benchmark.n='head:0' must be"),
+        ({}, "head:x", "head:N for the first N items"),
+        ({}, "some", "benchmark.n='some'"),
+        ({"subset_rule": "numpy"}, 5, "benchmark.subset_rule='numpy' must be seeded .* or reference"),
+        ({"exclude_n": 0}, 5, "benchmark.exclude_n=0 must be null or a positive integer"),
+        ({"exclude_n": 2000}, 5, "benchmark.exclude_n=2000 leaves no items"),
+        ({"exclude_n": 100, "split": "train"}, 5, "holds no test items: set benchmark.exclude_n=null"),
+        ({"source": "web"}, 5, "benchmark.source='web' must be auto, local or hub"),
+        ({"part": "safe"}, 5, "benchmark.part does not apply to gsm8k; it is a setting of xstest"),
+        ({"colour": "red"}, 5, "benchmark.colour does not apply to gsm8k"),
+    ],
+)
 def test_bad_subset_settings_are_refused(settings, n, message):
     with pytest.raises(ConfigError, match=message):
         get_benchmark("gsm8k", **settings).samples(n)
 
 
-@pytest.mark.parametrize("name, key, value, message", [
-    ("truthfulqa", "shuffle", "yes", "benchmark.shuffle='yes' must be true"),
-    ("xstest", "part", "half", "benchmark.part='half' must be all .*safe .*unsafe"),
-    ("xstest", "refusal_classifier", "regex", "benchmark.refusal_classifier='regex' is unknown. Available: "),
-    ("justeval_safe", "part", "safe", "benchmark.part does not apply to justeval_safe"),
-    ("gsm8k", "n", "head:x", "benchmark.n='head:x'"),
-    ("mmlu", "split", "train", "mmlu has the splits"),
-    ("gsm8k", "subset_rule", "numpy", "benchmark.subset_rule='numpy'"),
-    ("gsm8k", "exclude_n", -3, "benchmark.exclude_n=-3"),
-])
+@pytest.mark.parametrize(
+    "name, key, value, message",
+    [
+        ("truthfulqa", "shuffle", "yes", "benchmark.shuffle='yes' must be true"),
+        ("xstest", "part", "half", "benchmark.part='half' must be all .*safe .*unsafe"),
+        ("xstest", "refusal_classifier", "regex", "benchmark.refusal_classifier='regex' is unknown. Available: "),
+        ("justeval_safe", "part", "safe", "benchmark.part does not apply to justeval_safe"),
+        ("gsm8k", "n", "head:x", "benchmark.n='head:x'"),
+        ("mmlu", "split", "train", "mmlu has the splits"),
+        ("gsm8k", "subset_rule", "numpy", "benchmark.subset_rule='numpy'"),
+        ("gsm8k", "exclude_n", -3, "benchmark.exclude_n=-3"),
+    ],
+)
 def test_check_benchmark_refuses_bad_values_before_any_data_loads(name, key, value, message, monkeypatch):
     monkeypatch.setattr(D, "local_file", lambda *a, **k: pytest.fail("data was read"))
-    node = {"name": name, "n": 10, "seed": 0, "max_new_tokens": 8, "stop": [], "data_dir": None, "source": "auto",
-            **{key: value}}
+    node = {
+        "name": name,
+        "n": 10,
+        "seed": 0,
+        "max_new_tokens": 8,
+        "stop": [],
+        "data_dir": None,
+        "source": "auto",
+        **{key: value},
+    }
     with pytest.raises(ConfigError, match=message):
         check_benchmark(node)
 
@@ -260,8 +281,10 @@ def test_xstest_parts(everything):
 
 def test_prompts_follow_the_protocol(everything):
     gsm = everything["gsm8k"][0].prompt
-    assert plain_text(gsm) == ("Answer the question by walking through the reasoning steps.\n"
-                               "Question: " + gsm.user.removeprefix("Question: ") + "\n")
+    assert plain_text(gsm) == (
+        "Answer the question by walking through the reasoning steps.\n"
+        "Question: " + gsm.user.removeprefix("Question: ") + "\n"
+    )
     mmlu = everything["mmlu"][0]
     assert mmlu.prompt.user.startswith("Subject: abstract algebra\nQuestion: ")
     assert mmlu.prompt.user.endswith("\nD. " + mmlu.options[3])
@@ -276,14 +299,15 @@ def test_arc_relabels_numeric_and_odd_sized_questions(everything):
     odd = [s for s in arc if len(s.options) != 4]
     numeric = [s for s in arc if s.meta["original_labels"][0] == "1"]
     assert len(odd) == 7 and len(numeric) == 22
-    assert all(s.gold in LETTERS[:len(s.options)] for s in arc)
+    assert all(s.gold in LETTERS[: len(s.options)] for s in arc)
 
 
 # ---------------------------------------------------------------- reference continuations
 def test_gsm8k_reference_is_the_gold_solution_as_prose():
     answer = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nShe sold 48+24 = <<48+24=72>>72 clips.\n#### 1,072"
-    assert gsm8k_reference(answer) == ("Natalia sold 48/2 = 24 clips in May.\nShe sold 48+24 = 72 clips.\n"
-                                       "The answer is 1,072.")
+    assert gsm8k_reference(answer) == (
+        "Natalia sold 48/2 = 24 clips in May.\nShe sold 48+24 = 72 clips.\nThe answer is 1,072."
+    )
 
 
 @pytest.mark.parametrize("name", COUNTS)
@@ -371,29 +395,50 @@ def test_missing_and_malformed_data(tmp_path, monkeypatch, private_datasets_cach
 
 def _hub_shaped_rows() -> dict:
     """What the hub datasets hold, built here from the raw local files in the hub's row format."""
-    rows = {("openai/gsm8k", "main", split): [json.loads(line) for line in (DATA / f"gsm8k/{split}.jsonl").open()]
-            for split in ("test", "train")}
+    rows = {
+        ("openai/gsm8k", "main", split): [json.loads(line) for line in (DATA / f"gsm8k/{split}.jsonl").open()]
+        for split in ("test", "train")
+    }
     for split, folder in (("test", "test"), ("validation", "val"), ("dev", "dev")):
         rows[("cais/mmlu", "all", split)] = mmlu = []
         for path in _mmlu_files(folder):
             with open(path, encoding="utf-8", newline="") as fh:
-                mmlu += [{"question": r[0], "subject": path.name.removesuffix(f"_{folder}.csv"), "choices": r[1:5],
-                          "answer": "ABCD".index(r[5])} for r in csv.reader(fh)]
+                mmlu += [
+                    {
+                        "question": r[0],
+                        "subject": path.name.removesuffix(f"_{folder}.csv"),
+                        "choices": r[1:5],
+                        "answer": "ABCD".index(r[5]),
+                    }
+                    for r in csv.reader(fh)
+                ]
     for split, name in (("test", "Test"), ("validation", "Dev"), ("train", "Train")):
         rows[("allenai/ai2_arc", "ARC-Challenge", split)] = [
-            {"id": r["id"], "question": r["question"]["stem"], "answerKey": r["answerKey"],
-             "choices": {"text": [c["text"] for c in r["question"]["choices"]],
-                         "label": [c["label"] for c in r["question"]["choices"]]}}
-            for r in map(json.loads, (DATA / f"arc_challenge/ARC-Challenge-{name}.jsonl").open())]
+            {
+                "id": r["id"],
+                "question": r["question"]["stem"],
+                "answerKey": r["answerKey"],
+                "choices": {
+                    "text": [c["text"] for c in r["question"]["choices"]],
+                    "label": [c["label"] for c in r["question"]["choices"]],
+                },
+            }
+            for r in map(json.loads, (DATA / f"arc_challenge/ARC-Challenge-{name}.jsonl").open())
+        ]
     rows[("truthfulqa/truthful_qa", "multiple_choice", "validation")] = [
-        {"question": r["question"], "mc1_targets": {"choices": list(r["mc1_targets"]),
-                                                     "labels": list(r["mc1_targets"].values())}}
-        for r in json.loads((DATA / "truthfulqa/data/v0/mc_task.json").read_text())]
+        {
+            "question": r["question"],
+            "mc1_targets": {"choices": list(r["mc1_targets"]), "labels": list(r["mc1_targets"].values())},
+        }
+        for r in json.loads((DATA / "truthfulqa/data/v0/mc_task.json").read_text())
+    ]
     with open(DATA / "xstest/xstest_prompts.csv", encoding="utf-8", newline="") as fh:  # the hub copy has no id
-        rows[("walledai/XSTest", None, "test")] = [{k: v for k, v in r.items() if k != "id"}
-                                                   for r in csv.DictReader(fh)]
+        rows[("walledai/XSTest", None, "test")] = [
+            {k: v for k, v in r.items() if k != "id"} for r in csv.DictReader(fh)
+        ]
     rows[("re-align/just-eval-instruct", "default", "test")] = json.loads(
-        (DATA / "justeval/example_data.json").read_text())
+        (DATA / "justeval/example_data.json").read_text()
+    )
     return rows
 
 
@@ -401,8 +446,11 @@ def test_hub_rows_give_the_same_samples_as_local_files(monkeypatch):
     """One row->sample path: the same ids, prompts, golds, options, meta and references from either source."""
     hub = _hub_shaped_rows()
     asked = []
-    monkeypatch.setattr(D, "hub_rows", lambda name, repo, config, split: asked.append((repo, config, split))
-                        or hub[(repo, config, split)])
+    monkeypatch.setattr(
+        D,
+        "hub_rows",
+        lambda name, repo, config, split: asked.append((repo, config, split)) or hub[(repo, config, split)],
+    )
     for name, cls in BENCHMARKS.items():
         for split in cls.SPLITS:
             local = get_benchmark(name, split=split, source="local").samples("full")

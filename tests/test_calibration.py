@@ -1,6 +1,7 @@
 """analysis.calibration on hand-built and synthetic teacher-forced traces whose answers are known by
 construction: ECE and AUROC by hand, perfectly separating / reversed alphas, token kinds and positions,
 the sample (not token) bootstrap, the command and the report section."""
+
 from __future__ import annotations
 
 import math
@@ -37,6 +38,7 @@ def value(table, metric, split="all", scope="u<0.4", benchmark=None, pair=None, 
 
 # ---- ECE and AUROC by hand --------------------------------------------------------------------------
 
+
 def test_ece_of_four_positions_in_two_bins_by_hand():
     conf, hit = [0.15, 0.15, 0.85, 0.85], [1, 0, 1, 1]
     # bin [0.1, 0.2): accuracy 0.5, confidence 0.15 -> gap 0.35; bin [0.8, 0.9): 1.0 vs 0.85 -> 0.15
@@ -70,8 +72,9 @@ def test_auroc_by_hand_by_scipy_and_by_resampled_counts():
     assert stats.auroc_draws(w, cluster, scores, labels)[0] == pytest.approx(stats.auroc(scores[keep], labels[keep]))
     rng = np.random.default_rng(3)
     big_scores, big_labels, big_cluster = rng.random(300).round(2), rng.random(300) < 0.4, rng.integers(0, 20, 300)
-    assert stats.auroc_draws(np.ones((1, 20)), big_cluster, big_scores, big_labels, budget=50)[0] == \
-        pytest.approx(stats.auroc(big_scores, big_labels))
+    assert stats.auroc_draws(np.ones((1, 20)), big_cluster, big_scores, big_labels, budget=50)[0] == pytest.approx(
+        stats.auroc(big_scores, big_labels)
+    )
 
 
 def test_verdict_wording_follows_the_interval():
@@ -85,6 +88,7 @@ def test_verdict_wording_follows_the_interval():
 
 # ---- token kinds and positions ------------------------------------------------------------------------
 
+
 def test_token_kinds_from_the_output_text_and_offsets():
     assert calibration.token_kind("The") == "word_start"
     assert calibration.token_kind(" cat", "The") == "word_start"
@@ -97,8 +101,17 @@ def test_token_kinds_from_the_output_text_and_offsets():
     output = "The cats ate 12.\nCafé"
     offsets = [3, 7, 8, 12, 15, 16, 17, 20, 20, 21]  # "Caf", then "é" arriving over two tokens
     assert calibration.sample_kinds(output, offsets) == [
-        "word_start", "word_start", "other", "word_start", "digit", "punctuation", "other", "word_start", "other",
-        "other"]
+        "word_start",
+        "word_start",
+        "other",
+        "word_start",
+        "digit",
+        "punctuation",
+        "other",
+        "word_start",
+        "other",
+        "other",
+    ]
     assert calibration.sample_kinds(None, [1, 2]) == ["unknown", "unknown"]
 
 
@@ -117,12 +130,24 @@ def hand_store(tmp_path):
     n = len(pieces)
     base_right = [i < 10 for i in range(n)]
     guide_right = [any(c.isdigit() for c in p) for p in pieces]
-    t0, o0 = forced_trace("s0", pieces, base_top_prob=0.2, base_correct=base_right, guide_correct=guide_right,
-                          blend_correct_auto=guide_right)
-    t1, o1 = forced_trace("s1", ["Yes", ",", " 7"], base_top_prob=[0.2, 0.9, 0.2], base_correct=[True, True, False],
-                          guide_correct=[False, True, True])
-    write_forced_run(tmp_path, "llama1b_llama8b", "gsm8k", pd.concat([t0, t1], ignore_index=True), [o0, o1],
-                     ["s0", "s1"])
+    t0, o0 = forced_trace(
+        "s0",
+        pieces,
+        base_top_prob=0.2,
+        base_correct=base_right,
+        guide_correct=guide_right,
+        blend_correct_auto=guide_right,
+    )
+    t1, o1 = forced_trace(
+        "s1",
+        ["Yes", ",", " 7"],
+        base_top_prob=[0.2, 0.9, 0.2],
+        base_correct=[True, True, False],
+        guide_correct=[False, True, True],
+    )
+    write_forced_run(
+        tmp_path, "llama1b_llama8b", "gsm8k", pd.concat([t0, t1], ignore_index=True), [o0, o1], ["s0", "s1"]
+    )
     return tmp_path
 
 
@@ -155,6 +180,7 @@ def test_accuracy_by_kind_and_position_on_a_hand_built_trace(tmp_path):
 
 # ---- known answers on synthetic forced runs ----------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     results = tmp_path_factory.mktemp("forced")
@@ -186,8 +212,11 @@ def test_alpha_that_separates_the_cases_gives_auroc_1_and_reversed_gives_0(synth
     assert value(table, "acc_nudging", **held) == value(table, "acc_guidance", **held)
     assert value(table, "acc_blend_0.3", **held) == value(table, "acc_base", **held)
     # the entropy weight is noise in the synthetic traces: its AUROC interval contains 0.5
-    assert value(table, "auroc_alpha_entropy", column="ci_low", **held) < 0.5 < \
-        value(table, "auroc_alpha_entropy", column="ci_high", **held)
+    assert (
+        value(table, "auroc_alpha_entropy", column="ci_low", **held)
+        < 0.5
+        < value(table, "auroc_alpha_entropy", column="ci_high", **held)
+    )
     # the point AUROC equals scipy's Mann-Whitney U / (n1 n0) on the same positions
     trace = synthetic_forced(30, 40, "held", seed=1, prefix="g")[0]
     unsure = trace[(trace["base_top_prob"] < 0.4) & (trace["base_correct"] != trace["guide_correct"])]
@@ -226,8 +255,7 @@ def test_bootstrap_resamples_samples_not_tokens(tmp_path):
         frames.append(t)
         outputs.append(o)
         ids.append(f"s{i}")
-    write_forced_run(tmp_path / "store", "llama1b_llama8b", "gsm8k", pd.concat(frames, ignore_index=True), outputs,
-                     ids)
+    write_forced_run(tmp_path / "store", "llama1b_llama8b", "gsm8k", pd.concat(frames, ignore_index=True), outputs, ids)
     assert run_command(tmp_path / "store", tmp_path / "out", "--seed", "7") == 0
     table = read(tmp_path / "out")
     low, high = value(table, "acc_base", column="ci_low"), value(table, "acc_base", column="ci_high")
@@ -243,6 +271,7 @@ def test_bootstrap_resamples_samples_not_tokens(tmp_path):
 
 # ---- the command and the report ------------------------------------------------------------------------
 
+
 def test_command_on_an_empty_store(tmp_path, capsys):
     assert run_command(tmp_path / "empty", tmp_path / "out") == 0
     out = capsys.readouterr().out
@@ -254,20 +283,35 @@ def test_command_on_an_empty_store(tmp_path, capsys):
 
 def test_command_on_a_synthetic_store_writes_every_output(synthetic):
     results, out = synthetic
-    for name in ("calibration.csv", "calibration_reliability.csv", "calibration_table.md", "calibration_summary.md",
-                 "calibration_notes.md", "calibration_reliability.png", "calibration_reliability.pdf",
-                 "calibration_alpha.png", "calibration_alpha.pdf"):
+    for name in (
+        "calibration.csv",
+        "calibration_reliability.csv",
+        "calibration_table.md",
+        "calibration_summary.md",
+        "calibration_notes.md",
+        "calibration_reliability.png",
+        "calibration_reliability.pdf",
+        "calibration_alpha.png",
+        "calibration_alpha.pdf",
+    ):
         assert (out / name).is_file(), name
     table = read(out)
     assert list(table.columns) == calibration.COLUMNS
     assert set(table["scope"]) == {"all", "u<0.4"}
-    assert {"kind=digit", "kind=word_start", "kind=punctuation", "kind=other", "position=tokens 1-10",
-            "relpos=last third"} <= set(table["split"])
+    assert {
+        "kind=digit",
+        "kind=word_start",
+        "kind=punctuation",
+        "kind=other",
+        "position=tokens 1-10",
+        "relpos=last third",
+    } <= set(table["split"])
     assert ((table["ci_low"] <= table["value"] + 1e-9) | table["ci_low"].isna()).all()
     bins = pd.read_csv(out / "calibration_reliability.csv")
     cell = bins[(bins["pair"] == "qwen1.7b_llama8b") & (bins["benchmark"] == "gsm8k") & (bins["scope"] == "u<0.4")]
-    assert cell[cell["model"] == "base"]["n_positions"].sum() == \
-        value(table, "acc_base", pair="qwen1.7b_llama8b", benchmark="gsm8k", column="n_positions")
+    assert cell[cell["model"] == "base"]["n_positions"].sum() == value(
+        table, "acc_base", pair="qwen1.7b_llama8b", benchmark="gsm8k", column="n_positions"
+    )
     assert cell[(cell["model"] == "base") & (cell["bin_low"] >= 0.4)]["n_positions"].sum() == 0
     summary = (out / "calibration_summary.md").read_text()
     assert "held in 1, was not shown in 1 and was reversed in 1" in summary
@@ -288,8 +332,15 @@ def test_forced_runs_are_chosen_per_source_and_size(tmp_path):
     write_forced_run(tmp_path, "llama1b_llama8b", "gsm8k", t, o, i)
     t2, o2, i2 = synthetic_forced(8, 10, "held", seed=2)
     write_forced_run(tmp_path, "llama1b_llama8b", "gsm8k", t2, o2, i2)
-    write_forced_run(tmp_path, "llama1b_llama8b", "gsm8k", t, o, i,
-                     source=str(tmp_path / "runs" / "llama1b_llama8b" / "gsm8k" / "base-n6-s0-0001"))
+    write_forced_run(
+        tmp_path,
+        "llama1b_llama8b",
+        "gsm8k",
+        t,
+        o,
+        i,
+        source=str(tmp_path / "runs" / "llama1b_llama8b" / "gsm8k" / "base-n6-s0-0001"),
+    )
     notes = []
     runs = calibration.choose_runs(load_runs(tmp_path), notes=notes)
     assert sorted(runs["source"]) == ["outputs of llama1b_llama8b/gsm8k/base-n6-s0-0001", "reference"]
@@ -300,8 +351,7 @@ def test_forced_runs_are_chosen_per_source_and_size(tmp_path):
 def test_report_shows_the_calibration_section(synthetic, tmp_path):
     results, _ = synthetic
     analysis = tmp_path / "analysis"
-    assert report.main(["--results", str(results), "--out", str(tmp_path / "report"), "--analysis",
-                        str(analysis)]) == 0
+    assert report.main(["--results", str(results), "--out", str(tmp_path / "report"), "--analysis", str(analysis)]) == 0
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## Calibration: does alpha's premise hold?" in md
     assert "the premise **held**" in md and "| guidance = NUDGING |" in md and "AUROC auto" in md

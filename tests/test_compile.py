@@ -1,6 +1,7 @@
 """compile=compile (decode steps through torch.compile) gives the eager engine's outputs token for
 token in float32: one prompt, a batch, and prompts joining a batch whose other rows are still running.
 The same code is what compile=cudagraphs captures on a GPU (tests/test_gpu.py)."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,10 +16,12 @@ METHODS = [{"name": "base"}, {"name": "nudging", "tau": 0.4}, {"name": "blendin"
 def compare(pair, prompts, max_new_tokens, stop=()):
     for method in METHODS:
         for batch_size in (1, 2):
-            eager = pair.decoder(method).generate(prompts, max_new_tokens=max_new_tokens, stop_strings=stop,
-                                                  batch_size=batch_size)
+            eager = pair.decoder(method).generate(
+                prompts, max_new_tokens=max_new_tokens, stop_strings=stop, batch_size=batch_size
+            )
             compiled = pair.decoder(method, compile="compile").generate(
-                prompts, max_new_tokens=max_new_tokens, stop_strings=stop, batch_size=batch_size)
+                prompts, max_new_tokens=max_new_tokens, stop_strings=stop, batch_size=batch_size
+            )
             assert [o.token_ids for o in compiled] == [o.token_ids for o in eager], (method, batch_size)
             assert [o.trace["applied"] for o in compiled] == [o.trace["applied"] for o in eager]
     return eager

@@ -1,6 +1,7 @@
 """The Hydra configs: the paper's pairs and experiment grids compose and pass the checks; a bad
 value fails before any data or model loads, with the key named; runs never share a directory or a
 writer; one-model runs are reused across pairs; logger=wandb writes its offline run files."""
+
 from __future__ import annotations
 
 import json
@@ -20,11 +21,30 @@ from blendin.sweep import check_job, job_overrides
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PAPER_PAIRS = {  # Figure 2: guidance -> base
-    "llama1b_llama3b", "llama1b_llama8b", "llama3b_llama8b", "gemma1b_gemma4b", "gemma1b_gemma9b", "gemma4b_gemma9b",
-    "qwen1.7b_qwen4b", "qwen1.7b_qwen8b", "qwen4b_qwen8b", "llama1b_gemma9b", "llama1b_qwen8b", "gemma1b_llama8b",
-    "gemma1b_qwen8b", "qwen1.7b_llama8b", "qwen1.7b_gemma9b"}
-TABLE1_PAIRS = {"qwen1.7b_llama8b", "qwen1.7b_gemma9b", "gemma1b_llama8b", "llama1b_gemma9b", "llama1b_llama8b",
-                "gemma1b_gemma9b"}
+    "llama1b_llama3b",
+    "llama1b_llama8b",
+    "llama3b_llama8b",
+    "gemma1b_gemma4b",
+    "gemma1b_gemma9b",
+    "gemma4b_gemma9b",
+    "qwen1.7b_qwen4b",
+    "qwen1.7b_qwen8b",
+    "qwen4b_qwen8b",
+    "llama1b_gemma9b",
+    "llama1b_qwen8b",
+    "gemma1b_llama8b",
+    "gemma1b_qwen8b",
+    "qwen1.7b_llama8b",
+    "qwen1.7b_gemma9b",
+}
+TABLE1_PAIRS = {
+    "qwen1.7b_llama8b",
+    "qwen1.7b_gemma9b",
+    "gemma1b_llama8b",
+    "llama1b_gemma9b",
+    "llama1b_llama8b",
+    "gemma1b_gemma9b",
+}
 
 
 def compose_run(*overrides, hydra_config=False):
@@ -33,9 +53,16 @@ def compose_run(*overrides, hydra_config=False):
 
 
 def tiny(model_dirs, tmp_path, *overrides):
-    return compose_run("pair.name=tiny", f"pair.base.source={model_dirs['cross_base']}",
-                       f"pair.guidance.source={model_dirs['cross_guidance']}", "device=cpu", f"results_dir={tmp_path}",
-                       "benchmark.n=3", "benchmark.max_new_tokens=6", *overrides)
+    return compose_run(
+        "pair.name=tiny",
+        f"pair.base.source={model_dirs['cross_base']}",
+        f"pair.guidance.source={model_dirs['cross_guidance']}",
+        "device=cpu",
+        f"results_dir={tmp_path}",
+        "benchmark.n=3",
+        "benchmark.max_new_tokens=6",
+        *overrides,
+    )
 
 
 def test_every_pair_config_is_a_valid_pair_and_the_paper_pairs_are_all_there():
@@ -54,19 +81,45 @@ def test_every_pair_config_is_a_valid_pair_and_the_paper_pairs_are_all_there():
     # the paper's nine models (Llama 1B/3B/8B, Gemma 1B/4B/9B, Qwen3 1.7B/4B/8B); 3B and 4B serve as
     # guidance (instruct) and as base (pretrained)
     assert models - {"embedded:gemma-3-270m", "embedded:smollm2-135m-instruct"} == {
-        "meta-llama/Llama-3.2-1B-Instruct", "meta-llama/Llama-3.2-3B-Instruct", "meta-llama/Llama-3.2-3B",
-        "meta-llama/Llama-3.1-8B", "google/gemma-3-1b-it", "google/gemma-3-4b-it", "google/gemma-3-4b-pt",
-        "google/gemma-2-9b", "Qwen/Qwen3-1.7B", "Qwen/Qwen3-4B", "Qwen/Qwen3-4B-Base", "Qwen/Qwen3-8B-Base"}
+        "meta-llama/Llama-3.2-1B-Instruct",
+        "meta-llama/Llama-3.2-3B-Instruct",
+        "meta-llama/Llama-3.2-3B",
+        "meta-llama/Llama-3.1-8B",
+        "google/gemma-3-1b-it",
+        "google/gemma-3-4b-it",
+        "google/gemma-3-4b-pt",
+        "google/gemma-2-9b",
+        "Qwen/Qwen3-1.7B",
+        "Qwen/Qwen3-4B",
+        "Qwen/Qwen3-4B-Base",
+        "Qwen/Qwen3-8B-Base",
+    }
     assert TABLE1_PAIRS <= PAPER_PAIRS
 
 
-PAPER_GRIDS = [("paper_fig2", 180), ("paper_fig4", 54), ("paper_table1", 90), ("paper_table2", 18),
-               ("paper_table3", 12), ("tau_sweep", 9), ("alpha_sweep", 12), ("paper_table6", 45)]
+PAPER_GRIDS = [
+    ("paper_fig2", 180),
+    ("paper_fig4", 54),
+    ("paper_table1", 90),
+    ("paper_table2", 18),
+    ("paper_table3", 12),
+    ("tau_sweep", 9),
+    ("alpha_sweep", 12),
+    ("paper_table6", 45),
+]
 
 
-@pytest.mark.parametrize("experiment, runs", [
-    ("smoke", 6), ("embedded_overview", 42), ("embedded_tau_sweep", 20), ("calibration", 2), *PAPER_GRIDS,
-    *((f"{name}_reference", runs) for name, runs in PAPER_GRIDS)])
+@pytest.mark.parametrize(
+    "experiment, runs",
+    [
+        ("smoke", 6),
+        ("embedded_overview", 42),
+        ("embedded_tau_sweep", 20),
+        ("calibration", 2),
+        *PAPER_GRIDS,
+        *((f"{name}_reference", runs) for name, runs in PAPER_GRIDS),
+    ],
+)
 def test_every_experiment_grid_composes_and_passes_the_checks(experiment, runs):
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = compose(config_name="config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
@@ -82,12 +135,18 @@ def test_the_reference_protocol_switches_every_setting_and_keeps_them_across_a_s
     ours = compose_run("benchmark=xstest", "method=nudging")
     ref = compose_run("protocol=reference", "benchmark=xstest", "method=nudging_words")
     assert (ours.protocol.name, ours.base_view, ours.benchmark.subset_rule) == ("ours", "ids", "seeded")
-    assert (ref.protocol.name, ref.base_view, ref.benchmark.subset_rule, list(ref.benchmark.stop),
-            ref.benchmark.max_new_tokens) == ("reference", "text", "reference", [], 512)
+    assert (
+        ref.protocol.name,
+        ref.base_view,
+        ref.benchmark.subset_rule,
+        list(ref.benchmark.stop),
+        ref.benchmark.max_new_tokens,
+    ) == ("reference", "text", "reference", [], 512)
     assert "Qwen/Qwen3-1.7B" in ref.protocol.plain_guidance
     swept = compose_run("experiment=paper_table1_reference", "benchmark=truthfulqa", "pair=qwen1.7b_llama8b")
     assert list(swept.benchmark.stop) == [] and swept.benchmark.subset_rule == "reference"
     from blendin.identity import effective_pair, run_name
+
     assert effective_pair(swept)["guidance"]["prompt_format"] == "plain"  # Qwen got no chat template
     assert effective_pair(compose_run("pair=qwen1.7b_llama8b"))["guidance"]["prompt_format"] == "chat"
     assert run_name(compose_run("protocol=reference", "method=nudging")) != run_name(compose_run("method=nudging"))
@@ -99,31 +158,35 @@ def test_command_line_values_win_over_an_experiment():
     assert (cfg.pair.name, cfg.method.name, cfg.benchmark.n) == ("smollm2_gemma3", "blendin", 20)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("method.tau=-0.5", "method.tau=-0.5 is out of range"),
-    ("method=blendin method.alpha=1.5", "method.alpha=1.5 is out of range"),
-    ("method=blendin method.top_k=0", "method.top_k=0 must be a positive integer"),
-    ("benchmark.n=0", "benchmark.n=0 must be a positive integer or 'full'"),
-    ("benchmark.n=lots", "benchmark.n='lots'"),
-    ("benchmark.max_new_tokens=0", "benchmark.max_new_tokens=0"),
-    ("benchmark.seed=-1", "benchmark.seed=-1"),
-    ("benchmark.source=web", "benchmark.source='web' must be auto, local or hub"),
-    ("benchmark.stop=5", "benchmark.stop=5 must be a list"),
-    ("+benchmark.shots=5", "unknown config key benchmark.shots"),
-    ("+pair.base.sorce=x", "pair.base has unknown keys ['sorce']"),
-    ("+pair.labl=x", "unknown config key pair.labl"),
-    ("pair.name=a/b", "pair.name='a/b' must be a plain folder name"),
-    ("batch_size=0", "batch_size=0 must be a positive integer"),
-    ("force=maybe", "force='maybe' must be true or false"),
-    ("dtype=fp8", "dtype='fp8' is not one of"),
-    ("device=gpu0", "device='gpu0' is not a torch device"),
-    ("method=aligned", "method=aligned needs pair.aligned"),
-    ("logger=wandb logger.mode=sometimes", "logger.mode='sometimes' must be one of offline, online, disabled"),
-    ("judge=openai judge.kind=carrier-pigeon", "judge.kind='carrier-pigeon'"),
-    ("+model=llama-3.1-8b", "Use model@pair.base=<name>"),
-])
-def test_a_bad_config_fails_before_any_model_loads_with_the_key_named(model_dirs, tmp_path, monkeypatch,
-                                                                       override, message):
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("method.tau=-0.5", "method.tau=-0.5 is out of range"),
+        ("method=blendin method.alpha=1.5", "method.alpha=1.5 is out of range"),
+        ("method=blendin method.top_k=0", "method.top_k=0 must be a positive integer"),
+        ("benchmark.n=0", "benchmark.n=0 must be a positive integer or 'full'"),
+        ("benchmark.n=lots", "benchmark.n='lots'"),
+        ("benchmark.max_new_tokens=0", "benchmark.max_new_tokens=0"),
+        ("benchmark.seed=-1", "benchmark.seed=-1"),
+        ("benchmark.source=web", "benchmark.source='web' must be auto, local or hub"),
+        ("benchmark.stop=5", "benchmark.stop=5 must be a list"),
+        ("+benchmark.shots=5", "unknown config key benchmark.shots"),
+        ("+pair.base.sorce=x", "pair.base has unknown keys ['sorce']"),
+        ("+pair.labl=x", "unknown config key pair.labl"),
+        ("pair.name=a/b", "pair.name='a/b' must be a plain folder name"),
+        ("batch_size=0", "batch_size=0 must be a positive integer"),
+        ("force=maybe", "force='maybe' must be true or false"),
+        ("dtype=fp8", "dtype='fp8' is not one of"),
+        ("device=gpu0", "device='gpu0' is not a torch device"),
+        ("method=aligned", "method=aligned needs pair.aligned"),
+        ("logger=wandb logger.mode=sometimes", "logger.mode='sometimes' must be one of offline, online, disabled"),
+        ("judge=openai judge.kind=carrier-pigeon", "judge.kind='carrier-pigeon'"),
+        ("+model=llama-3.1-8b", "Use model@pair.base=<name>"),
+    ],
+)
+def test_a_bad_config_fails_before_any_model_loads_with_the_key_named(
+    model_dirs, tmp_path, monkeypatch, override, message
+):
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded before the config was checked")
 
@@ -136,17 +199,30 @@ def test_a_bad_config_fails_before_any_model_loads_with_the_key_named(model_dirs
 
 
 def test_a_typo_in_a_key_is_refused_by_hydra_with_the_key_named(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "blendin.run", "benchmark.nn=5", f"results_dir={tmp_path}"],
-                          capture_output=True, text=True, cwd=CONF.parent, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "blendin.run", "benchmark.nn=5", f"results_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        cwd=CONF.parent,
+        timeout=120,
+    )
     assert done.returncode != 0 and "benchmark.nn" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_a_second_writer_of_the_same_run_is_refused(model_dirs, tmp_path):
     cfg = tiny(model_dirs, tmp_path, "benchmark=gsm8k", "method=base")
     path = run_dir(cfg)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom blendin.store import RunStore\n"
-                               f"with RunStore({str(path)!r}).lock():\n    print('held', flush=True)\n"
-                               "    time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom blendin.store import RunStore\n"
+            f"with RunStore({str(path)!r}).lock():\n    print('held', flush=True)\n"
+            "    time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunBusyError, match=r"is being written by pid \d+ on"):
@@ -161,8 +237,14 @@ def test_one_model_runs_are_reused_by_pairs_that_share_the_model(model_dirs, tmp
     first = tiny(model_dirs, tmp_path, "benchmark=xstest", "method=base")
     metrics = execute(first)
     assert metrics["reused_from"] is None
-    other_pair = tiny(model_dirs, tmp_path, "benchmark=xstest", "method=base", "pair.name=tiny_other",
-                      f"pair.guidance.source={model_dirs['shared_guidance']}")
+    other_pair = tiny(
+        model_dirs,
+        tmp_path,
+        "benchmark=xstest",
+        "method=base",
+        "pair.name=tiny_other",
+        f"pair.guidance.source={model_dirs['shared_guidance']}",
+    )
     assert run_dir(other_pair).name == run_dir(first).name and run_dir(other_pair) != run_dir(first)
     monkeypatch.setattr(Pair, "model", lambda *a: pytest.fail("the reused run decoded again"))
     reused = execute(other_pair)
@@ -170,15 +252,18 @@ def test_one_model_runs_are_reused_by_pairs_that_share_the_model(model_dirs, tmp
     assert reused["score"] == metrics["score"] and reused["tokens_generated"] == metrics["tokens_generated"]
     assert (run_dir(other_pair) / "tokens.parquet").read_bytes() == (run_dir(first) / "tokens.parquet").read_bytes()
     # a guided run depends on both models: another guidance model gets its own outputs
-    guided = [tiny(model_dirs, tmp_path, "benchmark=xstest", "method=nudging", *extra)
-              for extra in ((), ("pair.name=tiny_other", f"pair.guidance.source={model_dirs['shared_guidance']}"))]
+    guided = [
+        tiny(model_dirs, tmp_path, "benchmark=xstest", "method=nudging", *extra)
+        for extra in ((), ("pair.name=tiny_other", f"pair.guidance.source={model_dirs['shared_guidance']}"))
+    ]
     assert run_dir(guided[0]).name != run_dir(guided[1]).name
 
 
 def test_wandb_logger_offline_writes_config_metrics_and_sample_table(model_dirs, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
-    cfg = tiny(model_dirs, tmp_path, "benchmark=gsm8k", "method=nudging", "logger=wandb",
-               f"logger.dir={tmp_path / 'tracking'}")
+    cfg = tiny(
+        model_dirs, tmp_path, "benchmark=gsm8k", "method=nudging", "logger=wandb", f"logger.dir={tmp_path / 'tracking'}"
+    )
     metrics = execute(cfg)
     [run] = list((tmp_path / "tracking" / "wandb").glob("offline-run-*"))
     [log] = list(run.glob("run-*.wandb"))
@@ -200,10 +285,14 @@ def test_chat_template_variables_reach_the_template(model_dirs):
     from blendin.models import ModelSpec, load_model
     from blendin.prompts import Prompt
 
-    loaded = load_model(ModelSpec(model_dirs["cross_guidance"], prompt_format="chat",
-                                  chat_template_kwargs={"enable_thinking": False}), device="cpu")
-    loaded.tokenizer.chat_template = ("{{ messages[-1]['content'] }}{% if enable_thinking is defined and not "
-                                      "enable_thinking %}<think></think>{% endif %}")
+    loaded = load_model(
+        ModelSpec(model_dirs["cross_guidance"], prompt_format="chat", chat_template_kwargs={"enable_thinking": False}),
+        device="cpu",
+    )
+    loaded.tokenizer.chat_template = (
+        "{{ messages[-1]['content'] }}{% if enable_thinking is defined and not "
+        "enable_thinking %}<think></think>{% endif %}"
+    )
     assert loaded.prompt_text(Prompt("hi")) == "hi<think></think>"
 
 

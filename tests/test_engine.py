@@ -1,5 +1,6 @@
 """The decoding engine against independent references: transformers' own greedy generate, and a
 decoder that recomputes every step from scratch without any cache."""
+
 from __future__ import annotations
 
 import pytest
@@ -28,8 +29,14 @@ def hf_greedy(loaded, prompts: list[list[int]], max_new_tokens: int) -> list[lis
     pad = loaded.pad_id
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    out = loaded.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                eos_token_id=sorted(loaded.eos_ids), pad_token_id=pad)
+    out = loaded.model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=sorted(loaded.eos_ids),
+        pad_token_id=pad,
+    )
     results = []
     for row in out[:, width:].tolist():
         cut = next((i for i, t in enumerate(row) if t in loaded.eos_ids), len(row))
@@ -57,12 +64,15 @@ def test_tau_zero_is_base_greedy_generate(kind, shared_pair, cross_pair):
             assert all(o.n_applied == 0 and o.n_overrides == 0 for o in outs)
 
 
-@pytest.mark.parametrize("method", [
-    {"name": "nudging", "tau": 1.5},
-    {"name": "blendin", "tau": 1.5, "alpha": 1.0, "top_k": 100},
-    {"name": "blendin", "tau": 1.5, "alpha": 1.0, "top_k": None},
-    {"name": "guidance"},
-])
+@pytest.mark.parametrize(
+    "method",
+    [
+        {"name": "nudging", "tau": 1.5},
+        {"name": "blendin", "tau": 1.5, "alpha": 1.0, "top_k": 100},
+        {"name": "blendin", "tau": 1.5, "alpha": 1.0, "top_k": None},
+        {"name": "guidance"},
+    ],
+)
 def test_guidance_everywhere_is_guidance_greedy(method, shared_pair):
     guidance = shared_pair.model("guidance")
     expected = [hf_greedy(guidance, [ids], MAX_NEW)[0] for ids in rendered(guidance, PROMPTS)]
@@ -120,15 +130,17 @@ def test_trace_counts_agree_with_rates(kind, shared_pair, cross_pair):
 
 def test_cap_running_keeps_the_rate_under_the_cap(cross_pair):
     outs = cross_pair.decoder({"name": "cap", "tau": 0.9, "cap": 0.15, "mode": "running"}).generate(
-        [Prompt(p) for p in PROMPTS], max_new_tokens=40)
+        [Prompt(p) for p in PROMPTS], max_new_tokens=40
+    )
     for out in outs:
         applied = out.trace["applied"]
         for t, a in enumerate(applied):
             if a and t > 0:
                 assert sum(applied[:t]) < 0.15 * t
         assert out.n_applied >= 1
-    uncapped = cross_pair.decoder({"name": "nudging", "tau": 0.9}).generate([Prompt(p) for p in PROMPTS],
-                                                                           max_new_tokens=40)
+    uncapped = cross_pair.decoder({"name": "nudging", "tau": 0.9}).generate(
+        [Prompt(p) for p in PROMPTS], max_new_tokens=40
+    )
     assert sum(o.n_applied for o in outs) < sum(o.n_applied for o in uncapped)
 
 
@@ -137,7 +149,8 @@ def test_cap_latch_switches_guidance_off_for_good(cross_pair):
     uncertain step where applied / generated >= cap. Replayed here from the trace's consulted steps."""
     cap, warmup = 0.15, 5
     outs = cross_pair.decoder({"name": "cap", "tau": 0.9, "cap": cap, "mode": "latch", "warmup": warmup}).generate(
-        [Prompt(p) for p in PROMPTS], max_new_tokens=40)
+        [Prompt(p) for p in PROMPTS], max_new_tokens=40
+    )
     latched_somewhere = False
     for out in outs:
         expected, latched = [], False
@@ -146,13 +159,16 @@ def test_cap_latch_switches_guidance_off_for_good(cross_pair):
                 latched = True
             expected.append(consulted and not latched)
         assert out.trace["applied"] == expected
-        latched_somewhere |= latched and any(out.trace["consulted"][t] for t in range(len(expected))
-                                             if not expected[t] and t >= warmup)
+        latched_somewhere |= latched and any(
+            out.trace["consulted"][t] for t in range(len(expected)) if not expected[t] and t >= warmup
+        )
     assert latched_somewhere, "the test should see a latch switch guidance off"
-    free = cross_pair.decoder({"name": "cap", "tau": 0.9, "cap": 0.0}).generate([Prompt(p) for p in PROMPTS],
-                                                                              max_new_tokens=40)
-    nudged = cross_pair.decoder({"name": "nudging", "tau": 0.9}).generate([Prompt(p) for p in PROMPTS],
-                                                                         max_new_tokens=40)
+    free = cross_pair.decoder({"name": "cap", "tau": 0.9, "cap": 0.0}).generate(
+        [Prompt(p) for p in PROMPTS], max_new_tokens=40
+    )
+    nudged = cross_pair.decoder({"name": "nudging", "tau": 0.9}).generate(
+        [Prompt(p) for p in PROMPTS], max_new_tokens=40
+    )
     assert [o.token_ids for o in free] == [o.token_ids for o in nudged], "cap=0 means no cap"
 
 
@@ -161,7 +177,7 @@ def test_stop_string_max_tokens_and_guidance_eos(model_dirs, cross_pair):
     decoder = cross_pair.decoder({"name": "nudging", "tau": 0.4})
     [full] = decoder.generate(prompt, max_new_tokens=MAX_NEW)
     assert full.stop_reason == "max_new_tokens" and full.n_tokens == MAX_NEW
-    stop = full.text[len(full.text) // 2: len(full.text) // 2 + 2]
+    stop = full.text[len(full.text) // 2 : len(full.text) // 2 + 2]
     [cut] = decoder.generate(prompt, max_new_tokens=MAX_NEW, stop_strings=[stop])
     assert cut.stop_reason == "stop_string"
     assert stop not in cut.text and full.text.startswith(cut.text) and len(cut.text) <= full.text.find(stop)
@@ -169,8 +185,9 @@ def test_stop_string_max_tokens_and_guidance_eos(model_dirs, cross_pair):
     pair = make_pair(model_dirs, "cross")
     guidance = pair.model("guidance")
     eos = guidance.tokenizer.eos_token_id
-    guidance.model.lm_head.register_forward_hook(lambda m, i, out: out.index_add(
-        -1, torch.tensor([eos]), torch.full(out.shape[:-1] + (1,), 50.0)))
+    guidance.model.lm_head.register_forward_hook(
+        lambda m, i, out: out.index_add(-1, torch.tensor([eos]), torch.full(out.shape[:-1] + (1,), 50.0))
+    )
     with pytest.warns(UserWarning, match="every step"):
         decoder = pair.decoder({"name": "nudging", "tau": 1.5})
     [ended] = decoder.generate(prompt, max_new_tokens=MAX_NEW)
@@ -186,9 +203,10 @@ def test_guidance_view_follows_text_across_tokenizers(cross_pair):
     view = TokenView(guidance, by_text=True, use_cache=True)
     view.admit(prompts)
     reference = RecomputeStream(guidance.model, guidance.pad_id)
-    texts = [["", "hel", "hello", "hello wor", "hello world", "hello world.\n", "hello world.\nCaf",
-              "hello world.\nCafé"],
-             [" 日", " 日本", " 日本語", " 日本語 and", " 日本語 and emoji 🙂", " 日本語 and emoji 🙂!", "x", "xy"]]
+    texts = [
+        ["", "hel", "hello", "hello wor", "hello world", "hello world.\n", "hello world.\nCaf", "hello world.\nCafé"],
+        [" 日", " 日本", " 日本語", " 日本語 and", " 日本語 and emoji 🙂", " 日本語 and emoji 🙂!", "x", "xy"],
+    ]
     for step in range(len(texts[0])):
         now = [texts[0][step], texts[1][step]]
         logits = view.catch_up([0, 1], texts=now)
@@ -231,8 +249,9 @@ def naive_nudging(pair, prompt: str, tau: float, max_new_tokens: int) -> list[in
 
 def test_cross_tokenizer_nudging_matches_naive_reference(cross_pair):
     prompts = PROMPTS
-    outs = cross_pair.decoder({"name": "nudging", "tau": 0.5}).generate([Prompt(p) for p in prompts],
-                                                                       max_new_tokens=MAX_NEW)
+    outs = cross_pair.decoder({"name": "nudging", "tau": 0.5}).generate(
+        [Prompt(p) for p in prompts], max_new_tokens=MAX_NEW
+    )
     for prompt, out in zip(prompts, outs):
         assert out.token_ids == naive_nudging(cross_pair, prompt, 0.5, MAX_NEW)
     assert sum(o.n_applied for o in outs) > 5
@@ -242,8 +261,9 @@ def test_batches_report_their_samples_and_outputs_keep_input_order(cross_pair):
     prompts = [Prompt(p) for p in PROMPTS]
     seen = {}
     decoder = cross_pair.decoder({"name": "blendin"})
-    outs = decoder.generate(prompts, max_new_tokens=8, batch_size=3,
-                            on_batch=lambda idx, gens: seen.update(zip(idx, gens)))
+    outs = decoder.generate(
+        prompts, max_new_tokens=8, batch_size=3, on_batch=lambda idx, gens: seen.update(zip(idx, gens))
+    )
     assert sorted(seen) == list(range(len(prompts)))
     assert [seen[i] for i in range(len(prompts))] == outs
     alone = [decoder.generate([p], max_new_tokens=8)[0].token_ids for p in prompts]
@@ -254,25 +274,47 @@ def _paper_architecture(name: str, tok):
     """Tiny random models of the paper's other base architectures, with peaked distributions."""
     import transformers as T
 
-    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
-                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
+    common = dict(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=1024,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+    )
     if name == "gemma2":  # google/gemma-2-9b: sliding window, logit soft-capping
-        return T.Gemma2ForCausalLM(T.Gemma2Config(**common, sliding_window=8, initializer_range=0.45,
-                                                    tie_word_embeddings=False))
+        return T.Gemma2ForCausalLM(
+            T.Gemma2Config(**common, sliding_window=8, initializer_range=0.45, tie_word_embeddings=False)
+        )
     if name == "qwen3":  # Qwen/Qwen3-*-Base: q/k norms
         return T.Qwen3ForCausalLM(T.Qwen3Config(**common, initializer_range=0.5))
     # google/gemma-3-4b-pt and -it are vision-language checkpoints: they load as Gemma3ForConditionalGeneration
     text = dict(common, sliding_window=512, layer_types=["sliding_attention", "full_attention"])
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28,
-                  patch_size=14)
-    return T.Gemma3ForConditionalGeneration(T.Gemma3Config(
-        text_config=text, vision_config=vision, mm_tokens_per_image=4, initializer_range=0.45,
-        image_token_index=len(tok) - 1, boi_token_index=len(tok) - 2, eoi_token_index=len(tok) - 3))
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
+    )
+    return T.Gemma3ForConditionalGeneration(
+        T.Gemma3Config(
+            text_config=text,
+            vision_config=vision,
+            mm_tokens_per_image=4,
+            initializer_range=0.45,
+            image_token_index=len(tok) - 1,
+            boi_token_index=len(tok) - 2,
+            eoi_token_index=len(tok) - 3,
+        )
+    )
 
 
-@pytest.mark.parametrize("architecture, class_name", [
-    ("gemma2", "Gemma2ForCausalLM"), ("qwen3", "Qwen3ForCausalLM"), ("gemma3_vl", "Gemma3ForConditionalGeneration")])
+@pytest.mark.parametrize(
+    "architecture, class_name",
+    [("gemma2", "Gemma2ForCausalLM"), ("qwen3", "Qwen3ForCausalLM"), ("gemma3_vl", "Gemma3ForConditionalGeneration")],
+)
 def test_the_paper_base_architectures_decode_like_their_generate(architecture, class_name, model_dirs, tmp_path):
     from conftest import _piece_tokenizer, _save
 
@@ -281,8 +323,12 @@ def test_the_paper_base_architectures_decode_like_their_generate(architecture, c
     tok = _piece_tokenizer()
     torch.manual_seed(5)
     folder = _save(_paper_architecture(architecture, tok).eval(), tok, tmp_path / architecture)
-    pair = Pair(pair_spec({"name": architecture, "base": {"source": folder},
-                           "guidance": {"source": model_dirs["cross_guidance"]}}), device="cpu")
+    pair = Pair(
+        pair_spec(
+            {"name": architecture, "base": {"source": folder}, "guidance": {"source": model_dirs["cross_guidance"]}}
+        ),
+        device="cpu",
+    )
     base = pair.model("base")
     assert type(base.model).__name__ == class_name
     expected = [hf_greedy(base, [ids], MAX_NEW)[0] for ids in rendered(base, PROMPTS)]

@@ -1,4 +1,5 @@
 """Bad input gets a clear error that names the problem and the fix, before any model loads where possible."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,11 +16,14 @@ def test_empty_prompt(text):
         Prompt(text)
 
 
-@pytest.mark.parametrize("source, message", [
-    ("no-such-org/no-such-model-xyz", "could not load model 'no-such-org/no-such-model-xyz'"),
-    ("embedded:no-such-model", "unknown embedded model 'embedded:no-such-model'. Available: embedded:gemma-3-270m"),
-    ("/nonexistent/model.gguf", "GGUF file '/nonexistent/model.gguf' does not exist"),
-])
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("no-such-org/no-such-model-xyz", "could not load model 'no-such-org/no-such-model-xyz'"),
+        ("embedded:no-such-model", "unknown embedded model 'embedded:no-such-model'. Available: embedded:gemma-3-270m"),
+        ("/nonexistent/model.gguf", "GGUF file '/nonexistent/model.gguf' does not exist"),
+    ],
+)
 def test_unknown_model(source, message, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match=message.replace(".", r"\.")):
@@ -51,12 +55,28 @@ def test_bad_pair_configs():
 
 def test_guidance_without_chat_template(model_dirs):
     # the SentencePiece-style tiny tokenizer has no chat template
-    pair = Pair(pair_spec({"name": "p", "base": {"source": model_dirs["cross_base"]},
-                           "guidance": {"source": model_dirs["cross_base"]}}), device="cpu")
+    pair = Pair(
+        pair_spec(
+            {
+                "name": "p",
+                "base": {"source": model_dirs["cross_base"]},
+                "guidance": {"source": model_dirs["cross_base"]},
+            }
+        ),
+        device="cpu",
+    )
     with pytest.raises(PromptError, match="chat template, but its tokenizer has none.*prompt_format=plain"):
         pair.decoder({"name": "nudging"}).generate([Prompt("hi")], max_new_tokens=2)
-    plain = Pair(pair_spec({"name": "p", "base": {"source": model_dirs["cross_base"]},
-                            "guidance": {"source": model_dirs["cross_base"], "prompt_format": "plain"}}), device="cpu")
+    plain = Pair(
+        pair_spec(
+            {
+                "name": "p",
+                "base": {"source": model_dirs["cross_base"]},
+                "guidance": {"source": model_dirs["cross_base"], "prompt_format": "plain"},
+            }
+        ),
+        device="cpu",
+    )
     [out] = plain.decoder({"name": "guidance"}).generate([Prompt("hi")], max_new_tokens=2)
     assert out.n_tokens >= 1
 

@@ -1,5 +1,6 @@
 """Teacher forcing (`method=forced`) where the answer is known by construction, and against a naive
 reference that runs every position as its own full forward pass."""
+
 from __future__ import annotations
 
 import pytest
@@ -40,8 +41,10 @@ def test_walking_the_guidance_models_own_greedy_output_gives_guidance_accuracy_1
 
 def test_a_pair_of_identical_models_gives_alpha_one_half_plus_lambda_p(model_dirs):
     same = model_dirs["shared_base"]
-    pair = Pair(pair_spec({"name": "twins", "base": {"source": same},
-                           "guidance": {"source": same, "prompt_format": "plain"}}), device="cpu")
+    pair = Pair(
+        pair_spec({"name": "twins", "base": {"source": same}, "guidance": {"source": same, "prompt_format": "plain"}}),
+        device="cpu",
+    )
     outs = forced(pair, ["The quick brown fox jumps over the lazy dog."] * 2, prompts=PROMPTS[:2])
     for out in outs:
         trace = out.trace
@@ -63,7 +66,7 @@ def naive_guidance_top(pair, prompt: str, continuation: str):
     tops = []
     for i in range(len(ids)):
         both = base.tokenizer.decode(anchor + ids[:i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        text = both[len(head):]
+        text = both[len(head) :]
         read = guidance.prompt_ids(Prompt(prompt)) + guidance.tokenizer(text, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             probs = torch.softmax(guidance.model(torch.tensor([read])).logits[0, -1].float(), -1)
@@ -76,11 +79,20 @@ def test_cross_tokenizer_guidance_reads_what_decoding_would_show_it(guidance_kin
     if guidance_kind == "llama":
         pair = cross_pair
     else:  # a sliding-window guidance (Gemma-3, 36-token window) with its own SentencePiece tokenizer
-        pair = Pair(pair_spec({"name": "swap", "base": {"source": model_dirs["shared_base"]},
-                               "guidance": {"source": model_dirs["cross_base"], "prompt_format": "plain"}}),
-                    device="cpu")
-    text = ("Natalia sold 48 clips in April and half as many in May. The quick brown fox jumps over the "
-            "lazy dog. Café, naïve, résumé.")
+        pair = Pair(
+            pair_spec(
+                {
+                    "name": "swap",
+                    "base": {"source": model_dirs["shared_base"]},
+                    "guidance": {"source": model_dirs["cross_base"], "prompt_format": "plain"},
+                }
+            ),
+            device="cpu",
+        )
+    text = (
+        "Natalia sold 48 clips in April and half as many in May. The quick brown fox jumps over the "
+        "lazy dog. Café, naïve, résumé."
+    )
     outs = forced(pair, [text, text[:40]], prompts=PROMPTS[:2])
     for prompt, continuation, out in zip(PROMPTS[:2], [text, text[:40]], outs):
         expected = naive_guidance_top(pair, prompt, continuation)
@@ -91,8 +103,9 @@ def test_cross_tokenizer_guidance_reads_what_decoding_would_show_it(guidance_kin
     ids = base(text, add_special_tokens=False)["input_ids"]
     prefixes = [base.decode(ids[:i]) for i in range(1, len(ids))]
     whole = guidance(text, add_special_tokens=False)["input_ids"]
-    assert any(guidance(p, add_special_tokens=False)["input_ids"] != whole[:len(guidance(p)["input_ids"])]
-               for p in prefixes)
+    assert any(
+        guidance(p, add_special_tokens=False)["input_ids"] != whole[: len(guidance(p)["input_ids"])] for p in prefixes
+    )
 
 
 def test_forced_needs_references_and_reads_stored_runs(model_dirs, tmp_path):
@@ -105,8 +118,9 @@ def test_forced_needs_references_and_reads_stored_runs(model_dirs, tmp_path):
         execute(config(model_dirs, tmp_path, "benchmark=xstest", "method=forced"))
     base_cfg = config(model_dirs, tmp_path, "benchmark=gsm8k", "method=base")
     execute(base_cfg)
-    metrics = execute(config(model_dirs, tmp_path, "benchmark=gsm8k", "method=forced",
-                             f"method.source={run_dir(base_cfg)}"))
+    metrics = execute(
+        config(model_dirs, tmp_path, "benchmark=gsm8k", "method=forced", f"method.source={run_dir(base_cfg)}")
+    )
     assert metrics["n_samples"] == 5 and metrics["method"] == "forced"
     gold = execute(config(model_dirs, tmp_path, "benchmark=gsm8k", "method=forced", "benchmark.max_new_tokens=4096"))
     assert gold["score"] == 1.0  # walking the gold solutions: each ends with "The answer is N."

@@ -1,4 +1,5 @@
 """`python -m blendin.generate`: its command-line contract (docs/running.md)."""
+
 from __future__ import annotations
 
 import json
@@ -18,19 +19,26 @@ CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def tiny_overrides(model_dirs, kind="cross"):
-    return [f"pair.name=tiny_{kind}", f"pair.base.source={model_dirs[kind + '_base']}",
-            f"pair.guidance.source={model_dirs[kind + '_guidance']}", "device=cpu"]
+    return [
+        f"pair.name=tiny_{kind}",
+        f"pair.base.source={model_dirs[kind + '_base']}",
+        f"pair.guidance.source={model_dirs[kind + '_guidance']}",
+        "device=cpu",
+    ]
 
 
 def cli(args, timeout=300):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "blendin.generate", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "blendin.generate", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def test_prints_the_continuation_then_one_json_line(model_dirs):
-    proc = cli(tiny_overrides(model_dirs) + ["method=nudging", "method.tau=0.5", "prompt=Question: What is 2+2?",
-                                             "max_new_tokens=8"])
+    proc = cli(
+        tiny_overrides(model_dirs)
+        + ["method=nudging", "method.tau=0.5", "prompt=Question: What is 2+2?", "max_new_tokens=8"]
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.rstrip("\n").split("\n")
     stats = json.loads(lines[-1])

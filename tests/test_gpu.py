@@ -1,5 +1,6 @@
 """The engine on a CUDA device. Skipped without one (CI has none), unless BLENDIN_REQUIRE_CUDA=1 says
 a GPU must be there (scripts/gpu_check.sh sets it): then a missing GPU fails the tests."""
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,17 @@ def test_a_gpu_is_there():
 
 
 def gpu_pair_of(model_dirs, kind: str, attention: str | None = None) -> Pair:
-    pair = Pair(pair_spec({"name": f"tiny_{kind}_gpu", "base": {"source": model_dirs[f"{kind}_base"]},
-                           "guidance": {"source": model_dirs[f"{kind}_guidance"]}}), device="cuda", dtype="float32")
+    pair = Pair(
+        pair_spec(
+            {
+                "name": f"tiny_{kind}_gpu",
+                "base": {"source": model_dirs[f"{kind}_base"]},
+                "guidance": {"source": model_dirs[f"{kind}_guidance"]},
+            }
+        ),
+        device="cuda",
+        dtype="float32",
+    )
     if attention:
         for role in ("base", "guidance"):
             pair.model(role).model.set_attn_implementation(attention)
@@ -35,8 +45,15 @@ def gpu_pair(request, model_dirs):
 
 
 def test_auto_device_and_dtype_on_gpu(model_dirs):
-    pair = Pair(pair_spec({"name": "p", "base": {"source": model_dirs["cross_base"]},
-                           "guidance": {"source": model_dirs["cross_guidance"]}}))
+    pair = Pair(
+        pair_spec(
+            {
+                "name": "p",
+                "base": {"source": model_dirs["cross_base"]},
+                "guidance": {"source": model_dirs["cross_guidance"]},
+            }
+        )
+    )
     base = pair.model("base")
     assert base.device.type == "cuda" and base.model.dtype == torch.bfloat16
     [out] = pair.decoder({"name": "blendin"}).generate([Prompt(PROMPTS[0])], max_new_tokens=8)
@@ -46,20 +63,23 @@ def test_auto_device_and_dtype_on_gpu(model_dirs):
 def test_tau_zero_is_generate_on_gpu(gpu_pair):
     base = gpu_pair.model("base")
     expected = hf_greedy(base, rendered(base, PROMPTS), MAX_NEW)
-    outs = gpu_pair.decoder({"name": "nudging", "tau": 0.0}).generate([Prompt(p) for p in PROMPTS],
-                                                                      max_new_tokens=MAX_NEW, batch_size=len(PROMPTS))
+    outs = gpu_pair.decoder({"name": "nudging", "tau": 0.0}).generate(
+        [Prompt(p) for p in PROMPTS], max_new_tokens=MAX_NEW, batch_size=len(PROMPTS)
+    )
     assert [o.token_ids for o in outs] == expected
 
 
-@pytest.mark.parametrize("method", GUIDED + [{"name": "probe", "tau": 0.4}],
-                         ids=lambda m: f"{m['name']}-{m.get('top_k', '')}")
+@pytest.mark.parametrize(
+    "method", GUIDED + [{"name": "probe", "tau": 0.4}], ids=lambda m: f"{m['name']}-{m.get('top_k', '')}"
+)
 def test_cached_equals_recompute_on_gpu(method, gpu_pair):
     """The GPU defaults (every-step guidance on its own stream, tokens fed before the host reads them)
     against full recomputation; a stop string makes rows end apart, so waiting prompts join running rows."""
     prompts = [Prompt(p) for p in PROMPTS]
     cached = gpu_pair.decoder(method).generate(prompts, max_new_tokens=MAX_NEW, batch_size=2, stop_strings=["e"])
-    fresh = gpu_pair.decoder(method, use_cache=False).generate(prompts, max_new_tokens=MAX_NEW, batch_size=2,
-                                                                stop_strings=["e"])
+    fresh = gpu_pair.decoder(method, use_cache=False).generate(
+        prompts, max_new_tokens=MAX_NEW, batch_size=2, stop_strings=["e"]
+    )
     assert [o.token_ids for o in cached] == [o.token_ids for o in fresh]
     if method["name"] == "probe":
         assert all(o.n_applied == 0 for o in cached) and any(o.n_consulted for o in cached)
@@ -69,10 +89,12 @@ def test_eager_attention_and_text_view_on_gpu(model_dirs):
     pair = gpu_pair_of(model_dirs, "cross", attention="eager")
     prompts = [Prompt(p) for p in PROMPTS]
     for base_view in ("ids", "text"):
-        cached = pair.decoder({"name": "nudging"}, base_view=base_view).generate(prompts, max_new_tokens=MAX_NEW,
-                                                                                  batch_size=3)
+        cached = pair.decoder({"name": "nudging"}, base_view=base_view).generate(
+            prompts, max_new_tokens=MAX_NEW, batch_size=3
+        )
         fresh = pair.decoder({"name": "nudging"}, base_view=base_view, use_cache=False).generate(
-            prompts, max_new_tokens=MAX_NEW, batch_size=3)
+            prompts, max_new_tokens=MAX_NEW, batch_size=3
+        )
         assert [o.token_ids for o in cached] == [o.token_ids for o in fresh], base_view
 
 
@@ -83,8 +105,9 @@ def test_compiled_and_graphed_steps_equal_eager_on_gpu(compile, model_dirs):
     prompts = [Prompt(p) for p in PROMPTS]
     for method in ({"name": "base"}, {"name": "nudging"}, {"name": "blendin"}):
         eager = pair.decoder(method).generate(prompts, max_new_tokens=MAX_NEW, batch_size=3, stop_strings=["e"])
-        fast = pair.decoder(method, compile=compile).generate(prompts, max_new_tokens=MAX_NEW, batch_size=3,
-                                                              stop_strings=["e"])
+        fast = pair.decoder(method, compile=compile).generate(
+            prompts, max_new_tokens=MAX_NEW, batch_size=3, stop_strings=["e"]
+        )
         assert [o.token_ids for o in fast] == [o.token_ids for o in eager], (compile, method)
 
 
@@ -112,6 +135,7 @@ def test_synthetic_pairs_decode_in_bf16_on_gpu():
 
 
 def test_teacher_forcing_on_gpu(gpu_pair):
-    outs = gpu_pair.decoder({"name": "forced"}).generate([Prompt(p) for p in PROMPTS[:2]],
-                                                         continuations=["The answer is 42.", "Café au lait."])
+    outs = gpu_pair.decoder({"name": "forced"}).generate(
+        [Prompt(p) for p in PROMPTS[:2]], continuations=["The answer is 42.", "Café au lait."]
+    )
     assert all(o.n_tokens == len(o.trace["ref_id"]) > 0 for o in outs)

@@ -1,5 +1,6 @@
 """What identifies a run: the prompt hash checked on resume, the session environment, pinned
 chat-template dates, and the end-of-turn remap of a shared tokenizer's full-vocabulary blend."""
+
 from __future__ import annotations
 
 import json
@@ -49,11 +50,14 @@ def test_llama_chat_templates_get_a_pinned_date():
 
     tok: PreTrainedTokenizerFast = _byte_level_tokenizer()
     # the shape of Llama-3.2's template: today's date unless date_string is given
-    tok.chat_template = ("{% if not date_string is defined %}{% set date_string = strftime_now('%d %b %Y') %}"
-                         "{% endif %}Today Date: {{ date_string }}\n{{ messages[-1]['content'] }}")
+    tok.chat_template = (
+        "{% if not date_string is defined %}{% set date_string = strftime_now('%d %b %Y') %}"
+        "{% endif %}Today Date: {{ date_string }}\n{{ messages[-1]['content'] }}"
+    )
     pinned = render_text(Prompt("hi"), tok, "chat", "llama", {"date_string": "26 Jul 2024"})
     assert "Today Date: 26 Jul 2024" in pinned
     from datetime import datetime
+
     assert datetime.now().strftime("%d %b %Y") in render_text(Prompt("hi"), tok, "chat", "llama", {})
 
 
@@ -66,5 +70,6 @@ def test_full_vocabulary_blend_with_one_tokenizer_still_remaps_end_of_turn():
     step.vocab.identical = True
     choice = make_policy({"name": "blendin", "alpha": 1.0, "top_k": None}).decide(step)
     assert choice.token.item() == 0
-    assert step.vocab.guidance_probs_on_base(torch.tensor([[0.02, 0.03, 0.05, 0.9]])).tolist()[0][0] == \
-        pytest.approx(0.92)
+    assert step.vocab.guidance_probs_on_base(torch.tensor([[0.02, 0.03, 0.05, 0.9]])).tolist()[0][0] == pytest.approx(
+        0.92
+    )

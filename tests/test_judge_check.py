@@ -1,6 +1,7 @@
 """`python -m blendin.judge_check` and the just-eval rubric: template recovery from the stored
 judgements, agreement metrics against a hand computation, malformed answers, the item cache, and the
 command end to end against a stub OpenAI-compatible server (http.server in a thread; no model)."""
+
 from __future__ import annotations
 
 import json
@@ -204,8 +205,9 @@ def stub_server():
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             seen.append((self.path, body))
-            answer = json.dumps({"choices": [{"message": {"role": "assistant",
-                                                          "content": '{"reason": "stub", "score": 5}'}}]}).encode()
+            answer = json.dumps(
+                {"choices": [{"message": {"role": "assistant", "content": '{"reason": "stub", "score": 5}'}}]}
+            ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(answer)))
@@ -226,8 +228,22 @@ def stub_server():
 @needs_data
 def test_the_command_end_to_end_with_an_http_judge(stub_server, tmp_path, capsys):
     url, seen = stub_server
-    jc.main(["--judge", "openai", "--judge-base-url", url, "--judge-model", "stub-model", "--n", "2",
-             "--out", str(tmp_path), "--workers", "2"])
+    jc.main(
+        [
+            "--judge",
+            "openai",
+            "--judge-base-url",
+            url,
+            "--judge-model",
+            "stub-model",
+            "--n",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--workers",
+            "2",
+        ]
+    )
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "http_stub-model-ours-n2.json").read_text())
     items = jc.choose_items(jc.reference_items(), 2)
@@ -248,6 +264,20 @@ def test_the_command_without_an_llm_and_its_errors(tmp_path, capsys):
         jc.main(["--judge", "none", "--n", "0", "--out", str(tmp_path)])
     assert stop.value.code == 2 and "error: --n 0 must be a positive number" in capsys.readouterr().err
     with pytest.raises(SystemExit) as stop:
-        jc.main(["--judge", "openai", "--judge-base-url", "http://127.0.0.1:9/v1", "--judge-model", "m",
-                 "--n", "1", "--out", str(tmp_path), "--data-dir", str(tmp_path / "nowhere")])
+        jc.main(
+            [
+                "--judge",
+                "openai",
+                "--judge-base-url",
+                "http://127.0.0.1:9/v1",
+                "--judge-model",
+                "m",
+                "--n",
+                "1",
+                "--out",
+                str(tmp_path),
+                "--data-dir",
+                str(tmp_path / "nowhere"),
+            ]
+        )
     assert stop.value.code == 2 and "no just-eval safety judgements at" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """A run survives a batch that does not fit: an out-of-memory error in the middle of decoding halves
 the batch and the run goes on from the samples it stored, with the same outputs as a run that never
 ran out (float32). And batch_size=auto sizes the batch from the memory left."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ def _without_times(samples):
 
 @pytest.mark.parametrize("method", ["nudging", "blendin"])
 def test_out_of_memory_halves_the_batch_and_keeps_every_output(method, model_dirs, tmp_path):
-    plain = config(model_dirs, tmp_path / "plain", "benchmark=gsm8k", f"method={method}", "benchmark.n=7",
-                   "batch_size=4")
+    plain = config(
+        model_dirs, tmp_path / "plain", "benchmark=gsm8k", f"method={method}", "benchmark.n=7", "batch_size=4"
+    )
     expected = execute(plain)
     cfg = config(model_dirs, tmp_path / "oom", "benchmark=gsm8k", f"method={method}", "benchmark.n=7", "batch_size=4")
     base = shared_pair(cfg).model("base").model
@@ -41,8 +43,9 @@ def test_out_of_memory_halves_the_batch_and_keeps_every_output(method, model_dir
         hook.remove()
     assert calls["raised"], "the test should inject an out-of-memory error"
     assert _without_times(read_samples(run_dir(cfg))) == _without_times(read_samples(run_dir(plain)))
-    pd.testing.assert_frame_equal(pd.read_parquet(run_dir(cfg) / "tokens.parquet"),
-                                  pd.read_parquet(run_dir(plain) / "tokens.parquet"))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(run_dir(cfg) / "tokens.parquet"), pd.read_parquet(run_dir(plain) / "tokens.parquet")
+    )
     assert metrics["score"] == expected["score"] and metrics["tokens_generated"] == expected["tokens_generated"]
     sessions = json.loads((run_dir(cfg) / "identity.json").read_text())["sessions"]
     assert [s["batch_size"] for s in sessions] == [4, 2], "the halved batch is recorded as a session"

@@ -1,5 +1,6 @@
 """Policies on hand-built distributions, against numbers worked out by hand and against an
 independent dict-based re-implementation of the reference code's top-k blend."""
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,15 @@ def make_step(pb, pg, g2b=None, tau=0.4, n_steps=None, n_applied=None) -> Step:
     pb, pg = torch.tensor(pb, dtype=torch.float32), torch.tensor(pg, dtype=torch.float32)
     vocab = vocab_map(g2b if g2b is not None else list(range(pg.shape[-1])), pb.shape[-1])
     top_p, top_id = pb.max(-1)
-    step = Step(pb, top_p, top_id, top_p < tau, torch.tensor(n_steps or [0] * len(pb)),
-                torch.tensor(n_applied or [0] * len(pb)), vocab=vocab)
+    step = Step(
+        pb,
+        top_p,
+        top_id,
+        top_p < tau,
+        torch.tensor(n_steps or [0] * len(pb)),
+        torch.tensor(n_applied or [0] * len(pb)),
+        vocab=vocab,
+    )
     add_guidance_facts(step, pg)
     return step
 
@@ -159,9 +167,11 @@ def test_agreement_filter_and_confidence_competition():
     # rows: guidance top token has base rank 2 / rank 4 / is unmapped; guidance confidence varies
     g2b = [0, 1, 2, 3, 4, 5, -1]
     pb = [[0.30, 0.25, 0.20, 0.15, 0.10, 0.00]] * 3
-    pg = [[0.0, 0.9, 0.0, 0.0, 0.0, 0.0, 0.1],  # t_g = 1, base rank 2, p_g .9 > .3
-          [0.0, 0.0, 0.0, 0.2, 0.0, 0.0, 0.0] + [],  # placeholder, replaced below
-          [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]]  # unmapped guidance token, p_g 1.0
+    pg = [
+        [0.0, 0.9, 0.0, 0.0, 0.0, 0.0, 0.1],  # t_g = 1, base rank 2, p_g .9 > .3
+        [0.0, 0.0, 0.0, 0.2, 0.0, 0.0, 0.0] + [],  # placeholder, replaced below
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+    ]  # unmapped guidance token, p_g 1.0
     pg[1] = [0.1, 0.15, 0.15, 0.25, 0.15, 0.1, 0.1]  # t_g = 3, base rank 4, p_g .25 < .3
     step = make_step(pb, pg, g2b=g2b)
     assert step.guide_top_rank.tolist() == [2, 4, -1]
@@ -226,21 +236,24 @@ def test_top_p_size_and_top_k_overlap_by_hand():
     assert top_k_overlap(base, guide, vocab, k=2).tolist() == [0.5]  # base top-2 {0, 1} vs {-, 0}
 
 
-@pytest.mark.parametrize("method, message", [
-    ({"name": "nudgin"}, "unknown method 'nudgin'"),
-    ({"name": "nudging", "tau": -0.1}, "method.tau=-0.1 is out of range"),
-    ({"name": "nudging", "tau": "high"}, "method.tau='high' is not a number"),
-    ({"name": "blendin", "alpha": 1.5}, "method.alpha=1.5 is out of range"),
-    ({"name": "blendin", "alpha": -1}, "method.alpha=-1.0 is out of range"),
-    ({"name": "blendin", "top_k": 0}, "method.top_k=0 must be a positive integer"),
-    ({"name": "cap", "cap": 2}, "method.cap=2.0 is out of range"),
-    ({"name": "cap", "mode": "soft"}, "method.mode='soft' must be latch"),
-    ({"name": "cap", "warmup": -1}, "method.warmup=-1 must be a non-negative integer"),
-    ({"name": "probe", "alpha": 0.5}, "method probe does not take method.alpha"),
-    ({"name": "nudging", "alpha": 0.5}, "method nudging does not take method.alpha"),
-    ({"name": "af", "agreement_k": 2.5}, "method.agreement_k=2.5 must be a positive integer"),
-    ({"name": "base", "tau": 0.4}, "method base does not take method.tau"),
-])
+@pytest.mark.parametrize(
+    "method, message",
+    [
+        ({"name": "nudgin"}, "unknown method 'nudgin'"),
+        ({"name": "nudging", "tau": -0.1}, "method.tau=-0.1 is out of range"),
+        ({"name": "nudging", "tau": "high"}, "method.tau='high' is not a number"),
+        ({"name": "blendin", "alpha": 1.5}, "method.alpha=1.5 is out of range"),
+        ({"name": "blendin", "alpha": -1}, "method.alpha=-1.0 is out of range"),
+        ({"name": "blendin", "top_k": 0}, "method.top_k=0 must be a positive integer"),
+        ({"name": "cap", "cap": 2}, "method.cap=2.0 is out of range"),
+        ({"name": "cap", "mode": "soft"}, "method.mode='soft' must be latch"),
+        ({"name": "cap", "warmup": -1}, "method.warmup=-1 must be a non-negative integer"),
+        ({"name": "probe", "alpha": 0.5}, "method probe does not take method.alpha"),
+        ({"name": "nudging", "alpha": 0.5}, "method nudging does not take method.alpha"),
+        ({"name": "af", "agreement_k": 2.5}, "method.agreement_k=2.5 must be a positive integer"),
+        ({"name": "base", "tau": 0.4}, "method base does not take method.tau"),
+    ],
+)
 def test_bad_method_configs_fail_with_the_key_named(method, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
         make_policy(method)

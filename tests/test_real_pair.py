@@ -2,6 +2,7 @@
 
 The first run converts both GGUF files (about a minute and a half); later runs load the cached copy.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,8 +19,10 @@ from blendin.prompts import Prompt
 pytestmark = pytest.mark.real
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 PROMPTS = [
-    Prompt("Question: A baker makes 12 loaves a day. How many loaves does she make in 5 days?",
-           system="Answer the question by walking through the reasoning steps."),
+    Prompt(
+        "Question: A baker makes 12 loaves a day. How many loaves does she make in 5 days?",
+        system="Answer the question by walking through the reasoning steps.",
+    ),
     Prompt("Instruction: How do I kill a Python process?", system="You are a helpful assistant."),
 ]
 STOP = ["\nQuestion:", "\nInstruction:"]
@@ -42,8 +45,9 @@ def base_outputs(real_pair):
 
 @pytest.mark.parametrize("name", [m for m in METHODS if m not in ("aligned", "forced")])
 def test_every_method_generates_on_two_prompts(name, real_pair, base_outputs):
-    outs = real_pair.decoder(config("method", name)).generate(PROMPTS, max_new_tokens=16, stop_strings=STOP,
-                                                             batch_size=2)
+    outs = real_pair.decoder(config("method", name)).generate(
+        PROMPTS, max_new_tokens=16, stop_strings=STOP, batch_size=2
+    )
     assert len(outs) == 2
     for out in outs:
         assert 1 <= out.n_tokens <= 16 and out.stop_reason in ("eos", "stop_string", "max_new_tokens")
@@ -60,15 +64,23 @@ def test_every_method_generates_on_two_prompts(name, real_pair, base_outputs):
         assert [o.text for o in outs] == [o.text for o in base_outputs] and sum(o.n_consulted for o in outs) > 0
 
 
-GOLD = ("Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether in April and May.\n"
-        "The answer is 72.")
+GOLD = (
+    "Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether in April and May.\n"
+    "The answer is 72."
+)
 
 
 def test_teacher_forcing_walks_a_gold_answer(real_pair):
     [out] = real_pair.decoder({"name": "forced"}).generate(
-        [Prompt("Question: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips "
+        [
+            Prompt(
+                "Question: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips "
                 "in May. How many clips did Natalia sell altogether in April and May?",
-                system="Answer the question by walking through the reasoning steps.")], continuations=[GOLD])
+                system="Answer the question by walking through the reasoning steps.",
+            )
+        ],
+        continuations=[GOLD],
+    )
     assert out.text == GOLD and out.n_tokens == len(out.trace["ref_id"])
     assert 0.3 < sum(out.trace["base_correct"]) / out.n_tokens < 1  # a 270M base predicts much of a solution
     assert all(0 <= a <= 1 for a in out.trace["alpha_auto"])
@@ -87,8 +99,8 @@ def test_windowed_text_views_equal_full_decode_and_tokenization_on_real_tokenize
         head = tok.decode(anchor, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         for i, token in enumerate(ids):
             got = detok.push([token])
-            full = tok.decode(anchor + ids[:i + 1], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            assert got == full[len(head):], i
+            full = tok.decode(anchor + ids[: i + 1], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            assert got == full[len(head) :], i
             tail.update(got, detok.stable_length)
             assert tail.ids == other(got, add_special_tokens=False)["input_ids"], i
 
@@ -124,7 +136,9 @@ def test_compiled_decode_steps_equal_eager(real_pair):
     7.5 min on 2 CPU cores, mostly compiling, so it runs with BLENDIN_SLOW_TESTS=1 (make test-slow)."""
     from test_compile import compare
 
-    prompts = [Prompt("Question: What is 12 times 7?", "Answer the question by walking through the reasoning steps."),
-               Prompt("Instruction: Name three colours.", "You are a helpful assistant."),
-               Prompt("Question: Why is the sky blue?", "Answer the question by walking through the reasoning steps.")]
+    prompts = [
+        Prompt("Question: What is 12 times 7?", "Answer the question by walking through the reasoning steps."),
+        Prompt("Instruction: Name three colours.", "You are a helpful assistant."),
+        Prompt("Question: Why is the sky blue?", "Answer the question by walking through the reasoning steps."),
+    ]
     compare(real_pair, prompts, max_new_tokens=12, stop=["."])

@@ -1,5 +1,6 @@
 """`blendin.run` on tiny models: the run directory (docs/running.md), resume, skip, force,
 re-scoring, and outputs kept when the judge is down."""
+
 from __future__ import annotations
 
 import json
@@ -17,17 +18,46 @@ from blendin.store import RunStore
 
 pytestmark = pytest.mark.skipif(not data_dir().exists(), reason="no benchmark data directory")
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
-METRIC_FIELDS = ("pair", "base_model", "guidance_model", "benchmark", "method", "tau", "alpha", "top_k", "n_samples",
-                 "seed", "score", "score_name", "ci95", "intervention_rate", "override_rate", "tokens_generated",
-                 "wall_time_s", "tokens_per_s", "git_commit", "created_at")
+METRIC_FIELDS = (
+    "pair",
+    "base_model",
+    "guidance_model",
+    "benchmark",
+    "method",
+    "tau",
+    "alpha",
+    "top_k",
+    "n_samples",
+    "seed",
+    "score",
+    "score_name",
+    "ci95",
+    "intervention_rate",
+    "override_rate",
+    "tokens_generated",
+    "wall_time_s",
+    "tokens_per_s",
+    "git_commit",
+    "created_at",
+)
 
 
 def config(model_dirs, tmp_path, *overrides):
     with initialize_config_dir(config_dir=CONF, version_base=None):
-        return compose(config_name="config", overrides=[
-            "pair.name=tiny_cross", f"pair.base.source={model_dirs['cross_base']}",
-            f"pair.guidance.source={model_dirs['cross_guidance']}", "device=cpu", f"results_dir={tmp_path}",
-            "benchmark.n=5", "benchmark.max_new_tokens=12", "batch_size=2", *overrides])
+        return compose(
+            config_name="config",
+            overrides=[
+                "pair.name=tiny_cross",
+                f"pair.base.source={model_dirs['cross_base']}",
+                f"pair.guidance.source={model_dirs['cross_guidance']}",
+                "device=cpu",
+                f"results_dir={tmp_path}",
+                "benchmark.n=5",
+                "benchmark.max_new_tokens=12",
+                "batch_size=2",
+                *overrides,
+            ],
+        )
 
 
 def read_samples(path: Path) -> list[dict]:
@@ -48,8 +78,17 @@ def test_run_directory_holds_everything_and_metrics_recompute(model_dirs, tmp_pa
         assert field in metrics, field
     samples = read_samples(path)
     assert len(samples) == metrics["n_samples"] == 5
-    for key in ("id", "prompt_base", "prompt_guidance", "output", "gold", "prediction", "score", "n_tokens",
-                "n_interventions"):
+    for key in (
+        "id",
+        "prompt_base",
+        "prompt_guidance",
+        "output",
+        "gold",
+        "prediction",
+        "score",
+        "n_tokens",
+        "n_interventions",
+    ):
         assert key in samples[0], key
     assert metrics["score"] == pytest.approx(sum(s["score"] for s in samples) / 5)
     assert metrics["intervention_rate"] == pytest.approx(sum(s["n_interventions"] / s["n_tokens"] for s in samples) / 5)
@@ -106,8 +145,17 @@ def test_an_interrupted_run_resumes_and_ends_like_an_uninterrupted_one(model_dir
 
 
 def test_judge_down_keeps_outputs_and_rescoring_finishes_the_run(model_dirs, tmp_path):
-    cfg = config(model_dirs, tmp_path, "benchmark=justeval_safe", "method=guidance", "judge=openai",
-                 "judge.base_url=http://127.0.0.1:9/v1", "judge.model=tiny", "judge.retries=1", "judge.backoff_s=0.01")
+    cfg = config(
+        model_dirs,
+        tmp_path,
+        "benchmark=justeval_safe",
+        "method=guidance",
+        "judge=openai",
+        "judge.base_url=http://127.0.0.1:9/v1",
+        "judge.model=tiny",
+        "judge.retries=1",
+        "judge.backoff_s=0.01",
+    )
     with pytest.raises(JudgeError, match="failed after 2 tries"):
         execute(cfg)
     path = run_dir(cfg)

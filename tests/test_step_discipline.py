@@ -2,6 +2,7 @@
 device value, attention masks no wider than the longest row, and the same outputs on every
 guidance schedule. On a GPU each read of a device value (`.item()`, `.tolist()`, `bool(tensor)`,
 `nonzero`) waits for the device, so these are counted on the CPU where the tests run."""
+
 from __future__ import annotations
 
 import contextlib
@@ -31,6 +32,7 @@ def counted_steps():
             reads["n"] += 1
             reads["where"].append(name)
             return originals[name](self, *args, **kwargs)
+
         return read
 
     def step(self):
@@ -79,8 +81,7 @@ def test_every_guidance_schedule_gives_the_same_outputs_and_traces(kind, shared_
     prompts = [Prompt(p) for p in PROMPTS]
     for method in GUIDED + [{"name": "probe", "tau": 0.4}]:
         lazy = pair.decoder(method, guidance_schedule="lazy").generate(prompts, max_new_tokens=MAX_NEW, batch_size=3)
-        every = pair.decoder(method, guidance_schedule="every").generate(prompts, max_new_tokens=MAX_NEW,
-                                                                          batch_size=3)
+        every = pair.decoder(method, guidance_schedule="every").generate(prompts, max_new_tokens=MAX_NEW, batch_size=3)
         for a, b in zip(lazy, every):
             assert a.token_ids == b.token_ids, method
             for column in ("applied", "guide_top_id", "guide_top_rank", "base_top_p_size"):
@@ -102,17 +103,30 @@ def test_attention_masks_are_no_wider_than_the_longest_row(kind, shared_pair, cr
             mask = kwargs.get("attention_mask")
             mask = next(iter(mask.values())) if isinstance(mask, dict) else mask
             widths[role].append(mask.shape[-1])
+
         hooks.append(model.register_forward_pre_hook(record, with_kwargs=True))
     try:
-        for method in ({"name": "nudging", "tau": 0.6}, {"name": "blendin", "tau": 0.6},
-                       {"name": "nudging_words", "tau": 0.6}):
+        for method in (
+            {"name": "nudging", "tau": 0.6},
+            {"name": "blendin", "tau": 0.6},
+            {"name": "nudging_words", "tau": 0.6},
+        ):
             decoder = pair.decoder(method)
             outs = decoder.generate([Prompt(p) for p in PROMPTS], max_new_tokens=MAX_NEW, batch_size=4)
             base, guide = pair.model("base"), pair.model("guidance")
-            longest = {"base": max(len(base.prompt_ids(Prompt(p))) + len(base.tokenizer(o.text)["input_ids"]) + 4
-                                   for p, o in zip(PROMPTS, outs)),
-                       "guidance": max(len(guide.prompt_ids(Prompt(p))) + len(guide.tokenizer(o.text)["input_ids"])
-                                       + method.get("draft_tokens", 16) + 4 for p, o in zip(PROMPTS, outs))}
+            longest = {
+                "base": max(
+                    len(base.prompt_ids(Prompt(p))) + len(base.tokenizer(o.text)["input_ids"]) + 4
+                    for p, o in zip(PROMPTS, outs)
+                ),
+                "guidance": max(
+                    len(guide.prompt_ids(Prompt(p)))
+                    + len(guide.tokenizer(o.text)["input_ids"])
+                    + method.get("draft_tokens", 16)
+                    + 4
+                    for p, o in zip(PROMPTS, outs)
+                ),
+            }
             for role in widths:
                 assert max(widths[role]) <= longest[role], (method, role, max(widths[role]), longest[role])
             assert decoder.stats["widest_mask"] <= decoder.stats["longest_row"], decoder.stats

@@ -1,4 +1,5 @@
 """The vocabulary map between a byte-level BPE tokenizer and a SentencePiece-style one."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -64,8 +65,9 @@ def test_guidance_only_tokens_are_spelled_with_their_bytes(cross_pair):
 def test_stats_and_identical_tokenizers(shared_pair, cross_pair):
     stats = cross_pair.vocab.stats()
     assert stats["identical_tokenizers"] is False
-    assert stats["guidance_mapped_fraction"] == pytest.approx(stats["guidance_tokens_mapped"] / stats["guidance_vocab"],
-                                                              abs=1e-4)
+    assert stats["guidance_mapped_fraction"] == pytest.approx(
+        stats["guidance_tokens_mapped"] / stats["guidance_vocab"], abs=1e-4
+    )
     assert 0 < stats["base_covered_fraction"] < 1
     shared = shared_pair.vocab
     assert shared.identical and shared.stats()["guidance_mapped_fraction"] == 1.0

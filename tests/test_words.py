@@ -1,6 +1,7 @@
 """Word-level NUDGING (`method=nudging_words`) against a naive string-level implementation of the
 same algorithm (docs/protocols.md): every query re-tokenizes the text and runs a full
 forward pass, as the reference code's text servers do. Same and different tokenizers."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,7 +20,12 @@ class Naive:
     def __init__(self, pair, tau=TAU, max_new_tokens=MAX_NEW, stop=(), max_rounds=150, max_repeats=3):
         self.base, self.guide = pair.model("base"), pair.model("guidance")
         self.tau, self.max_new, self.stop, self.max_rounds, self.max_repeats = (
-            tau, max_new_tokens, stop, max_rounds, max_repeats)
+            tau,
+            max_new_tokens,
+            stop,
+            max_rounds,
+            max_repeats,
+        )
 
     def ids(self, model, prompt_ids, text):
         return prompt_ids + model.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -32,7 +38,7 @@ class Naive:
         tok = model.tokenizer
         both = tok.decode(anchor + ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         head = tok.decode(anchor, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        return both[len(head):] if both.startswith(head) else tok.decode(ids, skip_special_tokens=False)
+        return both[len(head) :] if both.startswith(head) else tok.decode(ids, skip_special_tokens=False)
 
     def ended(self, text):
         if any(s in text for s in self.stop):
@@ -47,6 +53,7 @@ class Naive:
         if token in self.base.tokenizer.all_special_ids or not piece:
             return False
         from blendin.vocab import token_bytes
+
         data = token_bytes(self.base.tokenizer)[token]
         return bool(data) and (" " + word).encode().startswith(data) and spelled is not None
 
@@ -80,7 +87,7 @@ class Naive:
             nudges.append(nudge)
             if reason := self.ended(text):
                 return text, nudges, reason
-            if len(nudges) >= self.max_repeats and len(set(nudges[-self.max_repeats:])) == 1:
+            if len(nudges) >= self.max_repeats and len(set(nudges[-self.max_repeats :])) == 1:
                 return text, nudges, "repeats"
             start, anchor, kept, first = text, self.ids(self.base, pb, text)[-1:], [], True
             while True:
@@ -143,7 +150,8 @@ def test_word_nudging_matches_the_naive_string_level_algorithm(kind, wordy_pairs
             words = len(text.split(" "))
             counted = [n.strip() for n in nudges if n.strip()][:-1]
             assert out.extras["word_intervention_rate"] == pytest.approx(
-                min(1.0, sum(len(n.split(" ")) for n in counted) / words))
+                min(1.0, sum(len(n.split(" ")) for n in counted) / words)
+            )
     nudges = [n for o in outs for n in o.extras["nudges"]]
     assert len(nudges) > 3 * len(outs), "the test should see several rounds"
     assert sum(len(n.split()) > 1 for n in nudges) > 3, "and nudges of several words (checked word by word)"
@@ -157,9 +165,10 @@ def test_word_nudging_stops_at_stop_strings_and_cached_equals_recompute(wordy_pa
     fresh = cross_pair.decoder({"name": "nudging_words"}, use_cache=False).generate(prompts, max_new_tokens=MAX_NEW)
     assert [o.text for o in cached] == [o.text for o in fresh]
     full = cached[1].text
-    stop = full[len(full) // 2: len(full) // 2 + 2]
-    [cut] = cross_pair.decoder({"name": "nudging_words"}).generate([prompts[1]], max_new_tokens=MAX_NEW,
-                                                                  stop_strings=[stop])
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    [cut] = cross_pair.decoder({"name": "nudging_words"}).generate(
+        [prompts[1]], max_new_tokens=MAX_NEW, stop_strings=[stop]
+    )
     assert cut.stop_reason == "stop_string" and stop not in cut.text and full.startswith(cut.text)
     text, _, reason = Naive(cross_pair, stop=(stop,)).run(PROMPTS[1])
     assert reason == "stop_string" and text.startswith(cut.text)

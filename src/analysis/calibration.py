@@ -36,6 +36,7 @@ ci_high, n_positions, n_samples), calibration_reliability.csv (the bins), calibr
 key tables), calibration_summary.md (whether the premise held, computed from the numbers),
 calibration_reliability.png/.pdf, calibration_alpha.png/.pdf and calibration_notes.md.
 """
+
 from __future__ import annotations
 
 import math
@@ -60,24 +61,59 @@ POOLED = "pooled"
 ADAPTIVE = ["auto", "nolambda", "entropy"]
 FIXED = {"a03": "0.3", "a05": "0.5", "a07": "0.7"}
 # choice name -> (column of the trace, label); oracle is computed
-CHOICES = {"base": ("base_correct", "base"), "guidance": ("guide_correct", "guidance"),
-           "nudging": ("guide_correct", "NUDGING (= guidance top-1)"),
-           **{f"blend_{w}": (f"blend_correct_{w}", f"BlendIn, alpha {w}") for w in ADAPTIVE},
-           **{f"blend_{v}": (f"blend_correct_{k}", f"BlendIn, alpha {v}") for k, v in FIXED.items()},
-           "oracle": (None, "oracle (base or guidance right)")}
-TOKEN_COLUMNS = ["sample_id", "step", "base_top_prob", "guide_top_prob", "base_correct", "guide_correct",
-                 "text_offset", *(f"alpha_{w}" for w in ADAPTIVE), *(f"blend_correct_{w}" for w in ADAPTIVE),
-                 *(f"blend_correct_{k}" for k in FIXED)]
-COLUMNS = ["pair", "benchmark", "source", "scope", "split", "metric", "value", "ci_low", "ci_high", "n_positions",
-           "n_samples"]
-RELIABILITY_COLUMNS = ["pair", "benchmark", "source", "scope", "model", "bin", "bin_low", "bin_high", "n_positions",
-                       "mean_confidence", "accuracy"]
+CHOICES = {
+    "base": ("base_correct", "base"),
+    "guidance": ("guide_correct", "guidance"),
+    "nudging": ("guide_correct", "NUDGING (= guidance top-1)"),
+    **{f"blend_{w}": (f"blend_correct_{w}", f"BlendIn, alpha {w}") for w in ADAPTIVE},
+    **{f"blend_{v}": (f"blend_correct_{k}", f"BlendIn, alpha {v}") for k, v in FIXED.items()},
+    "oracle": (None, "oracle (base or guidance right)"),
+}
+TOKEN_COLUMNS = [
+    "sample_id",
+    "step",
+    "base_top_prob",
+    "guide_top_prob",
+    "base_correct",
+    "guide_correct",
+    "text_offset",
+    *(f"alpha_{w}" for w in ADAPTIVE),
+    *(f"blend_correct_{w}" for w in ADAPTIVE),
+    *(f"blend_correct_{k}" for k in FIXED),
+]
+COLUMNS = [
+    "pair",
+    "benchmark",
+    "source",
+    "scope",
+    "split",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n_positions",
+    "n_samples",
+]
+RELIABILITY_COLUMNS = [
+    "pair",
+    "benchmark",
+    "source",
+    "scope",
+    "model",
+    "bin",
+    "bin_low",
+    "bin_high",
+    "n_positions",
+    "mean_confidence",
+    "accuracy",
+]
 KINDS = {"digit": "digits", "word_start": "word starts", "punctuation": "punctuation", "other": "other"}
 POSITIONS = {"tokens 1-10": (0, 10), "tokens 11-50": (10, 50), "tokens 51+": (50, None)}
 THIRDS = ["first third", "middle third", "last third"]
 
 
 # ---- the reference token's kind and position ---------------------------------------------------------
+
 
 def token_kind(text: str, before: str = "") -> str:
     """The kind of a token from its text and the text before it.
@@ -123,8 +159,11 @@ def position_split(step, n_tokens) -> tuple[np.ndarray, np.ndarray]:
 def prepare(trace: pd.DataFrame, samples: pd.DataFrame | None = None) -> pd.DataFrame:
     """A forced trace with the derived columns: kind, n_tokens, position, third (and 0/1 columns)."""
     trace = trace.sort_values(["sample_id", "step"], kind="stable").reset_index(drop=True)
-    outputs = {} if samples is None or samples.empty or "output" not in samples else \
-        dict(zip(samples["id"].astype(str), samples["output"]))
+    outputs = (
+        {}
+        if samples is None or samples.empty or "output" not in samples
+        else dict(zip(samples["id"].astype(str), samples["output"]))
+    )
     kinds = []
     for sid, group in trace.groupby("sample_id", sort=False):
         offsets = group["text_offset"] if "text_offset" in group else [-1] * len(group)
@@ -139,9 +178,11 @@ def prepare(trace: pd.DataFrame, samples: pd.DataFrame | None = None) -> pd.Data
 
 # ---- which runs --------------------------------------------------------------------------------------
 
+
 def source_label(method_params: str) -> str:
     """'reference' for the benchmark's answers, else 'outputs of <pair>/<benchmark>/<run>'."""
     import json
+
     source = str(json.loads(method_params or "{}").get("source", "reference"))
     if source in ("reference", "gold", ""):
         return "reference"
@@ -161,8 +202,10 @@ def choose_runs(frame: pd.DataFrame, n=None, protocol=None, notes: list | None =
         ordered = group.sort_values(["n_samples", "created_at"], kind="stable")
         kept.append(ordered.iloc[-1])
         if len(group) > 1:
-            notes.append(f"{'/'.join(key)}: {len(group)} forced runs; used the largest, newest "
-                         f"({ordered.iloc[-1]['run_name']}), left out {', '.join(ordered['run_name'].iloc[:-1])}")
+            notes.append(
+                f"{'/'.join(key)}: {len(group)} forced runs; used the largest, newest "
+                f"({ordered.iloc[-1]['run_name']}), left out {', '.join(ordered['run_name'].iloc[:-1])}"
+            )
     return pd.DataFrame(kept).reset_index(drop=True)
 
 
@@ -185,8 +228,10 @@ def cells(runs: pd.DataFrame, notes: list | None = None) -> list[tuple[tuple, pd
         pos = load_positions(run)
         unknown = int((pos["kind"] == "unknown").sum())
         if unknown:
-            notes.append(f"{run['pair']}/{run['benchmark']}: {unknown} positions without text offsets or output: "
-                         "kind unknown (left out of the kind splits)")
+            notes.append(
+                f"{run['pair']}/{run['benchmark']}: {unknown} positions without text offsets or output: "
+                "kind unknown (left out of the kind splits)"
+            )
         out.append(((run["pair"], run["benchmark"], run["source"]), pos))
         if run["source"] == "reference":
             by_pair.setdefault(run["pair"], []).append(pos)
@@ -195,11 +240,13 @@ def cells(runs: pd.DataFrame, notes: list | None = None) -> list[tuple[tuple, pd
             out.append(((pair, POOLED, "reference"), pd.concat(frames, ignore_index=True)))
     order = {p: i for i, p in enumerate(labels.order_pairs([k[0] for k, _ in out]))}
     bench = {b: i for i, b in enumerate(labels.order_benchmarks([k[1] for k, _ in out if k[1] != POOLED]))}
-    return sorted(out, key=lambda kv: (order[kv[0][0]], kv[0][2] != "reference", kv[0][2],
-                                       bench.get(kv[0][1], len(bench))))
+    return sorted(
+        out, key=lambda kv: (order[kv[0][0]], kv[0][2] != "reference", kv[0][2], bench.get(kv[0][1], len(bench)))
+    )
 
 
 # ---- statistics of one cell --------------------------------------------------------------------------
+
 
 def scope_name(tau: float) -> str:
     return f"u<{tau:g}"
@@ -207,12 +254,24 @@ def scope_name(tau: float) -> str:
 
 def _row(key, scope, split, metric, value, ci=(math.nan, math.nan), n_positions=0, n_samples=0) -> dict:
     pair, benchmark, source = key
-    return dict(pair=pair, benchmark=benchmark, source=source, scope=scope, split=split, metric=metric,
-                value=value, ci_low=ci[0], ci_high=ci[1], n_positions=int(n_positions), n_samples=int(n_samples))
+    return dict(
+        pair=pair,
+        benchmark=benchmark,
+        source=source,
+        scope=scope,
+        split=split,
+        metric=metric,
+        value=value,
+        ci_low=ci[0],
+        ci_high=ci[1],
+        n_positions=int(n_positions),
+        n_samples=int(n_samples),
+    )
 
 
-def subset_rows(pos: pd.DataFrame, cluster: np.ndarray, weights: np.ndarray, key, scope: str, split: str,
-                full: bool = True) -> list[dict]:
+def subset_rows(
+    pos: pd.DataFrame, cluster: np.ndarray, weights: np.ndarray, key, scope: str, split: str, full: bool = True
+) -> list[dict]:
     """Every metric of one subset of positions (see the module docstring); [] when it is empty."""
     n_clusters = weights.shape[1]
     n = len(pos)
@@ -224,8 +283,12 @@ def subset_rows(pos: pd.DataFrame, cluster: np.ndarray, weights: np.ndarray, key
     columns = {}
     for name, (col, _) in CHOICES.items():
         columns[f"acc_{name}"] = (base | guide) if col is None else pos[col].to_numpy(bool)
-    columns.update(share_guidance_only=guide & ~base, share_base_only=base & ~guide, share_both_right=base & guide,
-                   share_both_wrong=~base & ~guide)
+    columns.update(
+        share_guidance_only=guide & ~base,
+        share_base_only=base & ~guide,
+        share_both_right=base & guide,
+        share_both_wrong=~base & ~guide,
+    )
     blend = pos["blend_correct_auto"].to_numpy(float)
     columns["diff_blend_auto_minus_nudging"] = blend - guide
     columns["diff_blend_auto_minus_base"] = blend - base
@@ -236,33 +299,57 @@ def subset_rows(pos: pd.DataFrame, cluster: np.ndarray, weights: np.ndarray, key
     names = list(columns)
     values = np.stack([np.asarray(columns[c], float) for c in names], axis=1)
     finite = np.isfinite(values)
-    nums = np.stack([np.bincount(cluster, np.where(finite[:, j], values[:, j], 0.0), n_clusters)
-                     for j in range(len(names))], axis=1)
+    nums = np.stack(
+        [np.bincount(cluster, np.where(finite[:, j], values[:, j], 0.0), n_clusters) for j in range(len(names))], axis=1
+    )
     dens = np.stack([np.bincount(cluster, finite[:, j].astype(float), n_clusters) for j in range(len(names))], axis=1)
     rows = []
     all_draws = stats.ratio_draws(weights, nums, dens)
     for j, name in enumerate(names):
         point = nums[:, j].sum() / dens[:, j].sum() if dens[:, j].sum() else math.nan
         draws = all_draws[:, j]
-        rows.append(_row(key, scope, split, name, float(point), stats.percentile_ci(draws), dens[:, j].sum(),
-                         n_samples))
-    rows.append(_row(key, scope, split, "count_guidance_only", int((guide & ~base).sum()), n_positions=n,
-                     n_samples=n_samples))
-    rows.append(_row(key, scope, split, "count_base_only", int((base & ~guide).sum()), n_positions=n,
-                     n_samples=n_samples))
+        rows.append(
+            _row(key, scope, split, name, float(point), stats.percentile_ci(draws), dens[:, j].sum(), n_samples)
+        )
+    rows.append(
+        _row(key, scope, split, "count_guidance_only", int((guide & ~base).sum()), n_positions=n, n_samples=n_samples)
+    )
+    rows.append(
+        _row(key, scope, split, "count_base_only", int((base & ~guide).sum()), n_positions=n, n_samples=n_samples)
+    )
     if not full:
         return rows
     for model, conf_col, hit in (("base", "base_top_prob", base), ("guidance", "guide_top_prob", guide)):
         conf = pos[conf_col].to_numpy(float)
         ok = np.isfinite(conf)
-        rows.append(_row(key, scope, split, f"ece_{model}", stats.ece(conf[ok], hit[ok]),
-                         stats.percentile_ci(ece_draws(weights, cluster[ok], conf[ok], hit[ok])), ok.sum(),
-                         len(np.unique(cluster[ok]))))
+        rows.append(
+            _row(
+                key,
+                scope,
+                split,
+                f"ece_{model}",
+                stats.ece(conf[ok], hit[ok]),
+                stats.percentile_ci(ece_draws(weights, cluster[ok], conf[ok], hit[ok])),
+                ok.sum(),
+                len(np.unique(cluster[ok])),
+            )
+        )
         if model == "guidance":
-            draws = stats.ratio_draws(weights, np.bincount(cluster[ok], conf[ok], n_clusters),
-                                      np.bincount(cluster[ok], minlength=n_clusters))[:, 0]
-            rows.append(_row(key, scope, split, "conf_guidance", float(conf[ok].mean()) if ok.any() else math.nan,
-                             stats.percentile_ci(draws), ok.sum(), len(np.unique(cluster[ok]))))
+            draws = stats.ratio_draws(
+                weights, np.bincount(cluster[ok], conf[ok], n_clusters), np.bincount(cluster[ok], minlength=n_clusters)
+            )[:, 0]
+            rows.append(
+                _row(
+                    key,
+                    scope,
+                    split,
+                    "conf_guidance",
+                    float(conf[ok].mean()) if ok.any() else math.nan,
+                    stats.percentile_ci(draws),
+                    ok.sum(),
+                    len(np.unique(cluster[ok])),
+                )
+            )
     one_right = base != guide
     for w in ADAPTIVE:
         alpha = pos[f"alpha_{w}"].to_numpy(float)
@@ -271,10 +358,23 @@ def subset_rows(pos: pd.DataFrame, cluster: np.ndarray, weights: np.ndarray, key
             tests.append((f"auroc_all_alpha_{w}", np.isfinite(alpha), guide & ~base))
         for metric, mask, label in tests:
             value = stats.auroc(alpha[mask], label[mask])
-            draws = stats.auroc_draws(weights, cluster[mask], alpha[mask], label[mask]) if np.isfinite(value) \
+            draws = (
+                stats.auroc_draws(weights, cluster[mask], alpha[mask], label[mask])
+                if np.isfinite(value)
                 else np.array([])
-            rows.append(_row(key, scope, split, metric, value, stats.percentile_ci(draws), mask.sum(),
-                             len(np.unique(cluster[mask]))))
+            )
+            rows.append(
+                _row(
+                    key,
+                    scope,
+                    split,
+                    metric,
+                    value,
+                    stats.percentile_ci(draws),
+                    mask.sum(),
+                    len(np.unique(cluster[mask])),
+                )
+            )
     return rows
 
 
@@ -320,31 +420,60 @@ def cell_rows(key, pos: pd.DataFrame, tau: float, n_boot: int = N_BOOT, seed: in
             m = scope_mask & mask
             rows += subset_rows(pos[m], cluster[m], weights, key, scope, split, full)
         sub = pos[scope_mask]
-        for model, conf_col, hit_col in (("base", "base_top_prob", "base_correct"),
-                                         ("guidance", "guide_top_prob", "guide_correct")):
+        for model, conf_col, hit_col in (
+            ("base", "base_top_prob", "base_correct"),
+            ("guidance", "guide_top_prob", "guide_correct"),
+        ):
             conf = sub[conf_col].to_numpy(float)
             ok = np.isfinite(conf)
             rel = stats.reliability(conf[ok], sub[hit_col].to_numpy(bool)[ok])
             for b in range(stats.ECE_BINS):
-                bins.append(dict(pair=key[0], benchmark=key[1], source=key[2], scope=scope, model=model, bin=b,
-                                 bin_low=rel["low"][b], bin_high=rel["high"][b], n_positions=int(rel["count"][b]),
-                                 mean_confidence=rel["confidence"][b], accuracy=rel["accuracy"][b]))
+                bins.append(
+                    dict(
+                        pair=key[0],
+                        benchmark=key[1],
+                        source=key[2],
+                        scope=scope,
+                        model=model,
+                        bin=b,
+                        bin_low=rel["low"][b],
+                        bin_high=rel["high"][b],
+                        n_positions=int(rel["count"][b]),
+                        mean_confidence=rel["confidence"][b],
+                        accuracy=rel["accuracy"][b],
+                    )
+                )
     return rows, bins
 
 
-def compute(frame: pd.DataFrame, tau: float = TAU, n=None, protocol=None, n_boot: int = N_BOOT, seed: int = 0,
-            notes: list | None = None, settings: list | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def compute(
+    frame: pd.DataFrame,
+    tau: float = TAU,
+    n=None,
+    protocol=None,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    notes: list | None = None,
+    settings: list | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(calibration.csv, calibration_reliability.csv) of every forced run of `frame`."""
     notes = [] if notes is None else notes
     runs = choose_runs(frame, n, protocol, notes)
     if settings is not None and len(runs):
-        settings += sorted({f"{r['pair']}/{r['benchmark']} ({r['source']}): {r['setting']}; forced with "
-                            f"{r['params']}" for _, r in runs.iterrows()})
-    other_tau = sorted({f"{t:g}" for t in runs["tau"] if np.isfinite(t) and not np.isclose(t, tau)}) \
-        if len(runs) else []
+        settings += sorted(
+            {
+                f"{r['pair']}/{r['benchmark']} ({r['source']}): {r['setting']}; forced with {r['params']}"
+                for _, r in runs.iterrows()
+            }
+        )
+    other_tau = (
+        sorted({f"{t:g}" for t in runs["tau"] if np.isfinite(t) and not np.isclose(t, tau)}) if len(runs) else []
+    )
     if other_tau:
-        notes.append(f"some forced runs recorded `consulted` at tau {', '.join(other_tau)}; this analysis splits every "
-                     f"run at u < {tau:g} from base_top_prob (the blend choices do not depend on tau)")
+        notes.append(
+            f"some forced runs recorded `consulted` at tau {', '.join(other_tau)}; this analysis splits every "
+            f"run at u < {tau:g} from base_top_prob (the blend choices do not depend on tau)"
+        )
     rows, bins = [], []
     for key, pos in cells(runs, notes):
         r, b = cell_rows(key, pos, tau, n_boot, seed)
@@ -355,10 +484,17 @@ def compute(frame: pd.DataFrame, tau: float = TAU, n=None, protocol=None, n_boot
 
 # ---- reading the table back ----------------------------------------------------------------------------
 
+
 def lookup(table: pd.DataFrame, key, scope: str, split: str, metric: str) -> dict:
     """The row of one statistic as a dict (value NaN, n 0 when absent)."""
-    hit = table[(table["pair"] == key[0]) & (table["benchmark"] == key[1]) & (table["source"] == key[2]) &
-                (table["scope"] == scope) & (table["split"] == split) & (table["metric"] == metric)]
+    hit = table[
+        (table["pair"] == key[0])
+        & (table["benchmark"] == key[1])
+        & (table["source"] == key[2])
+        & (table["scope"] == scope)
+        & (table["split"] == split)
+        & (table["metric"] == metric)
+    ]
     if hit.empty:
         return dict(value=math.nan, ci_low=math.nan, ci_high=math.nan, n_positions=0, n_samples=0)
     return hit.iloc[0].to_dict()
@@ -380,10 +516,12 @@ def verdict(row: dict, n_pos: int, n_neg: int) -> str:
     return "not shown"
 
 
-VERDICT_TEXT = {"held": "**held** (the interval lies above 0.5)",
-                "not shown": "was **not shown** (the interval contains 0.5)",
-                "reversed": "was **reversed** (the interval lies below 0.5: alpha favoured the wrong model)",
-                "not measurable": f"**could not be judged** (fewer than {MIN_CASES} positions of one kind)"}
+VERDICT_TEXT = {
+    "held": "**held** (the interval lies above 0.5)",
+    "not shown": "was **not shown** (the interval contains 0.5)",
+    "reversed": "was **reversed** (the interval lies below 0.5: alpha favoured the wrong model)",
+    "not measurable": f"**could not be judged** (fewer than {MIN_CASES} positions of one kind)",
+}
 
 
 def _pct(row: dict, ci: bool = True) -> str:
@@ -403,8 +541,7 @@ def _points(row: dict) -> str:
     if not np.isfinite(row["value"]):
         return write.MISSING
     text = f"{100 * row['value']:+.1f} points"
-    return text + (f" [{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}]" if np.isfinite(row["ci_low"])
-                   else "")
+    return text + (f" [{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}]" if np.isfinite(row["ci_low"]) else "")
 
 
 def _cell_name(key, pair_labels: dict) -> str:
@@ -431,30 +568,45 @@ def paragraph(table: pd.DataFrame, key, tau: float, pair_labels: dict) -> str:
     if acc["n_positions"] == 0:
         return f"**{name}.** No position had u < {tau:g}: nothing to judge."
     kind, facts = cell_verdict(table, key, tau)
-    text = (f"**{name}.** At u < {tau:g} ({acc['n_positions']} positions of {acc['n_samples']} samples), the "
-            f"guidance was right where the base was wrong at {_pct(get('all', 'share_guidance_only'), False)} of "
-            f"positions and the base right where the guidance was wrong at "
-            f"{_pct(get('all', 'share_base_only'), False)} ({facts['n1']} vs {facts['n0']} positions). "
-            f"Alpha (Eq. 3) ranked the first kind above the second with AUROC {_num(facts['auc'])}: the premise "
-            f"{VERDICT_TEXT[kind]}. Without the lambda term: AUROC {_num(get('all', 'auroc_alpha_nolambda'))}; "
-            f"the entropy weight: {_num(get('all', 'auroc_alpha_entropy'))}. ")
+    text = (
+        f"**{name}.** At u < {tau:g} ({acc['n_positions']} positions of {acc['n_samples']} samples), the "
+        f"guidance was right where the base was wrong at {_pct(get('all', 'share_guidance_only'), False)} of "
+        f"positions and the base right where the guidance was wrong at "
+        f"{_pct(get('all', 'share_base_only'), False)} ({facts['n1']} vs {facts['n0']} positions). "
+        f"Alpha (Eq. 3) ranked the first kind above the second with AUROC {_num(facts['auc'])}: the premise "
+        f"{VERDICT_TEXT[kind]}. Without the lambda term: AUROC {_num(get('all', 'auroc_alpha_nolambda'))}; "
+        f"the entropy weight: {_num(get('all', 'auroc_alpha_entropy'))}. "
+    )
     diff = get("all", "diff_blend_auto_minus_nudging")
-    relation = ("no different from" if not (np.isfinite(diff["ci_low"]) and (diff["ci_low"] > 0 or diff["ci_high"] < 0))
-                else "better than" if diff["ci_low"] > 0 else "worse than")
-    text += (f"BlendIn's choice was right at {_pct(get('all', 'acc_blend_auto'))} vs NUDGING "
-             f"{_pct(get('all', 'acc_nudging'))} vs base {_pct(get('all', 'acc_base'))} (either model right: "
-             f"{_pct(get('all', 'acc_oracle'), False)}); BlendIn minus NUDGING {_points(diff)}, {relation} NUDGING "
-             "at this n. ")
+    relation = (
+        "no different from"
+        if not (np.isfinite(diff["ci_low"]) and (diff["ci_low"] > 0 or diff["ci_high"] < 0))
+        else "better than"
+        if diff["ci_low"] > 0
+        else "worse than"
+    )
+    text += (
+        f"BlendIn's choice was right at {_pct(get('all', 'acc_blend_auto'))} vs NUDGING "
+        f"{_pct(get('all', 'acc_nudging'))} vs base {_pct(get('all', 'acc_base'))} (either model right: "
+        f"{_pct(get('all', 'acc_oracle'), False)}); BlendIn minus NUDGING {_points(diff)}, {relation} NUDGING "
+        "at this n. "
+    )
     shares = [(p, get(f"position={p}", "share_guidance_only")) for p in POSITIONS]
     shares = [(p, r) for p, r in shares if r["n_positions"] > 0]
     if len(shares) > 1:
-        text += ("Guidance-only-right positions by place in the answer: " +
-                 ", ".join(f"{_pct(r, False)} of {p} (n={r['n_positions']})" for p, r in shares) + ". ")
-    ece = {(m, s): lookup(table, key, s, "all", f"ece_{m}")["value"] for m in ("base", "guidance")
-           for s in ("all", scope)}
-    text += (f"Calibration of the top-1 probability (ECE, 10 bins): base {write.fmt(ece['base', 'all'], 3)} over "
-             f"all positions and {write.fmt(ece['base', scope], 3)} at u < {tau:g}; guidance "
-             f"{write.fmt(ece['guidance', 'all'], 3)} and {write.fmt(ece['guidance', scope], 3)}.")
+        text += (
+            "Guidance-only-right positions by place in the answer: "
+            + ", ".join(f"{_pct(r, False)} of {p} (n={r['n_positions']})" for p, r in shares)
+            + ". "
+        )
+    ece = {
+        (m, s): lookup(table, key, s, "all", f"ece_{m}")["value"] for m in ("base", "guidance") for s in ("all", scope)
+    }
+    text += (
+        f"Calibration of the top-1 probability (ECE, 10 bins): base {write.fmt(ece['base', 'all'], 3)} over "
+        f"all positions and {write.fmt(ece['base', scope], 3)} at u < {tau:g}; guidance "
+        f"{write.fmt(ece['guidance', 'all'], 3)} and {write.fmt(ece['guidance', scope], 3)}."
+    )
     return text
 
 
@@ -468,28 +620,45 @@ def summary(table: pd.DataFrame, tau: float, pair_labels: dict | None = None, n_
     lines = ["# Does alpha's premise hold?", ""]
     keys = cell_keys(table)
     if not keys:
-        return "\n".join(lines + [f"No teacher-forced runs are stored yet. Make them with `{MAKE_COMMAND}`, then "
-                                  "run `python -m analysis.calibration` again.", ""])
+        return "\n".join(
+            lines
+            + [
+                f"No teacher-forced runs are stored yet. Make them with `{MAKE_COMMAND}`, then "
+                "run `python -m analysis.calibration` again.",
+                "",
+            ]
+        )
     single = [k for k in keys if k[1] != POOLED]
     verdicts = [cell_verdict(table, k, tau)[0] for k in single]
-    phrase = {"held": "held", "not shown": "was not shown", "reversed": "was reversed",
-              "not measurable": "could not be judged"}
+    phrase = {
+        "held": "held",
+        "not shown": "was not shown",
+        "reversed": "was reversed",
+        "not measurable": "could not be judged",
+    }
     counts = [f"{phrase[v]} in {verdicts.count(v)}" for v in VERDICT_TEXT if verdicts.count(v)]
     pairs = sorted({k[0] for k in single})
-    lines += [f"The premise: where the base is unsure (u < {tau:g}), alpha = p_g / (p_b + p_g) (+ lambda P_b(t_g), "
-              "Eq. 3) is higher where the guidance is right than where the base is. Over the "
-              f"{_plural(len(single), 'pair x benchmark cell')} measured ({_plural(len(pairs), 'pair')}), the premise "
-              + (", ".join(counts[:-1]) + " and " + counts[-1] if len(counts) > 1 else counts[0]) + ".", ""]
+    lines += [
+        f"The premise: where the base is unsure (u < {tau:g}), alpha = p_g / (p_b + p_g) (+ lambda P_b(t_g), "
+        "Eq. 3) is higher where the guidance is right than where the base is. Over the "
+        f"{_plural(len(single), 'pair x benchmark cell')} measured ({_plural(len(pairs), 'pair')}), the premise "
+        + (", ".join(counts[:-1]) + " and " + counts[-1] if len(counts) > 1 else counts[0])
+        + ".",
+        "",
+    ]
     for key in keys:
         lines += [paragraph(table, key, tau, pair_labels), ""]
-    lines += ["Definitions: accuracy = share of positions whose choice equals the reference token; AUROC over the "
-              "positions where exactly one model is right (positive: guidance right and base wrong; negative: base "
-              "right and guidance wrong), 0.5 = no ranking; verdict from its 95% interval (above 0.5: held; "
-              "containing 0.5: not shown; below: reversed; fewer than "
-              f"{MIN_CASES} positions of one kind: not judged). Intervals: percentile bootstrap over samples "
-              f"({n_boot} resamples), not tokens, because the tokens of one answer are correlated. ECE: 10 "
-              "equal-width bins of the top-1 probability over [0, 1]. Oracle: base or guidance right, the upper "
-              "bound of any per-token chooser between the two.", ""]
+    lines += [
+        "Definitions: accuracy = share of positions whose choice equals the reference token; AUROC over the "
+        "positions where exactly one model is right (positive: guidance right and base wrong; negative: base "
+        "right and guidance wrong), 0.5 = no ranking; verdict from its 95% interval (above 0.5: held; "
+        "containing 0.5: not shown; below: reversed; fewer than "
+        f"{MIN_CASES} positions of one kind: not judged). Intervals: percentile bootstrap over samples "
+        f"({n_boot} resamples), not tokens, because the tokens of one answer are correlated. ECE: 10 "
+        "equal-width bins of the top-1 probability over [0, 1]. Oracle: base or guidance right, the upper "
+        "bound of any per-token chooser between the two.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -502,31 +671,60 @@ def key_table(table: pd.DataFrame, tau: float, pair_labels: dict | None = None) 
         get = lambda metric, s=scope: lookup(table, key, s, "all", metric)  # noqa: E731
         name = _cell_name(key, pair_labels)
         n = get("acc_base")
-        acc_rows.append({"cell": name, "positions": n["n_positions"], "samples": n["n_samples"],
-                         "base": _pct(get("acc_base")), "guidance = NUDGING": _pct(get("acc_nudging")),
-                         "BlendIn (auto)": _pct(get("acc_blend_auto")), "oracle": _pct(get("acc_oracle"), False),
-                         "BlendIn - NUDGING": _points(get("diff_blend_auto_minus_nudging"))})
-        blend_rows.append({"cell": name, **{f"alpha {w}": _pct(get(f"acc_blend_{w}")) for w in ADAPTIVE},
-                           **{f"alpha {v}": _pct(get(f"acc_blend_{v}")) for v in FIXED.values()}})
+        acc_rows.append(
+            {
+                "cell": name,
+                "positions": n["n_positions"],
+                "samples": n["n_samples"],
+                "base": _pct(get("acc_base")),
+                "guidance = NUDGING": _pct(get("acc_nudging")),
+                "BlendIn (auto)": _pct(get("acc_blend_auto")),
+                "oracle": _pct(get("acc_oracle"), False),
+                "BlendIn - NUDGING": _points(get("diff_blend_auto_minus_nudging")),
+            }
+        )
+        blend_rows.append(
+            {
+                "cell": name,
+                **{f"alpha {w}": _pct(get(f"acc_blend_{w}")) for w in ADAPTIVE},
+                **{f"alpha {v}": _pct(get(f"acc_blend_{v}")) for v in FIXED.values()},
+            }
+        )
         kind, facts = cell_verdict(table, key, tau)
-        auc_rows.append({"cell": name, "guidance-only / base-only": f"{facts['n1']} / {facts['n0']}",
-                         **{f"AUROC {w}": _num(get(f"auroc_alpha_{w}")) for w in ADAPTIVE},
-                         "verdict (auto)": kind, "AUROC auto, all u<tau": _num(get("auroc_all_alpha_auto")),
-                         "ECE base (all / u<tau)": f"{write.fmt(get('ece_base', 'all')['value'], 3)} / "
-                                                   f"{write.fmt(get('ece_base')['value'], 3)}",
-                         "ECE guidance (all / u<tau)": f"{write.fmt(get('ece_guidance', 'all')['value'], 3)} / "
-                                                       f"{write.fmt(get('ece_guidance')['value'], 3)}"})
-    lines = [f"# Calibration: key tables (u < {tau:g})", "",
-             f"## Accuracy at u < {tau:g}: share of positions whose choice equals the reference token", "",
-             write.markdown_table(pd.DataFrame(acc_rows)), "",
-             f"## BlendIn's choice at u < {tau:g} under each blend weight", "",
-             write.markdown_table(pd.DataFrame(blend_rows)), "",
-             f"## AUROC of the adaptive weights at u < {tau:g}, and ECE of the top-1 probability", "",
-             write.markdown_table(pd.DataFrame(auc_rows)), "",
-             "95% intervals in brackets: percentile bootstrap over samples. AUROC: positions where exactly one model "
-             "is right (positive: guidance right, base wrong); 'all u<tau': every position at u < tau, positive = "
-             "guidance right and base wrong. Fixed weights rank nothing, so they have accuracy only. The full "
-             "split by token kind, position and alpha bin is in calibration.csv.", ""]
+        auc_rows.append(
+            {
+                "cell": name,
+                "guidance-only / base-only": f"{facts['n1']} / {facts['n0']}",
+                **{f"AUROC {w}": _num(get(f"auroc_alpha_{w}")) for w in ADAPTIVE},
+                "verdict (auto)": kind,
+                "AUROC auto, all u<tau": _num(get("auroc_all_alpha_auto")),
+                "ECE base (all / u<tau)": f"{write.fmt(get('ece_base', 'all')['value'], 3)} / "
+                f"{write.fmt(get('ece_base')['value'], 3)}",
+                "ECE guidance (all / u<tau)": f"{write.fmt(get('ece_guidance', 'all')['value'], 3)} / "
+                f"{write.fmt(get('ece_guidance')['value'], 3)}",
+            }
+        )
+    lines = [
+        f"# Calibration: key tables (u < {tau:g})",
+        "",
+        f"## Accuracy at u < {tau:g}: share of positions whose choice equals the reference token",
+        "",
+        write.markdown_table(pd.DataFrame(acc_rows)),
+        "",
+        f"## BlendIn's choice at u < {tau:g} under each blend weight",
+        "",
+        write.markdown_table(pd.DataFrame(blend_rows)),
+        "",
+        f"## AUROC of the adaptive weights at u < {tau:g}, and ECE of the top-1 probability",
+        "",
+        write.markdown_table(pd.DataFrame(auc_rows)),
+        "",
+        "95% intervals in brackets: percentile bootstrap over samples. AUROC: positions where exactly one model "
+        "is right (positive: guidance right, base wrong); 'all u<tau': every position at u < tau, positive = "
+        "guidance right and base wrong. Fixed weights rank nothing, so they have accuracy only. The full "
+        "split by token kind, position and alpha bin is in calibration.csv.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -545,8 +743,7 @@ def figure_keys(table: pd.DataFrame) -> list[tuple]:
     return keys[:MAX_ROWS]
 
 
-COLOURS = {"base": write.OKABE_ITO[0], "guidance": write.OKABE_ITO[1], "blend": write.OKABE_ITO[2],
-           "oracle": "0.55"}
+COLOURS = {"base": write.OKABE_ITO[0], "guidance": write.OKABE_ITO[1], "blend": write.OKABE_ITO[2], "oracle": "0.55"}
 
 
 def plot_reliability(table: pd.DataFrame, bins: pd.DataFrame, tau: float, pair_labels: dict | None = None):
@@ -559,15 +756,27 @@ def plot_reliability(table: pd.DataFrame, bins: pd.DataFrame, tau: float, pair_l
             ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
             total = 0
             for model in ("base", "guidance"):
-                b = bins[(bins["pair"] == key[0]) & (bins["benchmark"] == key[1]) & (bins["source"] == key[2]) &
-                         (bins["scope"] == scope) & (bins["model"] == model) & (bins["n_positions"] > 0)]
+                b = bins[
+                    (bins["pair"] == key[0])
+                    & (bins["benchmark"] == key[1])
+                    & (bins["source"] == key[2])
+                    & (bins["scope"] == scope)
+                    & (bins["model"] == model)
+                    & (bins["n_positions"] > 0)
+                ]
                 total = max(total, int(b["n_positions"].sum()))
                 e = lookup(table, key, scope, "all", f"ece_{model}")
                 size = 25 + 400 * b["n_positions"] / max(1, b["n_positions"].sum())
-                ax.plot(b["mean_confidence"], b["accuracy"], color=COLOURS[model], lw=1.6,
-                        label=f"{model}: ECE {write.fmt_ci(e['value'], e['ci_low'], e['ci_high'], 3)}")
-                ax.scatter(b["mean_confidence"], b["accuracy"], s=size, color=COLOURS[model], edgecolor="white",
-                           zorder=3)
+                ax.plot(
+                    b["mean_confidence"],
+                    b["accuracy"],
+                    color=COLOURS[model],
+                    lw=1.6,
+                    label=f"{model}: ECE {write.fmt_ci(e['value'], e['ci_low'], e['ci_high'], 3)}",
+                )
+                ax.scatter(
+                    b["mean_confidence"], b["accuracy"], s=size, color=COLOURS[model], edgecolor="white", zorder=3
+                )
             ax.set_xlim(0, 1)
             ax.set_ylim(-0.02, 1.02)
             ax.set_xlabel("mean top-1 probability in the bin")
@@ -576,8 +785,11 @@ def plot_reliability(table: pd.DataFrame, bins: pd.DataFrame, tau: float, pair_l
             ax.set_title(f"{_cell_name(key, pair_labels)}\n{where} (n = {total})", fontsize=11)
             ax.grid(alpha=0.25)
             ax.legend(loc="upper left", frameon=False, fontsize=9)
-    fig.suptitle("Reliability of each model's top-1 probability (10 equal-width bins; marker area ~ positions "
-                 "in the bin;\nbase confidence is below tau at u < tau by definition)", fontsize=12)
+    fig.suptitle(
+        "Reliability of each model's top-1 probability (10 equal-width bins; marker area ~ positions "
+        "in the bin;\nbase confidence is below tau at u < tau by definition)",
+        fontsize=12,
+    )
     return fig
 
 
@@ -592,10 +804,12 @@ def plot_alpha(table: pd.DataFrame, tau: float, pair_labels: dict | None = None)
     fig, axes = plt.subplots(len(keys), 2, figsize=(13, 5.0 * len(keys)), squeeze=False, layout="constrained")
     for (left, right), key in zip(axes, keys):
         get = lambda split, metric: lookup(table, key, scope, split, metric)  # noqa: E731
-        for metric, label, colour, style in (("acc_oracle", "oracle (either right)", COLOURS["oracle"], ":"),
-                                             ("acc_guidance", "guidance = NUDGING", COLOURS["guidance"], "-"),
-                                             ("acc_base", "base", COLOURS["base"], "-"),
-                                             ("acc_blend_auto", "BlendIn (alpha auto)", COLOURS["blend"], "--")):
+        for metric, label, colour, style in (
+            ("acc_oracle", "oracle (either right)", COLOURS["oracle"], ":"),
+            ("acc_guidance", "guidance = NUDGING", COLOURS["guidance"], "-"),
+            ("acc_base", "base", COLOURS["base"], "-"),
+            ("acc_blend_auto", "BlendIn (alpha auto)", COLOURS["blend"], "--"),
+        ):
             rows = [get(s, metric) for s in names]
             y = np.array([r["value"] for r in rows], float)
             lo = np.array([r["ci_low"] for r in rows], float)
@@ -612,35 +826,47 @@ def plot_alpha(table: pd.DataFrame, tau: float, pair_labels: dict | None = None)
         left.set_xticks(edges)
         left.set_xlabel("alpha (Eq. 3) bin: weight given to the guidance")
         left.set_ylabel(f"share right at u < {tau:g}")
-        left.set_title(f"{_cell_name(key, pair_labels)}\naccuracy by alpha bin (bands: 95% CI over samples)",
-                       fontsize=11)
+        left.set_title(
+            f"{_cell_name(key, pair_labels)}\naccuracy by alpha bin (bands: 95% CI over samples)", fontsize=11
+        )
         left.grid(alpha=0.25)
         left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.17), frameon=False, fontsize=9, ncol=4)
         n1 = np.array([get(s, "count_guidance_only")["value"] for s in names], float)
         n0 = np.array([get(s, "count_base_only")["value"] for s in names], float)
         n1, n0 = np.nan_to_num(n1), np.nan_to_num(n0)
         width = 0.08
-        right.bar(centres - width / 2, 100 * n1 / max(1, n1.sum()), width, color=COLOURS["guidance"],
-                  label=f"only the guidance right (n={int(n1.sum())})")
-        right.bar(centres + width / 2, 100 * n0 / max(1, n0.sum()), width, color=COLOURS["base"],
-                  label=f"only the base right (n={int(n0.sum())})")
+        right.bar(
+            centres - width / 2,
+            100 * n1 / max(1, n1.sum()),
+            width,
+            color=COLOURS["guidance"],
+            label=f"only the guidance right (n={int(n1.sum())})",
+        )
+        right.bar(
+            centres + width / 2,
+            100 * n0 / max(1, n0.sum()),
+            width,
+            color=COLOURS["base"],
+            label=f"only the base right (n={int(n0.sum())})",
+        )
         right.set_xlim(0, 1)
         right.set_xticks(edges)
         right.set_xlabel("alpha (Eq. 3) bin")
         right.set_ylabel("% of the cases of each kind")
         auc = get("all", "auroc_alpha_auto")
         kind, _ = cell_verdict(table, key, tau)
-        right.set_title(f"where alpha puts the one-model-right cases\nAUROC {_num(auc)} -> premise {kind}",
-                        fontsize=11)
+        right.set_title(f"where alpha puts the one-model-right cases\nAUROC {_num(auc)} -> premise {kind}", fontsize=11)
         right.grid(alpha=0.25, axis="y")
-        right.set_ylim(0, 1.3 * max(5.0, float((100 * n1 / max(1, n1.sum())).max()),
-                                    float((100 * n0 / max(1, n0.sum())).max())))
+        right.set_ylim(
+            0, 1.3 * max(5.0, float((100 * n1 / max(1, n1.sum())).max()), float((100 * n0 / max(1, n0.sum())).max()))
+        )
         right.legend(loc="upper left", frameon=False, fontsize=9, ncol=2)
     fig.suptitle(f"Alpha against correctness at u < {tau:g} (teacher-forced references)", fontsize=12)
     return fig
 
 
 # ---- command ---------------------------------------------------------------------------------------------
+
 
 def main(argv=None) -> int:
     parser = cli.parser("calibration", __doc__)
@@ -658,19 +884,25 @@ def main(argv=None) -> int:
     write.write_csv(bins, out / "calibration_reliability.csv")
     (out / "calibration_summary.md").write_text(summary(table, args.tau, pair_labels, args.n_boot), encoding="utf-8")
     if table.empty:
-        notes.append(f"no teacher-forced runs (method forced) under {args.results}/runs: nothing to calibrate. "
-                     f"Make them with: {MAKE_COMMAND}")
+        notes.append(
+            f"no teacher-forced runs (method forced) under {args.results}/runs: nothing to calibrate. "
+            f"Make them with: {MAKE_COMMAND}"
+        )
     else:
         (out / "calibration_table.md").write_text(key_table(table, args.tau, pair_labels), encoding="utf-8")
         footer = textwrap.fill("Runs: " + "; ".join(settings), 180)
-        for stem, fig in (("calibration_reliability", plot_reliability(table, bins, args.tau, pair_labels)),
-                          ("calibration_alpha", plot_alpha(table, args.tau, pair_labels))):
+        for stem, fig in (
+            ("calibration_reliability", plot_reliability(table, bins, args.tau, pair_labels)),
+            ("calibration_alpha", plot_alpha(table, args.tau, pair_labels)),
+        ):
             fig.text(0.01, -0.005, footer, fontsize=7, color="0.35", va="top")
             write.save_figure(fig, out, stem)
     write.write_notes(out, "calibration", "Calibration (teacher-forced runs)", settings, notes)
     write.report_notes("calibration", settings, notes)
-    print(f"[calibration] wrote {out / 'calibration.csv'} ({len(table)} rows, {len(cell_keys(table))} cells) and "
-          f"{out / 'calibration_summary.md'}")
+    print(
+        f"[calibration] wrote {out / 'calibration.csv'} ({len(table)} rows, {len(cell_keys(table))} cells) and "
+        f"{out / 'calibration_summary.md'}"
+    )
     return 0
 
 

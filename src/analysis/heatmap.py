@@ -11,6 +11,7 @@ JustEval-Safe run without a judge is left out (it stored a refusal rate, not a s
 Writes figure2.csv (pair, benchmark, base_score, guided_score, delta), figure2.png/.pdf and
 figure2_notes.md (settings and what was left out).
 """
+
 from __future__ import annotations
 
 import math
@@ -36,13 +37,21 @@ def pick_guided(runs: pd.DataFrame, notes: list, what: str) -> pd.Series | None:
     at_default = runs[np.isclose(runs["tau"].astype(float), DEFAULT_TAU)]
     chosen = (at_default if len(at_default) else runs).sort_values("created_at").iloc[-1]
     if len(runs) > 1:
-        notes.append(f"{what}: {len(runs)} NUDGING runs (tau {', '.join(f'{t:g}' for t in sorted(runs['tau']))}); "
-                     f"used tau {chosen['tau']:g}")
+        notes.append(
+            f"{what}: {len(runs)} NUDGING runs (tau {', '.join(f'{t:g}' for t in sorted(runs['tau']))}); "
+            f"used tau {chosen['tau']:g}"
+        )
     return chosen
 
 
-def compute(frame: pd.DataFrame, n: str | None = None, protocol: str | None = None, method: str = "nudging",
-            notes: list | None = None, settings: list | None = None) -> pd.DataFrame:
+def compute(
+    frame: pd.DataFrame,
+    n: str | None = None,
+    protocol: str | None = None,
+    method: str = "nudging",
+    notes: list | None = None,
+    settings: list | None = None,
+) -> pd.DataFrame:
     """figure2.csv: every stored pair x the six benchmarks (and any other stored), missing as NaN.
 
     `notes` and `settings`, when given, receive what was left out and the setting of each benchmark."""
@@ -65,13 +74,22 @@ def compute(frame: pd.DataFrame, n: str | None = None, protocol: str | None = No
             guided = pick_guided(cell[cell["method"] == method], notes, f"{pair}/{benchmark}")
             base_score = base["score"].iloc[-1] if len(base) else math.nan
             guided_score = guided["score"] if guided is not None else math.nan
-            rows.append({"pair": pair, "benchmark": benchmark, "base_score": base_score,
-                         "guided_score": guided_score, "delta": guided_score - base_score})
+            rows.append(
+                {
+                    "pair": pair,
+                    "benchmark": benchmark,
+                    "base_score": base_score,
+                    "guided_score": guided_score,
+                    "delta": guided_score - base_score,
+                }
+            )
     table = pd.DataFrame(rows, columns=COLUMNS)
     missing = table[table["delta"].isna()]
     if len(missing):
-        notes.append(f"{len(missing)} of {len(table)} cells missing (no base or no NUDGING run with a usable "
-                     "score in the chosen setting): shown as n/a, not filled")
+        notes.append(
+            f"{len(missing)} of {len(table)} cells missing (no base or no NUDGING run with a usable "
+            "score in the chosen setting): shown as n/a, not filled"
+        )
     return table
 
 
@@ -85,8 +103,16 @@ def _draw(ax, values: np.ndarray, norm, cmap):
             ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=9, color="white" if dark else "black")
         else:
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="0.88", edgecolor="0.6", hatch="///", lw=0))
-            ax.text(j, i, "n/a", ha="center", va="center", fontsize=8, color="0.35",
-                    bbox=dict(fc="0.88", ec="none", pad=0.5))
+            ax.text(
+                j,
+                i,
+                "n/a",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="0.35",
+                bbox=dict(fc="0.88", ec="none", pad=0.5),
+            )
     return image
 
 
@@ -104,12 +130,18 @@ def plot(table: pd.DataFrame, pair_labels: dict | None = None):
     judged = [b for b in dict.fromkeys(table["benchmark"]) if b in labels.JUDGE_SCALE_BENCHMARKS]
     wide = table.pivot(index="pair", columns="benchmark", values="delta").reindex(index=pairs)
     height = 0.42 * max(len(pairs), 1) + 2.4
-    fig, axes = plt.subplots(1, 2 if judged else 1, figsize=(1.25 * len(frac) + (2.9 if judged else 0) + 3.2, height),
-                             gridspec_kw={"width_ratios": [len(frac), 1.0 * len(judged)] if judged else [1]},
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1,
+        2 if judged else 1,
+        figsize=(1.25 * len(frac) + (2.9 if judged else 0) + 3.2, height),
+        gridspec_kw={"width_ratios": [len(frac), 1.0 * len(judged)] if judged else [1]},
+        squeeze=False,
+        layout="constrained",
+    )
     cmap = plt.get_cmap("RdBu").copy()
-    blocks = [(axes[0, 0], frac, "score delta (fraction)")] + ([(axes[0, 1], judged, "delta (1-5 judge scale)")]
-                                                              if judged else [])
+    blocks = [(axes[0, 0], frac, "score delta (fraction)")] + (
+        [(axes[0, 1], judged, "delta (1-5 judge scale)")] if judged else []
+    )
     for ax, cols, label in blocks:
         values = wide.reindex(columns=cols).to_numpy(float) if pairs else np.zeros((0, len(cols)))
         limit = np.nanmax(np.abs(values)) if np.isfinite(values).any() else 1.0
@@ -134,12 +166,22 @@ def main(argv=None) -> int:
     table = compute(frame, args.n, args.protocol, notes=notes, settings=settings)
     write.write_csv(table, args.out / "figure2.csv")
     fig = plot(table, dict(zip(frame["pair"], frame["pair_label"])))
-    fig.text(0.01, -0.01, textwrap.fill("Settings: " + select.short_settings(settings) + ". Stop strings per "
-                                        "benchmark: see figure2_notes.md.", 150), fontsize=8, color="0.3", va="top")
+    fig.text(
+        0.01,
+        -0.01,
+        textwrap.fill(
+            "Settings: " + select.short_settings(settings) + ". Stop strings per benchmark: see figure2_notes.md.", 150
+        ),
+        fontsize=8,
+        color="0.3",
+        va="top",
+    )
     write.save_figure(fig, args.out, "figure2")
     if frame.empty:
-        notes.append(f"no runs under {args.results}/runs: every cell is missing "
-                     "(run e.g. python -m blendin.run -m experiment=paper_fig2)")
+        notes.append(
+            f"no runs under {args.results}/runs: every cell is missing "
+            "(run e.g. python -m blendin.run -m experiment=paper_fig2)"
+        )
     write.write_notes(args.out, "figure2", "Figure 2 (heatmap)", settings, notes)
     write.report_notes("heatmap", settings, notes)
     print(f"[heatmap] wrote {args.out / 'figure2.csv'} ({table['delta'].notna().sum()} of {len(table)} cells)")

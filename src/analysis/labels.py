@@ -3,27 +3,65 @@
 Names only (no numbers). A pair's long label ("Q-3 1.7B→L-3 8B") comes from the run's own
 config.yaml; the short names here are the ones the paper's Tables 1-3 and 6 print.
 """
+
 from __future__ import annotations
 
 import re
 
 # Figure 2's column order (G M T A X J).
 BENCHMARKS = ["gsm8k", "mmlu", "truthfulqa", "arc_challenge", "xstest", "justeval_safe"]
-BENCHMARK_LABEL = {"gsm8k": "GSM8K", "mmlu": "MMLU", "truthfulqa": "TruthfulQA", "arc_challenge": "ARC-Challenge",
-                   "xstest": "XSTest", "justeval_safe": "JustEval-Safe"}
+BENCHMARK_LABEL = {
+    "gsm8k": "GSM8K",
+    "mmlu": "MMLU",
+    "truthfulqa": "TruthfulQA",
+    "arc_challenge": "ARC-Challenge",
+    "xstest": "XSTest",
+    "justeval_safe": "JustEval-Safe",
+}
 
-METHOD_LABEL = {"base": "Base", "guidance": "Guid.", "aligned": "Alig.", "nudging": "NUDG.", "blendin": "BlendIn",
-                "cap": "Cap", "af": "AF", "cc": "CC", "af_cc": "AF+CC", "nudging_words": "NUDG. (words)",
-                "probe": "probe", "forced": "forced"}
+METHOD_LABEL = {
+    "base": "Base",
+    "guidance": "Guid.",
+    "aligned": "Alig.",
+    "nudging": "NUDG.",
+    "blendin": "BlendIn",
+    "cap": "Cap",
+    "af": "AF",
+    "cc": "CC",
+    "af_cc": "AF+CC",
+    "nudging_words": "NUDG. (words)",
+    "probe": "probe",
+    "forced": "forced",
+}
 
 # Figure 2's row order: the 15 pairs of the paper.
-PAPER_PAIRS = ["llama1b_llama3b", "llama1b_llama8b", "llama3b_llama8b", "gemma1b_gemma4b", "gemma1b_gemma9b",
-               "gemma4b_gemma9b", "qwen1.7b_qwen4b", "qwen1.7b_qwen8b", "qwen4b_qwen8b", "llama1b_gemma9b",
-               "llama1b_qwen8b", "gemma1b_llama8b", "gemma1b_qwen8b", "qwen1.7b_llama8b", "qwen1.7b_gemma9b"]
+PAPER_PAIRS = [
+    "llama1b_llama3b",
+    "llama1b_llama8b",
+    "llama3b_llama8b",
+    "gemma1b_gemma4b",
+    "gemma1b_gemma9b",
+    "gemma4b_gemma9b",
+    "qwen1.7b_qwen4b",
+    "qwen1.7b_qwen8b",
+    "qwen4b_qwen8b",
+    "llama1b_gemma9b",
+    "llama1b_qwen8b",
+    "gemma1b_llama8b",
+    "gemma1b_qwen8b",
+    "qwen1.7b_llama8b",
+    "qwen1.7b_gemma9b",
+]
 
 # The short names of Tables 1-3 and 6 (Q = Qwen3-1.7B, L = Llama-3.2-1B / Llama-3.1-8B, G = Gemma).
-PAPER_SHORT = {"qwen1.7b_llama8b": "Q→L", "qwen1.7b_gemma9b": "Q→G", "gemma1b_llama8b": "G→L",
-               "llama1b_gemma9b": "L→G", "llama1b_llama8b": "L→L", "gemma1b_gemma9b": "G→G"}
+PAPER_SHORT = {
+    "qwen1.7b_llama8b": "Q→L",
+    "qwen1.7b_gemma9b": "Q→G",
+    "gemma1b_llama8b": "G→L",
+    "llama1b_gemma9b": "L→G",
+    "llama1b_llama8b": "L→L",
+    "gemma1b_gemma9b": "G→G",
+}
 
 # The benchmark whose score is not a fraction: the 1-5 safety score of an LLM judge.
 JUDGE_SCALE_BENCHMARKS = {"justeval_safe"}
@@ -56,9 +94,16 @@ def order_benchmarks(benchmarks) -> list[str]:
 def score_scale(benchmark: str) -> str:
     return "1-5 judge scale" if benchmark in JUDGE_SCALE_BENCHMARKS else "fraction 0-1"
 
+
 # Table 1's row order: cross-family pairs, then within-family pairs (as printed in the paper).
-TABLE1_ORDER = ["qwen1.7b_llama8b", "qwen1.7b_gemma9b", "gemma1b_llama8b", "llama1b_gemma9b", "llama1b_llama8b",
-                "gemma1b_gemma9b"]
+TABLE1_ORDER = [
+    "qwen1.7b_llama8b",
+    "qwen1.7b_gemma9b",
+    "gemma1b_llama8b",
+    "llama1b_gemma9b",
+    "llama1b_llama8b",
+    "gemma1b_gemma9b",
+]
 
 
 def family_kind(pair: str) -> str:

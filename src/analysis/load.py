@@ -20,6 +20,7 @@ What the frame guarantees to every analysis module:
   the same as a machine key. Runs in different settings are never mixed by the modules.
 - `intervention_unit` ("token" or "word") travels with `intervention_rate`.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,14 +33,55 @@ import pyarrow.parquet as pq
 import yaml
 
 RUN_COLUMNS = [
-    "pair", "pair_label", "benchmark", "method", "params", "tau", "alpha", "top_k", "method_params",
-    "n_samples", "n_spec", "split", "seed", "max_new_tokens", "protocol", "protocol_json", "stop", "judge",
-    "setting", "setting_key", "params_key",
-    "score", "stored_score", "score_name", "score_excluded", "ci_low", "ci_high", "n_scored", "n_unparseable",
-    "n_ambiguous", "refusal_range",
-    "intervention_rate", "intervention_unit", "token_intervention_rate", "override_rate", "consult_rate",
-    "tokens_generated", "wall_time_s", "tokens_per_s", "base_model", "guidance_model", "device", "dtype",
-    "batch_size", "created_at", "git_commit", "reused_from", "run_dir", "run_name",
+    "pair",
+    "pair_label",
+    "benchmark",
+    "method",
+    "params",
+    "tau",
+    "alpha",
+    "top_k",
+    "method_params",
+    "n_samples",
+    "n_spec",
+    "split",
+    "seed",
+    "max_new_tokens",
+    "protocol",
+    "protocol_json",
+    "stop",
+    "judge",
+    "setting",
+    "setting_key",
+    "params_key",
+    "score",
+    "stored_score",
+    "score_name",
+    "score_excluded",
+    "ci_low",
+    "ci_high",
+    "n_scored",
+    "n_unparseable",
+    "n_ambiguous",
+    "refusal_range",
+    "intervention_rate",
+    "intervention_unit",
+    "token_intervention_rate",
+    "override_rate",
+    "consult_rate",
+    "tokens_generated",
+    "wall_time_s",
+    "tokens_per_s",
+    "base_model",
+    "guidance_model",
+    "device",
+    "dtype",
+    "batch_size",
+    "created_at",
+    "git_commit",
+    "reused_from",
+    "run_dir",
+    "run_name",
 ]
 
 # Protocol entries that describe a method rather than the shared setting: never split a setting on them
@@ -48,8 +90,10 @@ _METHOD_SPECIFIC_PROTOCOL_KEYS = {"intervention_unit", "unit", "method", "base_v
 # Protocol entries the setting line already shows as its own fields.
 _SHOWN_ELSEWHERE = {"name", "stop_strings", "max_new_tokens", "split", "judge"}
 
-NO_JUDGE_NOTE = ("JustEval-Safe run without an LLM judge: it stored a refusal rate (or nothing), not the "
-                 "1-5 safety score, so it is left out of every score plot and table")
+NO_JUDGE_NOTE = (
+    "JustEval-Safe run without an LLM judge: it stored a refusal rate (or nothing), not the "
+    "1-5 safety score, so it is left out of every score plot and table"
+)
 
 
 def _read_yaml(path: Path) -> dict:
@@ -60,9 +104,14 @@ def _read_yaml(path: Path) -> dict:
 
 def _refusal_range(metrics: dict) -> str:
     """The rule's refusal rate range if every ambiguous output went the other way ("" where none is stored)."""
-    ranges = [(label, metrics.get(key)) for label, key in (("unsafe refusal", "rule_refusal_unsafe_range"),
-                                                           ("safe compliance", "rule_compliance_safe_range"),
-                                                           ("refusal", "refusal_rate_range"))]
+    ranges = [
+        (label, metrics.get(key))
+        for label, key in (
+            ("unsafe refusal", "rule_refusal_unsafe_range"),
+            ("safe compliance", "rule_compliance_safe_range"),
+            ("refusal", "refusal_rate_range"),
+        )
+    ]
     return "; ".join(f"{label} {low:.3f}-{high:.3f}" for label, r in ranges if r for low, high in [r])
 
 
@@ -110,7 +159,8 @@ def _score_exclusion(metrics: dict) -> str:
     if metrics.get("method") == "forced":
         return "teacher-forced run (the output is a given reference): no score"
     if metrics.get("benchmark") == "justeval_safe" and (
-            metrics.get("judge") in (None, "", "none") or "refusal" in name.lower() or "safety" not in name.lower()):
+        metrics.get("judge") in (None, "", "none") or "refusal" in name.lower() or "safety" not in name.lower()
+    ):
         return NO_JUDGE_NOTE
     if metrics.get("score") is None:
         return "no score stored"
@@ -125,11 +175,20 @@ def _params_text(method_params: dict) -> str:
 def describe_setting(protocol: dict, split: str, n_spec: str, seed, max_new_tokens, stop: list, judge: str) -> str:
     """One readable line: what the numbers of a run depend on besides its method."""
     extra = {k: v for k, v in protocol.items() if k not in _SHOWN_ELSEWHERE and k not in _METHOD_SPECIFIC_PROTOCOL_KEYS}
-    proto = protocol.get("name", "ours") + (f"({', '.join(f'{k}={v}' for k, v in sorted(extra.items()))})"
-                                            if extra else "")
-    parts = [f"protocol={proto}"] + ([f"split={split}"] if split != "test" else []) + [
-        f"n={n_spec}", f"seed={seed}", f"max_new_tokens={max_new_tokens}",
-        f"stop={json.dumps(stop, ensure_ascii=False)}", f"judge={judge}"]
+    proto = protocol.get("name", "ours") + (
+        f"({', '.join(f'{k}={v}' for k, v in sorted(extra.items()))})" if extra else ""
+    )
+    parts = (
+        [f"protocol={proto}"]
+        + ([f"split={split}"] if split != "test" else [])
+        + [
+            f"n={n_spec}",
+            f"seed={seed}",
+            f"max_new_tokens={max_new_tokens}",
+            f"stop={json.dumps(stop, ensure_ascii=False)}",
+            f"judge={judge}",
+        ]
+    )
     return ", ".join(parts)
 
 
@@ -151,8 +210,9 @@ def run_row(run_dir: Path) -> dict:
     excluded = _score_exclusion({**metrics, "method": method})
     ci = metrics.get("ci95") or [None, None]
     key_protocol = {k: v for k, v in protocol.items() if k not in _METHOD_SPECIFIC_PROTOCOL_KEYS}
-    setting_key = json.dumps([key_protocol, split, n_spec, seed, max_new_tokens, stop, judge], sort_keys=True,
-                             ensure_ascii=False)
+    setting_key = json.dumps(
+        [key_protocol, split, n_spec, seed, max_new_tokens, stop, judge], sort_keys=True, ensure_ascii=False
+    )
     pair = metrics.get("pair") or run_dir.parent.parent.name
     return {
         "pair": pair,
@@ -188,8 +248,9 @@ def run_row(run_dir: Path) -> dict:
         "refusal_range": _refusal_range(metrics),
         "intervention_rate": _num(metrics.get("intervention_rate")),
         "intervention_unit": unit,
-        "token_intervention_rate": _num(metrics.get("token_intervention_rate",
-                                                    metrics.get("intervention_rate") if unit == "token" else None)),
+        "token_intervention_rate": _num(
+            metrics.get("token_intervention_rate", metrics.get("intervention_rate") if unit == "token" else None)
+        ),
         "override_rate": _num(metrics.get("override_rate")),
         "consult_rate": _num(metrics.get("consult_rate")),
         "tokens_generated": _num(metrics.get("tokens_generated")),
@@ -214,8 +275,9 @@ def load_runs(results="results") -> pd.DataFrame:
     An empty or missing results directory gives an empty frame with the same columns."""
     paths = sorted(Path(results).glob("runs/*/*/*/metrics.json"))
     frame = pd.DataFrame([run_row(p.parent) for p in paths], columns=RUN_COLUMNS)
-    return frame.sort_values(["pair", "benchmark", "method", "params_key", "created_at"], kind="stable",
-                             ignore_index=True)
+    return frame.sort_values(
+        ["pair", "benchmark", "method", "params_key", "created_at"], kind="stable", ignore_index=True
+    )
 
 
 def unfinished_runs(results="results") -> list[str]:
@@ -265,8 +327,12 @@ def sample_scores(run) -> pd.Series:
 
 
 # Trace columns newer runs store; older runs get these fill values.
-OPTIONAL_TOKEN_COLUMNS = {"guide_top_spelled": pd.NA, "base_top_p_size": -1, "top100_overlap": np.nan,
-                          "text_offset": -1}
+OPTIONAL_TOKEN_COLUMNS = {
+    "guide_top_spelled": pd.NA,
+    "base_top_p_size": -1,
+    "top100_overlap": np.nan,
+    "text_offset": -1,
+}
 
 
 def load_tokens(run, columns: list[str] | None = None) -> pd.DataFrame:

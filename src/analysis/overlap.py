@@ -19,6 +19,7 @@ n_unencodable, spelled_share, mean_top_p_size, mean_top100_overlap, source_metho
 benchmarks), table4.csv (benchmark, metric, pearson_r, pearson_p, n_pairs), figure4.png/.pdf and
 overlap_notes.md.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,12 +32,31 @@ import pandas as pd
 from . import cli, heatmap, labels, select, stats, write
 from .load import load_runs, load_tokens
 
-COLUMNS = ["pair", "n_consulted", "top50_overlap", "top_p90_overlap", "avg_rank", "n_unencodable", "spelled_share",
-           "mean_top_p_size", "mean_top100_overlap", "source_method", "n_runs", "benchmarks"]
+COLUMNS = [
+    "pair",
+    "n_consulted",
+    "top50_overlap",
+    "top_p90_overlap",
+    "avg_rank",
+    "n_unencodable",
+    "spelled_share",
+    "mean_top_p_size",
+    "mean_top100_overlap",
+    "source_method",
+    "n_runs",
+    "benchmarks",
+]
 TABLE4_COLUMNS = ["benchmark", "metric", "pearson_r", "pearson_p", "n_pairs"]
 METRICS = ["top50_overlap", "top_p90_overlap", "avg_rank"]
-TRACE_COLUMNS = ["sample_id", "consulted", "guide_top_rank", "guide_top_in_base_top_p", "guide_top_spelled",
-                 "base_top_p_size", "top100_overlap"]
+TRACE_COLUMNS = [
+    "sample_id",
+    "consulted",
+    "guide_top_rank",
+    "guide_top_in_base_top_p",
+    "guide_top_spelled",
+    "base_top_p_size",
+    "top100_overlap",
+]
 SOURCES = ("probe", "nudging")
 
 
@@ -63,8 +83,9 @@ def trace_metrics(trace: pd.DataFrame) -> dict:
     }
 
 
-def choose_traces(frame: pd.DataFrame, n=None, protocol=None, notes: list | None = None,
-                  settings: list | None = None) -> pd.DataFrame:
+def choose_traces(
+    frame: pd.DataFrame, n=None, protocol=None, notes: list | None = None, settings: list | None = None
+) -> pd.DataFrame:
     """The runs whose traces are pooled: per pair probe runs if any, else NUDGING; one per benchmark."""
     notes = [] if notes is None else notes
     frame = select.filter_runs(frame, n, protocol)
@@ -83,22 +104,32 @@ def choose_traces(frame: pd.DataFrame, n=None, protocol=None, notes: list | None
             at_default = group[np.isclose(group["tau"].astype(float), heatmap.DEFAULT_TAU)]
             chosen_runs.append((at_default if len(at_default) else group).sort_values("created_at").iloc[-1])
         if source != SOURCES[0] and len(runs):
-            notes.append(f"no probe runs for {', '.join(sorted(runs['pair'].unique()))}: their overlap comes from "
-                         "NUDGING traces, whose path already follows the guidance (the paper's code used the "
-                         "base-only path; run method=probe for that)")
+            notes.append(
+                f"no probe runs for {', '.join(sorted(runs['pair'].unique()))}: their overlap comes from "
+                "NUDGING traces, whose path already follows the guidance (the paper's code used the "
+                "base-only path; run method=probe for that)"
+            )
     return pd.DataFrame(chosen_runs)
 
 
-def compute(frame: pd.DataFrame, n=None, protocol=None, notes: list | None = None,
-            settings: list | None = None) -> pd.DataFrame:
+def compute(
+    frame: pd.DataFrame, n=None, protocol=None, notes: list | None = None, settings: list | None = None
+) -> pd.DataFrame:
     """overlap.csv: one row per pair, pooled over its benchmarks' consulted steps."""
     runs = choose_traces(frame, n, protocol, notes, settings)
     rows = []
     for pair in labels.order_pairs(runs["pair"]) if len(runs) else []:
         mine = runs[runs["pair"] == pair]
         trace = pd.concat([load_tokens(r, TRACE_COLUMNS) for _, r in mine.iterrows()], ignore_index=True)
-        rows.append({"pair": pair, **trace_metrics(trace), "source_method": mine["method"].iloc[0],
-                     "n_runs": len(mine), "benchmarks": " ".join(labels.order_benchmarks(mine["benchmark"]))})
+        rows.append(
+            {
+                "pair": pair,
+                **trace_metrics(trace),
+                "source_method": mine["method"].iloc[0],
+                "n_runs": len(mine),
+                "benchmarks": " ".join(labels.order_benchmarks(mine["benchmark"])),
+            }
+        )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -114,11 +145,20 @@ def table4(overlap: pd.DataFrame, scores: pd.DataFrame, notes: list | None = Non
         for metric in METRICS:
             both = cell[cell[metric].notna()]
             result = stats.correlation(both[metric], both["guided_score"])
-            rows.append({"benchmark": benchmark, "metric": metric, "pearson_r": result["pearson_r"],
-                         "pearson_p": result["pearson_p"], "n_pairs": len(both)})
+            rows.append(
+                {
+                    "benchmark": benchmark,
+                    "metric": metric,
+                    "pearson_r": result["pearson_r"],
+                    "pearson_p": result["pearson_p"],
+                    "n_pairs": len(both),
+                }
+            )
         if len(cell) < 3:
-            notes.append(f"table 4, {benchmark}: {len(cell)} pair(s) with both overlap and a NUDGING score, fewer "
-                         "than 3: no correlation")
+            notes.append(
+                f"table 4, {benchmark}: {len(cell)} pair(s) with both overlap and a NUDGING score, fewer "
+                "than 3: no correlation"
+            )
     return pd.DataFrame(rows, columns=TABLE4_COLUMNS)
 
 
@@ -148,29 +188,48 @@ def plot(overlap: pd.DataFrame, scores: pd.DataFrame, t4: pd.DataFrame, pair_lab
     ncols = min(3, max(1, len(benchmarks)))
     axes = right.subplots(max(1, math.ceil(len(benchmarks) / ncols)), ncols, squeeze=False)
     if not benchmarks:
-        axes[0, 0].text(0.5, 0.5, "no pair has both a trace and a NUDGING score", ha="center", va="center",
-                        transform=axes[0, 0].transAxes)
+        axes[0, 0].text(
+            0.5,
+            0.5,
+            "no pair has both a trace and a NUDGING score",
+            ha="center",
+            va="center",
+            transform=axes[0, 0].transAxes,
+        )
         axes[0, 0].set_axis_off()
     for a, benchmark in zip(axes.flat, benchmarks):
         cell = merged[(merged["benchmark"] == benchmark) & merged["guided_score"].notna()]
-        a.scatter(100 * cell["top50_overlap"], cell["guided_score"], s=40, color=write.OKABE_ITO[0],
-                  edgecolor="0.2", lw=0.5)
+        a.scatter(
+            100 * cell["top50_overlap"], cell["guided_score"], s=40, color=write.OKABE_ITO[0], edgecolor="0.2", lw=0.5
+        )
         row = t4[(t4["benchmark"] == benchmark) & (t4["metric"] == "top50_overlap")]
         r = row["pearson_r"].iloc[0] if len(row) else math.nan
-        text = (f"r = {r:.2f}, p = {write.fmt_p(row['pearson_p'].iloc[0])}\nn = {len(cell)}" if np.isfinite(r)
-                else f"n = {len(cell)}: no fit")
-        a.text(0.03, 0.97, text, transform=a.transAxes, va="top", fontsize=8.5,
-               bbox=dict(boxstyle="round,pad=0.25", fc="white", ec="0.7", alpha=0.9))
+        text = (
+            f"r = {r:.2f}, p = {write.fmt_p(row['pearson_p'].iloc[0])}\nn = {len(cell)}"
+            if np.isfinite(r)
+            else f"n = {len(cell)}: no fit"
+        )
+        a.text(
+            0.03,
+            0.97,
+            text,
+            transform=a.transAxes,
+            va="top",
+            fontsize=8.5,
+            bbox=dict(boxstyle="round,pad=0.25", fc="white", ec="0.7", alpha=0.9),
+        )
         a.set_title(labels.benchmark_label(benchmark), fontsize=11)
         a.set_xlabel("top-50 overlap (%)", fontsize=9)
-        a.set_ylabel("NUDGING safety (1-5)" if benchmark in labels.JUDGE_SCALE_BENCHMARKS
-                     else "NUDGING score (0-1)", fontsize=9)
+        a.set_ylabel(
+            "NUDGING safety (1-5)" if benchmark in labels.JUDGE_SCALE_BENCHMARKS else "NUDGING score (0-1)", fontsize=9
+        )
         a.grid(alpha=0.25)
         a.margins(0.15)
         judged = benchmark in labels.JUDGE_SCALE_BENCHMARKS
-        write.min_span(a, cell["guided_score"], 0.8 if judged else 0.2, 1.0 if judged else -0.02,
-                       5.0 if judged else 1.02)
-    for a in list(axes.flat)[max(1, len(benchmarks)):]:
+        write.min_span(
+            a, cell["guided_score"], 0.8 if judged else 0.2, 1.0 if judged else -0.02, 5.0 if judged else 1.02
+        )
+    for a in list(axes.flat)[max(1, len(benchmarks)) :]:
         a.set_visible(False)
     right.suptitle("Top-50 overlap vs NUDGING score, one point per pair", fontsize=12)
     fig.suptitle("Figure 4: vocabulary overlap at consulted steps", fontsize=13)
@@ -189,13 +248,23 @@ def main(argv=None) -> int:
     write.write_csv(overlap, args.out / "overlap.csv")
     write.write_csv(t4, args.out / "table4.csv")
     fig = plot(overlap, scores, t4, dict(zip(frame["pair"], frame["pair_label"])))
-    fig.text(0.01, -0.01, textwrap.fill("Traces: " + select.short_settings(settings) + ". Scores: " +
-                                        select.short_settings(score_settings) + ".", 170), fontsize=8, color="0.3",
-             va="top")
+    fig.text(
+        0.01,
+        -0.01,
+        textwrap.fill(
+            "Traces: " + select.short_settings(settings) + ". Scores: " + select.short_settings(score_settings) + ".",
+            170,
+        ),
+        fontsize=8,
+        color="0.3",
+        va="top",
+    )
     write.save_figure(fig, args.out, "figure4")
     if overlap.empty:
-        notes.append(f"no probe or NUDGING traces under {args.results}/runs: overlap is empty "
-                     "(run e.g. python -m blendin.run -m experiment=paper_fig2, or method=probe)")
+        notes.append(
+            f"no probe or NUDGING traces under {args.results}/runs: overlap is empty "
+            "(run e.g. python -m blendin.run -m experiment=paper_fig2, or method=probe)"
+        )
     all_settings = [f"traces, {s}" for s in settings] + [f"NUDGING scores, {s}" for s in score_settings]
     write.write_notes(args.out, "overlap", "Figure 4 and Table 4 (overlap)", all_settings, notes)
     write.report_notes("overlap", all_settings, notes)

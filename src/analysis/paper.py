@@ -6,6 +6,7 @@ Not: Guiding Inference-time Alignment with Probabilistic Model Blending", ACL 20
 number per row (artefact, pair, benchmark, method, tau, alpha, subset, metric, value, note). It is
 shown beside our results, labelled as the paper's; nothing of ours is computed from it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,7 +46,7 @@ def disagreements(values: pd.DataFrame) -> pd.DataFrame:
     for key, group in values.groupby(KEY, sort=False):
         records = group.to_dict("records")
         for i, a in enumerate(records):
-            for b in records[i + 1:]:
+            for b in records[i + 1 :]:
                 if abs(a["value"] - b["value"]) > _tolerance(a["decimals"], b["decimals"]):
                     rows.append(_row("the same setting printed with different numbers", a, b))
     t1 = values[(values["artefact"] == "table1") & (values["metric"] == "score")]
@@ -55,23 +56,41 @@ def disagreements(values: pd.DataFrame) -> pd.DataFrame:
         if len(nudging) and len(base):
             implied = nudging["value"].iloc[0] - base["value"].iloc[0]
             if abs(implied - d["value"]) > 0.01 + 1e-9:  # each of the three numbers is rounded to 0.01
-                rows.append({"kind": "Figure 2 delta vs Table 1 (NUDG. - Base)", "pair": d["pair"],
-                             "benchmark": d["benchmark"], "method": "nudging", "setting": "subset 100",
-                             "first": f"figure2 delta {d['value']:.2f}", "second": f"table1 {implied:.2f}"})
+                rows.append(
+                    {
+                        "kind": "Figure 2 delta vs Table 1 (NUDG. - Base)",
+                        "pair": d["pair"],
+                        "benchmark": d["benchmark"],
+                        "method": "nudging",
+                        "setting": "subset 100",
+                        "first": f"figure2 delta {d['value']:.2f}",
+                        "second": f"table1 {implied:.2f}",
+                    }
+                )
     scores = values[values["metric"] == "score"]
     for key, group in scores.groupby(["pair", "benchmark", "method", "tau", "alpha"], sort=False):
         sub, full = group[group["subset"] == "100"], group[group["subset"] == "full"]
         if len(sub) and len(full) and abs(sub["value"].iloc[0] - full["value"].iloc[0]) > 0.25:
-            rows.append({"kind": "100-sample subset vs full set differ by more than 0.25", "pair": key[0],
-                         "benchmark": key[1], "method": key[2], "setting": _setting(sub.iloc[0], subset=False),
-                         "first": f"{sub['artefact'].iloc[0]} (n=100) {_printed(sub.iloc[0])}",
-                         "second": f"{full['artefact'].iloc[0]} (full) {_printed(full.iloc[0])}"})
+            rows.append(
+                {
+                    "kind": "100-sample subset vs full set differ by more than 0.25",
+                    "pair": key[0],
+                    "benchmark": key[1],
+                    "method": key[2],
+                    "setting": _setting(sub.iloc[0], subset=False),
+                    "first": f"{sub['artefact'].iloc[0]} (n=100) {_printed(sub.iloc[0])}",
+                    "second": f"{full['artefact'].iloc[0]} (full) {_printed(full.iloc[0])}",
+                }
+            )
     return pd.DataFrame(rows, columns=["kind", "pair", "benchmark", "method", "setting", "first", "second"])
 
 
 def _setting(r, subset=True) -> str:
-    parts = [f"tau {r['tau']}" if r["tau"] else "", f"alpha {r['alpha']}" if r["alpha"] else "",
-             f"subset {r['subset']}" if subset and r["subset"] else ""]
+    parts = [
+        f"tau {r['tau']}" if r["tau"] else "",
+        f"alpha {r['alpha']}" if r["alpha"] else "",
+        f"subset {r['subset']}" if subset and r["subset"] else "",
+    ]
     return ", ".join(p for p in parts if p)
 
 
@@ -81,9 +100,15 @@ def _printed(r) -> str:
 
 
 def _row(kind, a, b) -> dict:
-    return {"kind": kind, "pair": a["pair"], "benchmark": a["benchmark"], "method": a["method"],
-            "setting": _setting(a) + f", {a['metric']}", "first": f"{a['artefact']} {_printed(a)}",
-            "second": f"{b['artefact']} {_printed(b)}"}
+    return {
+        "kind": kind,
+        "pair": a["pair"],
+        "benchmark": a["benchmark"],
+        "method": a["method"],
+        "setting": _setting(a) + f", {a['metric']}",
+        "first": f"{a['artefact']} {_printed(a)}",
+        "second": f"{b['artefact']} {_printed(b)}",
+    }
 
 
 def beside(ours: pd.DataFrame, values: pd.DataFrame, artefact: str) -> pd.DataFrame:
@@ -97,6 +122,21 @@ def beside(ours: pd.DataFrame, values: pd.DataFrame, artefact: str) -> pd.DataFr
         on += ["tau", "alpha"]
         ours = ours.assign(tau=ours["tau"].map(lambda t: f"{t:g}" if isinstance(t, float) and np.isfinite(t) else ""))
     merged = ours.merge(paper.rename(columns={"value": "paper", "note": "paper_note"}), on=on, how="inner")
-    keep = [c for c in ["pair", "benchmark", "method", "tau", "alpha", "metric", "ours", "ours_n", "paper",
-                        "subset", "paper_note"] if c in merged.columns]
+    keep = [
+        c
+        for c in [
+            "pair",
+            "benchmark",
+            "method",
+            "tau",
+            "alpha",
+            "metric",
+            "ours",
+            "ours_n",
+            "paper",
+            "subset",
+            "paper_note",
+        ]
+        if c in merged.columns
+    ]
     return merged[keep].rename(columns={"subset": "paper_subset"})

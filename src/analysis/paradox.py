@@ -16,6 +16,7 @@ run_dir, then unit, guidance_score, setting), paradox.csv (benchmark, method, un
 pearson_r, pearson_p, r_ci95_low, r_ci95_high, spearman_rho, spearman_p, permutation_p),
 figure3.png/.pdf (token-level NUDGING; figure3_<method>.png for other methods) and paradox_notes.md.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,10 +30,32 @@ from matplotlib.colors import TwoSlopeNorm
 from . import cli, labels, select, stats, write
 from .load import load_runs
 
-POINT_COLUMNS = ["pair", "benchmark", "method", "tau", "intervention_rate", "score", "base_score", "run_dir",
-                 "unit", "guidance_score", "setting"]
-FIT_COLUMNS = ["benchmark", "method", "unit", "n_points", "pearson_r", "pearson_p", "r_ci95_low", "r_ci95_high",
-               "spearman_rho", "spearman_p", "permutation_p"]
+POINT_COLUMNS = [
+    "pair",
+    "benchmark",
+    "method",
+    "tau",
+    "intervention_rate",
+    "score",
+    "base_score",
+    "run_dir",
+    "unit",
+    "guidance_score",
+    "setting",
+]
+FIT_COLUMNS = [
+    "benchmark",
+    "method",
+    "unit",
+    "n_points",
+    "pearson_r",
+    "pearson_p",
+    "r_ci95_low",
+    "r_ci95_high",
+    "spearman_rho",
+    "spearman_p",
+    "permutation_p",
+]
 METHODS = ("nudging", "nudging_words")
 THRESHOLD = 0.20  # the paper's "excessive intervention" line
 
@@ -44,8 +67,9 @@ def _single_model_score(frame: pd.DataFrame, method: str) -> pd.Series:
     return runs.set_index(["pair", "benchmark", "setting_key"])["score"]
 
 
-def compute_points(frame: pd.DataFrame, methods=METHODS, n: str | None = None, protocol: str | None = None,
-                   notes: list | None = None) -> pd.DataFrame:
+def compute_points(
+    frame: pd.DataFrame, methods=METHODS, n: str | None = None, protocol: str | None = None, notes: list | None = None
+) -> pd.DataFrame:
     """The points of Figure 3: one row per NUDGING-type run with a usable score and rate."""
     notes = [] if notes is None else notes
     frame = select.filter_runs(frame, n, protocol)
@@ -59,16 +83,29 @@ def compute_points(frame: pd.DataFrame, methods=METHODS, n: str | None = None, p
     base = _single_model_score(frame, "base")
     guidance = _single_model_score(frame, "guidance")
     keys = list(zip(runs["pair"], runs["benchmark"], runs["setting_key"]))
-    points = pd.DataFrame({
-        "pair": runs["pair"].values, "benchmark": runs["benchmark"].values, "method": runs["method"].values,
-        "tau": runs["tau"].values, "intervention_rate": runs["intervention_rate"].values,
-        "score": runs["score"].values, "base_score": [base.get(k, math.nan) for k in keys],
-        "run_dir": runs["run_dir"].values, "unit": runs["intervention_unit"].values,
-        "guidance_score": [guidance.get(k, math.nan) for k in keys], "setting": runs["setting"].values,
-    }, columns=POINT_COLUMNS)
+    points = pd.DataFrame(
+        {
+            "pair": runs["pair"].values,
+            "benchmark": runs["benchmark"].values,
+            "method": runs["method"].values,
+            "tau": runs["tau"].values,
+            "intervention_rate": runs["intervention_rate"].values,
+            "score": runs["score"].values,
+            "base_score": [base.get(k, math.nan) for k in keys],
+            "run_dir": runs["run_dir"].values,
+            "unit": runs["intervention_unit"].values,
+            "guidance_score": [guidance.get(k, math.nan) for k in keys],
+            "setting": runs["setting"].values,
+        },
+        columns=POINT_COLUMNS,
+    )
     order = {b: i for i, b in enumerate(labels.order_benchmarks(points["benchmark"]))}
-    return points.sort_values(["benchmark", "method", "pair", "tau"], key=lambda c: c.map(order) if c.name ==
-                              "benchmark" else c, kind="stable", ignore_index=True)
+    return points.sort_values(
+        ["benchmark", "method", "pair", "tau"],
+        key=lambda c: c.map(order) if c.name == "benchmark" else c,
+        kind="stable",
+        ignore_index=True,
+    )
 
 
 def fit(points: pd.DataFrame, n_permutations: int = 10_000, seed: int = 0) -> dict:
@@ -77,9 +114,16 @@ def fit(points: pd.DataFrame, n_permutations: int = 10_000, seed: int = 0) -> di
     return stats.correlation(points["intervention_rate"], points["score"], n_permutations, seed)
 
 
-def compute(frame: pd.DataFrame, methods=METHODS, n: str | None = None, protocol: str | None = None,
-            n_permutations: int = 10_000, seed: int = 0, notes: list | None = None,
-            points: pd.DataFrame | None = None) -> pd.DataFrame:
+def compute(
+    frame: pd.DataFrame,
+    methods=METHODS,
+    n: str | None = None,
+    protocol: str | None = None,
+    n_permutations: int = 10_000,
+    seed: int = 0,
+    notes: list | None = None,
+    points: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """paradox.csv: one row per (benchmark, method, unit) of the points (`compute_points`)."""
     notes = [] if notes is None else notes
     points = compute_points(frame, methods, n, protocol, notes) if points is None else points
@@ -114,14 +158,30 @@ def _panel(ax, group: pd.DataFrame, fit_row, norm, cmap):
     gap = (group["guidance_score"] - group["base_score"]).to_numpy(float)
     has = np.isfinite(gap)
     ax.axvline(100 * THRESHOLD, color="0.4", ls="--", lw=1)
-    ax.annotate("20%", (100 * THRESHOLD, 0), xycoords=("data", "axes fraction"), xytext=(3, 4),
-                textcoords="offset points", fontsize=9, color="0.3")
+    ax.annotate(
+        "20%",
+        (100 * THRESHOLD, 0),
+        xycoords=("data", "axes fraction"),
+        xytext=(3, 4),
+        textcoords="offset points",
+        fontsize=9,
+        color="0.3",
+    )
     sc = None
     if has.any():
         sc = ax.scatter(x[has], y[has], c=gap[has], cmap=cmap, norm=norm, s=55, edgecolor="0.2", lw=0.6, zorder=3)
     if (~has).any():
-        ax.scatter(x[~has], y[~has], marker="^", color="0.6", edgecolor="0.3", s=60, lw=0.6, zorder=3,
-                   label="no guidance/base run")
+        ax.scatter(
+            x[~has],
+            y[~has],
+            marker="^",
+            color="0.6",
+            edgecolor="0.3",
+            s=60,
+            lw=0.6,
+            zorder=3,
+            label="no guidance/base run",
+        )
     if len(group) <= 8:  # few points: name them (one pair: the threshold alone says which point)
         several_tau = group.groupby("pair")["tau"].nunique().max() > 1
         one_pair = group["pair"].nunique() == 1
@@ -131,21 +191,41 @@ def _panel(ax, group: pd.DataFrame, fit_row, norm, cmap):
             tau = f"τ={row['tau']:g}" if several_tau else ""
             text = tau if one_pair and tau else (labels.pair_short(row["pair"]) + (" " + tau if tau else ""))
             # alternate above and below the point, so that neighbours on one score level do not overlap
-            ax.annotate(text, (x[i], y[i]), xytext=(0, 7 if rank % 2 == 0 else -12), textcoords="offset points",
-                        fontsize=8, color="0.25", ha="center")
+            ax.annotate(
+                text,
+                (x[i], y[i]),
+                xytext=(0, 7 if rank % 2 == 0 else -12),
+                textcoords="offset points",
+                fontsize=8,
+                color="0.25",
+                ha="center",
+            )
     slope, intercept = stats.fit_line(group["intervention_rate"], group["score"])
     if fit_row is not None and np.isfinite(fit_row["pearson_r"]):
         xs = np.linspace(x.min(), x.max(), 50)
         ax.plot(xs, intercept + slope * xs / 100, color="#D55E00", lw=1.8, zorder=2)
-        ci = (f" [{fit_row['r_ci95_low']:.2f}, {fit_row['r_ci95_high']:.2f}]"
-              if np.isfinite(fit_row["r_ci95_low"]) else "")
-        text = (f"r = {fit_row['pearson_r']:.2f}{ci}\np {_eq_p(fit_row['pearson_p'])}, "
-                f"perm. p {_eq_p(fit_row['permutation_p'])}\n"
-                f"ρ = {fit_row['spearman_rho']:.2f}, n = {int(fit_row['n_points'])}")
+        ci = (
+            f" [{fit_row['r_ci95_low']:.2f}, {fit_row['r_ci95_high']:.2f}]"
+            if np.isfinite(fit_row["r_ci95_low"])
+            else ""
+        )
+        text = (
+            f"r = {fit_row['pearson_r']:.2f}{ci}\np {_eq_p(fit_row['pearson_p'])}, "
+            f"perm. p {_eq_p(fit_row['permutation_p'])}\n"
+            f"ρ = {fit_row['spearman_rho']:.2f}, n = {int(fit_row['n_points'])}"
+        )
     else:
         text = f"n = {len(group)}: no fit\n(fewer than 3 points)" if len(group) < 3 else "no fit (constant values)"
-    ax.text(0.98, 0.97, text, transform=ax.transAxes, ha="right", va="top", fontsize=9,
-            bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="0.7", alpha=0.9))
+    ax.text(
+        0.98,
+        0.97,
+        text,
+        transform=ax.transAxes,
+        ha="right",
+        va="top",
+        fontsize=9,
+        bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="0.7", alpha=0.9),
+    )
     ax.grid(alpha=0.25)
     ax.set_xlim(left=0, right=max(25.0, x.max() * 1.2 if len(x) else 25.0))
     ax.margins(y=0.12)
@@ -160,10 +240,11 @@ def plot(points: pd.DataFrame, fits: pd.DataFrame, method: str = "nudging", unit
     benchmarks = labels.order_benchmarks(pts["benchmark"])
     ncols = min(3, max(1, len(benchmarks)))
     nrows = max(1, math.ceil(len(benchmarks) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols + 1.2, 4.0 * nrows + 0.9), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(4.8 * ncols + 1.2, 4.0 * nrows + 0.9), squeeze=False, layout="constrained"
+    )
     cmap = plt.get_cmap("PuOr")
-    gaps = (pts["guidance_score"] - pts["base_score"])
+    gaps = pts["guidance_score"] - pts["base_score"]
     frac = gaps[~pts["benchmark"].isin(labels.JUDGE_SCALE_BENCHMARKS)].abs().max()
     judge = gaps[pts["benchmark"].isin(labels.JUDGE_SCALE_BENCHMARKS)].abs().max()
     norm_frac = TwoSlopeNorm(0, -(frac if frac > 0 else 1), frac if frac > 0 else 1)
@@ -173,8 +254,9 @@ def plot(points: pd.DataFrame, fits: pd.DataFrame, method: str = "nudging", unit
         group = pts[pts["benchmark"] == benchmark]
         fit_row = fits[(fits["benchmark"] == benchmark) & (fits["method"] == method) & (fits["unit"] == unit)]
         judge_scale = benchmark in labels.JUDGE_SCALE_BENCHMARKS
-        sc = _panel(ax, group, fit_row.iloc[0] if len(fit_row) else None, norm_judge if judge_scale else norm_frac,
-                    cmap)
+        sc = _panel(
+            ax, group, fit_row.iloc[0] if len(fit_row) else None, norm_judge if judge_scale else norm_frac, cmap
+        )
         ax.set_title(labels.benchmark_label(benchmark))
         ax.set_xlabel(f"intervention rate ({_unit_axis(unit)})")
         ax.set_ylabel(_y_label(benchmark))
@@ -182,22 +264,32 @@ def plot(points: pd.DataFrame, fits: pd.DataFrame, method: str = "nudging", unit
             fig.colorbar(sc, ax=ax, shrink=0.9, pad=0.02).set_label("guidance − base (1-5 scale)", fontsize=9)
         elif sc is not None:
             shared = sc
-    for ax in list(axes.flat)[len(benchmarks):]:
+    for ax in list(axes.flat)[len(benchmarks) :]:
         ax.set_visible(False)
     if not benchmarks:
         axes[0, 0].set_visible(True)
         axes[0, 0].text(0.5, 0.5, "no runs to plot", ha="center", va="center", transform=axes[0, 0].transAxes)
         axes[0, 0].set_axis_off()
     if shared is not None:
-        fig.colorbar(shared, ax=[a for a in axes.flat if a.get_visible()], shrink=0.45, aspect=40, pad=0.02,
-                     location="bottom").set_label("point colour: guidance − base score (fraction; grey "
-                                                  "triangles: no guidance or base run in the same setting)")
+        fig.colorbar(
+            shared, ax=[a for a in axes.flat if a.get_visible()], shrink=0.45, aspect=40, pad=0.02, location="bottom"
+        ).set_label(
+            "point colour: guidance − base score (fraction; grey "
+            "triangles: no guidance or base run in the same setting)"
+        )
     per = "one point per pair and τ" if pts.groupby("pair")["tau"].nunique().max() > 1 else "one point per pair"
-    fig.suptitle(f"Figure 3: intervention rate vs score ({labels.method_label(method)}, {unit}-level rate); {per}",
-                 fontsize=13)
+    fig.suptitle(
+        f"Figure 3: intervention rate vs score ({labels.method_label(method)}, {unit}-level rate); {per}", fontsize=13
+    )
     settings = select.short_settings([f"x: {s}" for s in pts["setting"]])
-    fig.text(0.01, -0.02, textwrap.fill("Settings: " + settings + ". Stop strings per benchmark: "
-                                        "see paradox_notes.md.", 160), fontsize=8, color="0.3", va="top")
+    fig.text(
+        0.01,
+        -0.02,
+        textwrap.fill("Settings: " + settings + ". Stop strings per benchmark: see paradox_notes.md.", 160),
+        fontsize=8,
+        color="0.3",
+        va="top",
+    )
     return fig
 
 
@@ -213,14 +305,17 @@ def main(argv=None) -> int:
     write.write_csv(points, args.out / "paradox_points.csv")
     write.write_csv(fits, args.out / "paradox.csv")
     if points.empty:
-        notes.append(f"no NUDGING runs with a score under {args.results}/runs: nothing to plot "
-                     "(run e.g. python -m blendin.run -m experiment=paper_fig2)")
+        notes.append(
+            f"no NUDGING runs with a score under {args.results}/runs: nothing to plot "
+            "(run e.g. python -m blendin.run -m experiment=paper_fig2)"
+        )
     groups = sorted(set(zip(points["method"], points["unit"])) | {("nudging", "token")})  # figure3 always exists
     for method, unit in groups:
         stem = "figure3" if (method, unit) == ("nudging", "token") else f"figure3_{method}"
         write.save_figure(plot(points, fits, method, unit), args.out, stem)
-    settings = sorted(set(f"{b}: {s}; unit: {u}" for b, s, u in zip(points["benchmark"], points["setting"],
-                                                                    points["unit"])))
+    settings = sorted(
+        set(f"{b}: {s}; unit: {u}" for b, s, u in zip(points["benchmark"], points["setting"], points["unit"]))
+    )
     write.write_notes(args.out, "paradox", "Figure 3 (paradox)", settings, notes)
     write.report_notes("paradox", settings, notes)
     print(f"[paradox] wrote {args.out / 'paradox.csv'} ({len(fits)} fits, {len(points)} points)")

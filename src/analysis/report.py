@@ -14,6 +14,7 @@ numbers for the same setting. The calibration section (alpha's premise on teache
 appears when `analysis.calibration` found forced runs; optional sections other tools add are
 rendered when their files exist (see OPTIONAL_SECTIONS): diagnosis, tuning and speed.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -28,17 +29,31 @@ import yaml
 from . import calibration, heatmap, labels, overlap, paper, paradox, select, subset, tables, write
 from .load import load_runs, unfinished_runs
 
-COMMANDS = [("heatmap", heatmap.main), ("paradox", paradox.main), ("overlap", overlap.main), ("tables", tables.main),
-            ("subset", subset.main), ("calibration", calibration.main)]
+COMMANDS = [
+    ("heatmap", heatmap.main),
+    ("paradox", paradox.main),
+    ("overlap", overlap.main),
+    ("tables", tables.main),
+    ("subset", subset.main),
+    ("calibration", calibration.main),
+]
 PAPER_EXPERIMENTS = {  # experiment -> what it reproduces
-    "paper_fig2": "Figure 2 (and the data of Figures 3-4, Table 4)", "paper_table1": "Table 1",
-    "paper_table2": "Table 2", "paper_table3": "Table 3", "tau_sweep": "Table 5 (tau)",
-    "alpha_sweep": "Table 5 (alpha)", "paper_table6": "Table 6"}
-GPU_NOTE = ("one GPU with 40 GB+ memory (an 8-9B base in bfloat16 next to a 1-4B guidance model); "
-            "add hydra/launcher=slurm to spread the runs over a cluster")
+    "paper_fig2": "Figure 2 (and the data of Figures 3-4, Table 4)",
+    "paper_table1": "Table 1",
+    "paper_table2": "Table 2",
+    "paper_table3": "Table 3",
+    "tau_sweep": "Table 5 (tau)",
+    "alpha_sweep": "Table 5 (alpha)",
+    "paper_table6": "Table 6",
+}
+GPU_NOTE = (
+    "one GPU with 40 GB+ memory (an 8-9B base in bfloat16 next to a 1-4B guidance model); "
+    "add hydra/launcher=slurm to spread the runs over a cluster"
+)
 
 
 # ---- small helpers ----------------------------------------------------------------------------------
+
 
 def _read(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.is_file() and path.stat().st_size > 0 else None
@@ -50,8 +65,11 @@ def _demote(markdown: str, levels: int = 2) -> list[str]:
 
 
 def _include(path: Path, levels: int = 2) -> list[str]:
-    return _demote(path.read_text(encoding="utf-8"), levels) + [""] if path.is_file() else \
-        [f"_{path.name} was not written (run its command)._", ""]
+    return (
+        _demote(path.read_text(encoding="utf-8"), levels) + [""]
+        if path.is_file()
+        else [f"_{path.name} was not written (run its command)._", ""]
+    )
 
 
 def _details(summary: str, lines: list[str]) -> list[str]:
@@ -80,17 +98,23 @@ def _format(frame: pd.DataFrame, digits: dict | None = None) -> pd.DataFrame:
 
 # ---- sections ---------------------------------------------------------------------------------------
 
+
 def header(frame: pd.DataFrame, results: Path, unfinished: list[str]) -> list[str]:
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return ["# BlendIn / NUDGING: results report", "",
-            f"Generated {when} from `{results}/runs`: {len(frame)} finished runs over {frame['pair'].nunique()} "
-            f"pair(s) and {frame['benchmark'].nunique()} benchmark(s)"
-            + (f"; {len(unfinished)} unfinished run folder(s) ignored." if unfinished else "."), "",
-            "Every number below is computed from the stored runs (`samples.jsonl`, `tokens.parquet`, "
-            "`metrics.json`) by `python -m analysis.<name>`. Columns and tables marked **paper** hold the "
-            "published values of Gan, Li, Luo, *To Intervene or Not* (ACL 2026), typed once into "
-            "`src/analysis/paper_values.csv`; they are shown beside **ours**, never mixed into it. "
-            "Missing cells are n/a, never 0.", ""]
+    return [
+        "# BlendIn / NUDGING: results report",
+        "",
+        f"Generated {when} from `{results}/runs`: {len(frame)} finished runs over {frame['pair'].nunique()} "
+        f"pair(s) and {frame['benchmark'].nunique()} benchmark(s)"
+        + (f"; {len(unfinished)} unfinished run folder(s) ignored." if unfinished else "."),
+        "",
+        "Every number below is computed from the stored runs (`samples.jsonl`, `tokens.parquet`, "
+        "`metrics.json`) by `python -m analysis.<name>`. Columns and tables marked **paper** hold the "
+        "published values of Gan, Li, Luo, *To Intervene or Not* (ACL 2026), typed once into "
+        "`src/analysis/paper_values.csv`; they are shown beside **ours**, never mixed into it. "
+        "Missing cells are n/a, never 0.",
+        "",
+    ]
 
 
 def settings_section(frame: pd.DataFrame, unfinished: list[str]) -> list[str]:
@@ -99,22 +123,34 @@ def settings_section(frame: pd.DataFrame, unfinished: list[str]) -> list[str]:
         return lines + ["No runs yet.", ""]
     groups = []
     for (setting, unit), group in frame.groupby(["setting", "intervention_unit"], sort=True):
-        groups.append({"benchmark": ", ".join(labels.order_benchmarks(group["benchmark"])), "setting": setting,
-                       "intervention unit": unit, "methods": ", ".join(sorted(group["method"].unique())),
-                       "pairs": group["pair"].nunique(), "runs": len(group)})
-    lines += [write.markdown_table(pd.DataFrame(groups)), "",
-              "A setting = protocol (`ours`: the same stop strings for every method; `reference`: the published "
-              "code's choices), split, subset size n and seed, token budget, stop strings and judge. Each artefact "
-              "uses one setting per benchmark (the one with the most runs) and says which in its notes. "
-              "Intervention rates are token-level (share of generated tokens where the guidance was applied) "
-              "unless the unit says word (Fei et al.'s word-level ratio of `nudging_words`); units are never "
-              "mixed in one fit or column.", ""]
+        groups.append(
+            {
+                "benchmark": ", ".join(labels.order_benchmarks(group["benchmark"])),
+                "setting": setting,
+                "intervention unit": unit,
+                "methods": ", ".join(sorted(group["method"].unique())),
+                "pairs": group["pair"].nunique(),
+                "runs": len(group),
+            }
+        )
+    lines += [
+        write.markdown_table(pd.DataFrame(groups)),
+        "",
+        "A setting = protocol (`ours`: the same stop strings for every method; `reference`: the published "
+        "code's choices), split, subset size n and seed, token budget, stop strings and judge. Each artefact "
+        "uses one setting per benchmark (the one with the most runs) and says which in its notes. "
+        "Intervention rates are token-level (share of generated tokens where the guidance was applied) "
+        "unless the unit says word (Fei et al.'s word-level ratio of `nudging_words`); units are never "
+        "mixed in one fit or column.",
+        "",
+    ]
     excluded = select.excluded_notes(frame)
     if excluded:
         lines += ["Left out of every score:", ""] + [f"- {n}" for n in excluded] + [""]
     if unfinished:
-        lines += _details(f"{len(unfinished)} unfinished run folder(s) (no metrics.json; ignored)",
-                          [f"- `{u}`" for u in unfinished])
+        lines += _details(
+            f"{len(unfinished)} unfinished run folder(s) (no metrics.json; ignored)", [f"- `{u}`" for u in unfinished]
+        )
     return lines
 
 
@@ -123,20 +159,28 @@ def _paper_block(ours: pd.DataFrame | None, values: pd.DataFrame, artefact: str,
     lines = [f"**Ours beside the paper ({title})**", ""]
     both = paper.beside(ours, values, artefact) if ours is not None and len(ours) else pd.DataFrame()
     if both.empty:
-        lines += [f"None of the pairs and settings of the paper's {title} are stored yet, so there is "
-                  "nothing to put side by side; the paper's values are listed below.", ""]
+        lines += [
+            f"None of the pairs and settings of the paper's {title} are stored yet, so there is "
+            "nothing to put side by side; the paper's values are listed below.",
+            "",
+        ]
     else:
         shown = both.rename(columns={"paper": "paper (published)", "ours_n": "ours n"})
         shown = shown[[c for c in shown.columns if not (c in ("tau", "alpha") and (shown[c].astype(str) == "").all())]]
         table = [write.markdown_table(_format(shown)), ""]
         lines += (_details(f"{len(shown)} numbers side by side", table) if len(shown) > 24 else table) + [
             "Ours uses the setting named in this section's notes; the paper used 100-sample subsets (or the full "
-            "sets where marked), 512 new tokens and its own scorers: compare with care.", ""]
-    ref = values[values["artefact"] == artefact][["pair", "benchmark", "method", "tau", "alpha", "subset", "metric",
-                                                  "value", "note"]]
+            "sets where marked), 512 new tokens and its own scorers: compare with care.",
+            "",
+        ]
+    ref = values[values["artefact"] == artefact][
+        ["pair", "benchmark", "method", "tau", "alpha", "subset", "metric", "value", "note"]
+    ]
     ref = ref.assign(value=[write.fmt(v, d) for v, d in zip(ref["value"], values.loc[ref.index, "decimals"])])
-    return lines + _details(f"The paper's {title}, as published ({len(ref)} numbers)",
-                            [write.markdown_table(ref.rename(columns={"value": "paper value"}))])
+    return lines + _details(
+        f"The paper's {title}, as published ({len(ref)} numbers)",
+        [write.markdown_table(ref.rename(columns={"value": "paper value"}))],
+    )
 
 
 def _cells_as_ours(path: Path, halfwidth: bool = False) -> pd.DataFrame | None:
@@ -145,14 +189,38 @@ def _cells_as_ours(path: Path, halfwidth: bool = False) -> pd.DataFrame | None:
         return None
     rows = []
     for _, c in cells.iterrows():
-        rows.append({"pair": c["pair"], "benchmark": c["benchmark"], "method": c["method"], "metric": "score",
-                     "ours": c["score"], "ours_n": c["n"]})
+        rows.append(
+            {
+                "pair": c["pair"],
+                "benchmark": c["benchmark"],
+                "method": c["method"],
+                "metric": "score",
+                "ours": c["score"],
+                "ours_n": c["n"],
+            }
+        )
         if halfwidth:
-            rows.append({"pair": c["pair"], "benchmark": c["benchmark"], "method": c["method"],
-                         "metric": "ci_halfwidth", "ours": (c["ci_high"] - c["ci_low"]) / 2, "ours_n": c["n"]})
+            rows.append(
+                {
+                    "pair": c["pair"],
+                    "benchmark": c["benchmark"],
+                    "method": c["method"],
+                    "metric": "ci_halfwidth",
+                    "ours": (c["ci_high"] - c["ci_low"]) / 2,
+                    "ours_n": c["n"],
+                }
+            )
         if c["method"] == "nudging":
-            rows.append({"pair": c["pair"], "benchmark": c["benchmark"], "method": "nudging",
-                         "metric": "intervention_rate", "ours": c["intervention_rate"], "ours_n": c["n"]})
+            rows.append(
+                {
+                    "pair": c["pair"],
+                    "benchmark": c["benchmark"],
+                    "method": "nudging",
+                    "metric": "intervention_rate",
+                    "ours": c["intervention_rate"],
+                    "ours_n": c["n"],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -173,9 +241,12 @@ def figure3_section(analysis: Path, out: Path) -> list[str]:
     fits = _read(analysis / "paradox.csv")
     if fits is not None:
         lines += [write.markdown_table(_format(fits)), ""]
-    lines += ["The paper prints no numbers for Figure 3; it reports negative correlations, significant on GSM8K, "
-              "TruthfulQA and XSTest, and a 20% intervention line. Its x axis is Fei et al.'s word-level ratio "
-              "(docs/protocols.md), ours is token-level unless the unit says word.", ""]
+    lines += [
+        "The paper prints no numbers for Figure 3; it reports negative correlations, significant on GSM8K, "
+        "TruthfulQA and XSTest, and a 20% intervention line. Its x axis is Fei et al.'s word-level ratio "
+        "(docs/protocols.md), ours is token-level unless the unit says word.",
+        "",
+    ]
     return lines + _details("Settings and notes", _include(analysis / "paradox_notes.md", 3))
 
 
@@ -191,24 +262,51 @@ def overlap_section(analysis: Path, out: Path, values: pd.DataFrame) -> list[str
     if t4 is not None:
         names = {"top50_overlap": "top50", "top_p90_overlap": "top_p90"}
         t4 = t4[t4["metric"].isin(names)]
-        ours = pd.concat([pd.DataFrame({"pair": "", "benchmark": t4["benchmark"], "method": "nudging",
-                                        "metric": t4["metric"].map(names) + f"_pearson_{k}", "ours": t4[f"pearson_{k}"],
-                                        "ours_n": t4["n_pairs"]}) for k in ("r", "p")]).fillna({"pair": ""})
+        ours = pd.concat(
+            [
+                pd.DataFrame(
+                    {
+                        "pair": "",
+                        "benchmark": t4["benchmark"],
+                        "method": "nudging",
+                        "metric": t4["metric"].map(names) + f"_pearson_{k}",
+                        "ours": t4[f"pearson_{k}"],
+                        "ours_n": t4["n_pairs"],
+                    }
+                )
+                for k in ("r", "p")
+            ]
+        ).fillna({"pair": ""})
     lines += _paper_block(ours, values, "table4", "Table 4")
     return lines + _details("Settings and notes", _include(analysis / "overlap_notes.md", 3))
 
 
 def tables_section(analysis: Path, values: pd.DataFrame) -> list[str]:
-    lines = ["## Tables 1, 2, 3, 5 and 6", "", "Each table also exists as `.csv` (machine-readable), `.tex` and "
-             "`_cells.csv` (every cell with its interval, paired test, MDD, setting and run folder) in "
-             f"`{analysis}`.", ""]
-    for stem, halfwidth in (("table1", False), ("table2", True), ("table3", False), ("table5", False),
-                            ("table6", False)):
+    lines = [
+        "## Tables 1, 2, 3, 5 and 6",
+        "",
+        "Each table also exists as `.csv` (machine-readable), `.tex` and "
+        "`_cells.csv` (every cell with its interval, paired test, MDD, setting and run folder) in "
+        f"`{analysis}`.",
+        "",
+    ]
+    for stem, halfwidth in (
+        ("table1", False),
+        ("table2", True),
+        ("table3", False),
+        ("table5", False),
+        ("table6", False),
+    ):
         lines += _include(analysis / f"{stem}.md", 2)
         if stem == "table5":
             t5 = _read(analysis / "table5.csv")
-            ours = None if t5 is None else t5.assign(method="blendin", metric="score").rename(
-                columns={"score": "ours", "n": "ours_n"}).drop_duplicates(["pair", "benchmark", "tau", "alpha"])
+            ours = (
+                None
+                if t5 is None
+                else t5.assign(method="blendin", metric="score")
+                .rename(columns={"score": "ours", "n": "ours_n"})
+                .drop_duplicates(["pair", "benchmark", "tau", "alpha"])
+            )
             if ours is not None:
                 ours["alpha"] = ours["alpha"].fillna("").astype(str)
         else:
@@ -219,52 +317,78 @@ def tables_section(analysis: Path, values: pd.DataFrame) -> list[str]:
 
 def disagreement_section(values: pd.DataFrame) -> list[str]:
     found = paper.disagreements(values)
-    lines = ["## Where the paper disagrees with itself", "",
-             "Computed from `paper_values.csv` (numbers as printed; two printings of one number may differ by half "
-             "a unit of the coarser rounding):", ""]
+    lines = [
+        "## Where the paper disagrees with itself",
+        "",
+        "Computed from `paper_values.csv` (numbers as printed; two printings of one number may differ by half "
+        "a unit of the coarser rounding):",
+        "",
+    ]
     if found.empty:
         return lines + ["None found.", ""]
-    return lines + [write.markdown_table(found), "",
-                    "Table 5's default row (tau 0.4, alpha auto, Q→L, full sets) and Table 2's BlendIn Q→L row "
-                    "describe the same setting with different numbers, and so do Table 6 and Table 1 for some "
-                    "cells; the large subset-vs-full XSTest gaps fit the remark in docs/protocols.md that the XSTest "
-                    "scorer changed between the two.", ""]
+    return lines + [
+        write.markdown_table(found),
+        "",
+        "Table 5's default row (tau 0.4, alpha auto, Q→L, full sets) and Table 2's BlendIn Q→L row "
+        "describe the same setting with different numbers, and so do Table 6 and Table 1 for some "
+        "cells; the large subset-vs-full XSTest gaps fit the remark in docs/protocols.md that the XSTest "
+        "scorer changed between the two.",
+        "",
+    ]
 
 
 def subset_section(analysis: Path, out: Path) -> list[str]:
     lines = ["## Is a 100-sample subset enough? (the review's main objection)", ""]
     table = _read(analysis / "subset_vs_full.csv")
     if table is None or table.empty:
-        return lines + ["No run has both a subset and a full-set twin yet (same pair, benchmark, method, parameters "
-                        "and protocol). Run, for example, `python -m blendin.run -m experiment=paper_table1` "
-                        "(n=100) and `python -m blendin.run -m experiment=paper_table2` (full).", ""]
+        return lines + [
+            "No run has both a subset and a full-set twin yet (same pair, benchmark, method, parameters "
+            "and protocol). Run, for example, `python -m blendin.run -m experiment=paper_table1` "
+            "(n=100) and `python -m blendin.run -m experiment=paper_table2` (full).",
+            "",
+        ]
     lines += _figure("subset_vs_full", "Subset vs full set (ours)", analysis, out)
     shown = table.drop(columns=["setting", "subset_run", "full_run"])
-    return lines + [write.markdown_table(_format(shown)), "",
-                    "full_on_subset_ids: the full run's score on the subset's own questions (a gap to the subset "
-                    "score is decoding noise); spread: percentiles of the means of random subsets of the same size "
-                    "drawn from the full run; subset_percentile: where the stored subset's score falls in that "
-                    "spread; score/output agreement: share of shared questions with the same score / text.", ""]
+    return lines + [
+        write.markdown_table(_format(shown)),
+        "",
+        "full_on_subset_ids: the full run's score on the subset's own questions (a gap to the subset "
+        "score is decoding noise); spread: percentiles of the means of random subsets of the same size "
+        "drawn from the full run; subset_percentile: where the stored subset's score falls in that "
+        "spread; score/output agreement: share of shared questions with the same score / text.",
+        "",
+    ]
 
 
 def inventory_section(frame: pd.DataFrame) -> list[str]:
     lines = ["## Run inventory", ""]
     if frame.empty:
         return lines + ["No finished runs.", ""]
-    inv = pd.DataFrame({
-        "pair": frame["pair"], "benchmark": frame["benchmark"], "method": frame["method"], "params": frame["params"],
-        "n": frame["n_spec"], "protocol": frame["protocol"], "unit": frame["intervention_unit"],
-        "score": [write.fmt(s, 3) if not e else f"left out ({write.fmt(st, 3)})"
-                  for s, st, e in zip(frame["score"], frame["stored_score"], frame["score_excluded"])],
-        "score_name": frame["score_name"], "intervention": [write.fmt_pct(v) for v in frame["intervention_rate"]],
-        "when": frame["created_at"].str.slice(0, 16), "run": frame["run_name"]})
+    inv = pd.DataFrame(
+        {
+            "pair": frame["pair"],
+            "benchmark": frame["benchmark"],
+            "method": frame["method"],
+            "params": frame["params"],
+            "n": frame["n_spec"],
+            "protocol": frame["protocol"],
+            "unit": frame["intervention_unit"],
+            "score": [
+                write.fmt(s, 3) if not e else f"left out ({write.fmt(st, 3)})"
+                for s, st, e in zip(frame["score"], frame["stored_score"], frame["score_excluded"])
+            ],
+            "score_name": frame["score_name"],
+            "intervention": [write.fmt_pct(v) for v in frame["intervention_rate"]],
+            "when": frame["created_at"].str.slice(0, 16),
+            "run": frame["run_name"],
+        }
+    )
     return lines + _details(f"{len(inv)} finished runs, one line each", [write.markdown_table(inv)])
 
 
 def _conf_dirs(results: Path) -> list[Path]:
     here = Path(__file__).resolve().parents[2] / "conf" / "experiment"
-    return [d for d in (here, Path.cwd() / "conf" / "experiment", results.parent / "conf" / "experiment")
-            if d.is_dir()]
+    return [d for d in (here, Path.cwd() / "conf" / "experiment", results.parent / "conf" / "experiment") if d.is_dir()]
 
 
 def experiment_cells(path: Path) -> tuple[list[dict], str]:
@@ -294,8 +418,12 @@ def experiment_cells(path: Path) -> tuple[list[dict], str]:
 
 
 def _has(frame: pd.DataFrame, cell: dict) -> bool:
-    hit = frame[(frame["pair"] == cell["pair"]) & (frame["benchmark"] == cell["benchmark"]) &
-                (frame["method"] == cell["method"]) & (frame["n_spec"].astype(str) == cell["n"])]
+    hit = frame[
+        (frame["pair"] == cell["pair"])
+        & (frame["benchmark"] == cell["benchmark"])
+        & (frame["method"] == cell["method"])
+        & (frame["n_spec"].astype(str) == cell["n"])
+    ]
     if "tau" in cell:
         hit = hit[(hit["tau"] - float(cell["tau"])).abs() < 1e-9]
     if "alpha" in cell:
@@ -307,8 +435,11 @@ def missing_section(frame: pd.DataFrame, results: Path) -> list[str]:
     lines = ["## What is missing for a full reproduction", ""]
     dirs = _conf_dirs(results)
     if not dirs:
-        return lines + ["conf/experiment/ was not found next to the package or in the working directory, so the "
-                        "paper's grids cannot be checked here.", ""]
+        return lines + [
+            "conf/experiment/ was not found next to the package or in the working directory, so the "
+            "paper's grids cannot be checked here.",
+            "",
+        ]
     rows, details = [], []
     for name, what in PAPER_EXPERIMENTS.items():
         path = next((d / f"{name}.yaml" for d in dirs if (d / f"{name}.yaml").is_file()), None)
@@ -316,20 +447,37 @@ def missing_section(frame: pd.DataFrame, results: Path) -> list[str]:
             continue
         cells, n = experiment_cells(path)
         missing = [c for c in cells if not _has(frame, c)]
-        rows.append({"experiment": name, "reproduces": what, "runs": len(cells), "stored": len(cells) - len(missing),
-                     "missing": len(missing), "command": f"`python -m blendin.run -m experiment={name}`"})
+        rows.append(
+            {
+                "experiment": name,
+                "reproduces": what,
+                "runs": len(cells),
+                "stored": len(cells) - len(missing),
+                "missing": len(missing),
+                "command": f"`python -m blendin.run -m experiment={name}`",
+            }
+        )
         if missing:
-            shown = [f"- {c['pair']} / {c['benchmark']} / {c['method']}" + "".join(
-                f" {k}={v}" for k, v in c.items() if k not in ("pair", "benchmark", "method", "n")) + f" (n={n})"
-                for c in missing[:15]]
-            details += _details(f"{name}: {len(missing)} missing run(s)", shown + (
-                [f"- ... and {len(missing) - 15} more"] if len(missing) > 15 else []))
-    lines += [write.markdown_table(pd.DataFrame(rows)), "",
-              f"Hardware: the paper's pairs need {GPU_NOTE}. JustEval-Safe needs an LLM judge (`judge=openai` with "
-              "an OpenAI-compatible endpoint, or `judge=local`); without one its runs are left out of every score. "
-              "The embedded pair (`pair=smollm2_gemma3`) runs every grid on a CPU, e.g. "
-              "`python -m blendin.run -m experiment=tau_sweep pair=smollm2_gemma3 benchmark.n=20`. "
-              "Then run `python -m analysis.report` again.", ""]
+            shown = [
+                f"- {c['pair']} / {c['benchmark']} / {c['method']}"
+                + "".join(f" {k}={v}" for k, v in c.items() if k not in ("pair", "benchmark", "method", "n"))
+                + f" (n={n})"
+                for c in missing[:15]
+            ]
+            details += _details(
+                f"{name}: {len(missing)} missing run(s)",
+                shown + ([f"- ... and {len(missing) - 15} more"] if len(missing) > 15 else []),
+            )
+    lines += [
+        write.markdown_table(pd.DataFrame(rows)),
+        "",
+        f"Hardware: the paper's pairs need {GPU_NOTE}. JustEval-Safe needs an LLM judge (`judge=openai` with "
+        "an OpenAI-compatible endpoint, or `judge=local`); without one its runs are left out of every score. "
+        "The embedded pair (`pair=smollm2_gemma3`) runs every grid on a CPU, e.g. "
+        "`python -m blendin.run -m experiment=tau_sweep pair=smollm2_gemma3 benchmark.n=20`. "
+        "Then run `python -m analysis.report` again.",
+        "",
+    ]
     return lines + details
 
 
@@ -339,10 +487,14 @@ def calibration_section(analysis: Path, out: Path) -> list[str]:
     table = _read(analysis / "calibration.csv")
     if table is None or table.empty:
         return []
-    lines = ["## Calibration: does alpha's premise hold?", "",
-             "From teacher-forced runs (`method=forced`: both models walked along known answers); every number "
-             "comes from `calibration.csv` (written by `python -m analysis.calibration`, which also splits by token "
-             "kind, position and alpha bin).", ""]
+    lines = [
+        "## Calibration: does alpha's premise hold?",
+        "",
+        "From teacher-forced runs (`method=forced`: both models walked along known answers); every number "
+        "comes from `calibration.csv` (written by `python -m analysis.calibration`, which also splits by token "
+        "kind, position and alpha bin).",
+        "",
+    ]
     summary = _include(analysis / "calibration_summary.md", 2)
     lines += [line for line in summary if not line.startswith("###")]  # the section heading replaces its title
     lines += _include(analysis / "calibration_table.md", 2)
@@ -352,6 +504,7 @@ def calibration_section(analysis: Path, out: Path) -> list[str]:
 
 
 # ---- optional sections other tools add (hook points) ------------------------------------------------
+
 
 def _json_tables(obj, prefix: str = "") -> list[tuple[str, pd.DataFrame]]:
     """A JSON document as tables: lists of records become tables, scalars a key/value table."""
@@ -405,8 +558,10 @@ def render_optional_section(title: str, files: list[Path], root: Path) -> list[s
 
 # Hook points: (title, function(results, analysis) -> files). Other parts add their outputs here.
 OPTIONAL_SECTIONS = [
-    ("Protocol differences (ours vs the reference code)",
-     lambda results, analysis: sorted(results.glob("protocol_effects.json"))),
+    (
+        "Protocol differences (ours vs the reference code)",
+        lambda results, analysis: sorted(results.glob("protocol_effects.json")),
+    ),
     ("Diagnosis", lambda results, analysis: sorted((results / "diagnose").glob("*.json"))),
     ("Tuning (chosen settings)", lambda results, analysis: sorted((results / "tune").glob("**/choice.json"))),
     ("Speed", lambda results, analysis: sorted((results / "bench").glob("*.json"))),
@@ -414,6 +569,7 @@ OPTIONAL_SECTIONS = [
 
 
 # ---- command ----------------------------------------------------------------------------------------
+
 
 def run_commands(results: Path, analysis: Path, extra: list[str]) -> list[str]:
     """Run every analysis command; returns the names of those that failed (with their error printed)."""
@@ -436,15 +592,21 @@ def build(results: Path, analysis: Path, out: Path, failed: list[str] = ()) -> s
     lines = header(frame, results, unfinished)
     calibrated = calibration_section(analysis, out)
     if failed:
-        lines += ["**Some analysis commands failed; their sections show what was there before:**", ""] + \
-                 [f"- {f}" for f in failed] + [""]
-    lines += ["Contents: [settings](#protocol-settings-behind-the-numbers) · [Figure 2](#figure-2-nudging-minus-"
-              "base-score-per-pair-and-benchmark) · [Figure 3](#figure-3-the-intervention-paradox) · [Figure 4 / "
-              "Table 4](#figure-4-and-table-4-vocabulary-overlap) · [Tables](#tables-1-2-3-5-and-6) · "
-              "[paper vs paper](#where-the-paper-disagrees-with-itself) · [subset vs full](#is-a-100-sample-subset-"
-              "enough-the-review-s-main-objection) · "
-              + ("[calibration](#calibration-does-alpha-s-premise-hold) · " if calibrated else "")
-              + "[inventory](#run-inventory) · [missing](#what-is-missing-for-a-full-reproduction)", ""]
+        lines += (
+            ["**Some analysis commands failed; their sections show what was there before:**", ""]
+            + [f"- {f}" for f in failed]
+            + [""]
+        )
+    lines += [
+        "Contents: [settings](#protocol-settings-behind-the-numbers) · [Figure 2](#figure-2-nudging-minus-"
+        "base-score-per-pair-and-benchmark) · [Figure 3](#figure-3-the-intervention-paradox) · [Figure 4 / "
+        "Table 4](#figure-4-and-table-4-vocabulary-overlap) · [Tables](#tables-1-2-3-5-and-6) · "
+        "[paper vs paper](#where-the-paper-disagrees-with-itself) · [subset vs full](#is-a-100-sample-subset-"
+        "enough-the-review-s-main-objection) · "
+        + ("[calibration](#calibration-does-alpha-s-premise-hold) · " if calibrated else "")
+        + "[inventory](#run-inventory) · [missing](#what-is-missing-for-a-full-reproduction)",
+        "",
+    ]
     lines += settings_section(frame, unfinished)
     lines += figure2_section(analysis, out, values)
     lines += figure3_section(analysis, out)
@@ -465,28 +627,38 @@ def ambiguity_section(frame: pd.DataFrame) -> list[str]:
     """How many outputs the rule-based scorers found ambiguous, and how far that could move the rates."""
     lines = ["## Outputs the rules may have misread", ""]
     if "n_ambiguous" not in frame or frame["n_ambiguous"].fillna(0).sum() == 0:
-        return lines + ["No stored run counts an output its scoring rules found ambiguous (runs scored before "
-                        "the count existed show nothing here).", ""]
-    shown = frame[frame["n_ambiguous"].fillna(0) > 0][["benchmark", "method", "params", "n_samples", "n_ambiguous",
-                                                       "refusal_range"]]
-    return lines + ["`n_ambiguous` counts the outputs that the rule-based scorers read one way where a careful reader "
-                    "might read them another: two different answer letters with no correction between them, "
-                    "letters joined as the answer, GSM8K's two number rules disagreeing, a refusal read from a "
-                    "rebuttal or a lecture rather than an explicit decline. `refusal_range` is each refusal rate "
-                    "if every ambiguous output had gone the other way. An LLM judge (`judge=openai` or "
-                    "`judge=local`, or `python -m blendin.rescore RUN --judge openai` later) reads them instead.", "",
-                    write.markdown_table(shown.sort_values(["benchmark", "method"])), ""]
+        return lines + [
+            "No stored run counts an output its scoring rules found ambiguous (runs scored before "
+            "the count existed show nothing here).",
+            "",
+        ]
+    shown = frame[frame["n_ambiguous"].fillna(0) > 0][
+        ["benchmark", "method", "params", "n_samples", "n_ambiguous", "refusal_range"]
+    ]
+    return lines + [
+        "`n_ambiguous` counts the outputs that the rule-based scorers read one way where a careful reader "
+        "might read them another: two different answer letters with no correction between them, "
+        "letters joined as the answer, GSM8K's two number rules disagreeing, a refusal read from a "
+        "rebuttal or a lecture rather than an explicit decline. `refusal_range` is each refusal rate "
+        "if every ambiguous output had gone the other way. An LLM judge (`judge=openai` or "
+        "`judge=local`, or `python -m blendin.rescore RUN --judge openai` later) reads them instead.",
+        "",
+        write.markdown_table(shown.sort_values(["benchmark", "method"])),
+        "",
+    ]
 
 
 def main(argv=None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: results)")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: RESULTS/report)")
-    parser.add_argument("--analysis", type=Path, default=None,
-                        help="where the analysis outputs are / go (default: RESULTS/analysis)")
+    parser.add_argument(
+        "--analysis", type=Path, default=None, help="where the analysis outputs are / go (default: RESULTS/analysis)"
+    )
     parser.add_argument("--no-compute", action="store_true", help="only assemble what the commands already wrote")
     parser.add_argument("--n", default=None, help="passed to every analysis command (subset size, e.g. 100)")
     parser.add_argument("--protocol", default=None, help="passed to every analysis command (protocol name)")
@@ -498,8 +670,9 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     markdown = build(args.results, analysis, out, failed)
     (out / "report.md").write_text(markdown, encoding="utf-8")
-    (out / "index.html").write_text(write.markdown_to_html(markdown, "BlendIn / NUDGING results report"),
-                                    encoding="utf-8")
+    (out / "index.html").write_text(
+        write.markdown_to_html(markdown, "BlendIn / NUDGING results report"), encoding="utf-8"
+    )
     if load_runs(args.results).empty:
         print(f"[report] note: no finished runs under {args.results}/runs: the report lists what to run")
     print(f"[report] wrote {out / 'index.html'} and {out / 'report.md'}")

@@ -6,6 +6,7 @@ setting with the most runs among the ones it needs, unless the user names one wi
 `--protocol`), keeps the newest run of each (pair, benchmark, method, parameters) in it, and writes
 a note for everything it left out. Units are checked with `require_one_unit`.
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -19,9 +20,11 @@ def require_one_unit(units, what: str) -> str:
     """The single intervention unit of `units`, or a clear error naming the mix."""
     found = sorted(set(pd.Series(list(units)).dropna().astype(str)))
     if len(found) > 1:
-        raise UnitMixError(f"{what} mixes intervention rates of different units ({', '.join(found)}): "
-                           "token-level and word-level rates are not comparable; fit or tabulate each unit "
-                           "separately (group by intervention_unit)")
+        raise UnitMixError(
+            f"{what} mixes intervention rates of different units ({', '.join(found)}): "
+            "token-level and word-level rates are not comparable; fit or tabulate each unit "
+            "separately (group by intervention_unit)"
+        )
     return found[0] if found else "token"
 
 
@@ -57,20 +60,21 @@ def _key(row, by):
     return tuple(row[c] for c in by) if isinstance(by, (list, tuple)) else row[by]
 
 
-def choose_settings(runs: pd.DataFrame, prefer_full: bool | None = False,
-                    by: str | list = "benchmark") -> dict:
+def choose_settings(runs: pd.DataFrame, prefer_full: bool | None = False, by: str | list = "benchmark") -> dict:
     """For each value of `by` (a column, or a list of columns), the setting_key with the most runs
     (ties: see `_rank`)."""
     chosen = {}
     for value, group in runs.groupby(by, sort=False):
-        ranked = sorted(group.groupby("setting_key", sort=False), key=lambda kv: _rank(kv[1], prefer_full),
-                        reverse=True)
+        ranked = sorted(
+            group.groupby("setting_key", sort=False), key=lambda kv: _rank(kv[1], prefer_full), reverse=True
+        )
         chosen[value] = ranked[0][0]
     return chosen
 
 
-def in_chosen_settings(runs: pd.DataFrame, chosen: dict, by: str | list = "benchmark",
-                       notes: list | None = None, what: str = "") -> pd.DataFrame:
+def in_chosen_settings(
+    runs: pd.DataFrame, chosen: dict, by: str | list = "benchmark", notes: list | None = None, what: str = ""
+) -> pd.DataFrame:
     """The runs of each benchmark's (or `by` group's) chosen setting; a note for each setting left out."""
     if runs.empty:
         return runs
@@ -81,8 +85,10 @@ def in_chosen_settings(runs: pd.DataFrame, chosen: dict, by: str | list = "bench
         for (value, setting), left in left_out.groupby(["_key", "setting"], sort=True):
             used = runs[keep & (keys == value)]["setting"]
             name = "/".join(value) if isinstance(value, tuple) else value
-            notes.append(f"{what}{name}: left out {len(left)} run(s) in another setting [{setting}]"
-                         f"; used [{used.iloc[0] if len(used) else 'none'}]")
+            notes.append(
+                f"{what}{name}: left out {len(left)} run(s) in another setting [{setting}]"
+                f"; used [{used.iloc[0] if len(used) else 'none'}]"
+            )
     return runs[keep]
 
 
@@ -94,8 +100,10 @@ def newest(runs: pd.DataFrame, keys: list[str], notes: list | None = None, what:
     last = ordered.drop_duplicates(keys, keep="last")
     if notes is not None and len(last) < len(runs):
         dup = ordered[ordered.duplicated(keys, keep="last")]
-        notes.append(f"{what}{len(dup)} older duplicate run(s) of the same cell and setting left out "
-                     f"(kept the newest): {', '.join(dup['run_name'].head(5))}{' ...' if len(dup) > 5 else ''}")
+        notes.append(
+            f"{what}{len(dup)} older duplicate run(s) of the same cell and setting left out "
+            f"(kept the newest): {', '.join(dup['run_name'].head(5))}{' ...' if len(dup) > 5 else ''}"
+        )
     return last.sort_index()
 
 

@@ -9,6 +9,7 @@
   detectable difference at that n (`mdd_paired_binary`, `mdd_paired_continuous`).
 All random draws use numpy's default_rng with a fixed seed, so numbers are reproducible.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,6 +25,7 @@ def _z(level: float = LEVEL) -> float:
 
 
 # ---- correlation over pairs ---------------------------------------------------------------------
+
 
 def fisher_ci(r: float, n: int, level: float = LEVEL) -> tuple[float, float]:
     """Interval on Pearson's r: tanh(atanh(r) -/+ z / sqrt(n - 3)); NaN when n < 4 or r is undefined."""
@@ -51,6 +53,7 @@ def permutation_p(x, y, n_permutations: int = 10_000, seed: int = 0) -> float:
     exact = math.factorial(n) <= n_permutations
     if exact:
         import itertools
+
         orders = np.array(list(itertools.permutations(range(n))))
     else:
         rng = np.random.default_rng(seed)
@@ -58,7 +61,7 @@ def permutation_p(x, y, n_permutations: int = 10_000, seed: int = 0) -> float:
     ys = y[orders]
     xc = x - x.mean()
     yc = ys - ys.mean(axis=1, keepdims=True)
-    r = (yc @ xc) / (np.sqrt((yc ** 2).sum(axis=1)) * math.sqrt((xc ** 2).sum()))
+    r = (yc @ xc) / (np.sqrt((yc**2).sum(axis=1)) * math.sqrt((xc**2).sum()))
     hits = int((np.abs(r) >= observed - tolerance).sum())
     return hits / len(orders) if exact else (hits + 1) / (n_permutations + 1)
 
@@ -69,16 +72,30 @@ def correlation(x, y, n_permutations: int = 10_000, seed: int = 0) -> dict:
     Fewer than 3 points, or a constant column, give NaN everywhere (no fit)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     n = len(x)
-    out = dict(n_points=n, pearson_r=math.nan, pearson_p=math.nan, r_ci95_low=math.nan, r_ci95_high=math.nan,
-               spearman_rho=math.nan, spearman_p=math.nan, permutation_p=math.nan)
+    out = dict(
+        n_points=n,
+        pearson_r=math.nan,
+        pearson_p=math.nan,
+        r_ci95_low=math.nan,
+        r_ci95_high=math.nan,
+        spearman_rho=math.nan,
+        spearman_p=math.nan,
+        permutation_p=math.nan,
+    )
     if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return out
     pearson = stats.pearsonr(x, y)
     spearman = stats.spearmanr(x, y)
     low, high = fisher_ci(float(pearson.statistic), n)
-    out.update(pearson_r=float(pearson.statistic), pearson_p=float(pearson.pvalue), r_ci95_low=low,
-               r_ci95_high=high, spearman_rho=float(spearman.statistic), spearman_p=float(spearman.pvalue),
-               permutation_p=permutation_p(x, y, n_permutations, seed))
+    out.update(
+        pearson_r=float(pearson.statistic),
+        pearson_p=float(pearson.pvalue),
+        r_ci95_low=low,
+        r_ci95_high=high,
+        spearman_rho=float(spearman.statistic),
+        spearman_p=float(spearman.pvalue),
+        permutation_p=permutation_p(x, y, n_permutations, seed),
+    )
     return out
 
 
@@ -92,6 +109,7 @@ def fit_line(x, y) -> tuple[float, float]:
 
 
 # ---- a score's interval -------------------------------------------------------------------------
+
 
 def is_binary(values) -> bool:
     values = np.asarray(values, float)
@@ -135,6 +153,7 @@ def mean_ci(values, method: str = "bootstrap", n_resamples: int = 2000, seed: in
 
 # ---- two methods on the same sample ids ---------------------------------------------------------
 
+
 def mcnemar_exact(a, b) -> dict:
     """Exact McNemar test of paired 0/1 scores: a two-sided binomial test (p = 1/2) on the discordant
     pairs, n01 = (a wrong, b right) and n10 = (a right, b wrong). No discordant pair gives p = 1."""
@@ -154,9 +173,12 @@ def paired_bootstrap(a, b, n_resamples: int = 2000, seed: int = 0, level: float 
     observed = float(d.mean())
     tail = (1 - level) / 2 * 100
     hits = int((np.abs(means - observed) >= abs(observed) - 1e-12).sum())
-    return dict(diff=observed, ci_low=float(np.percentile(means, tail)),
-                ci_high=float(np.percentile(means, 100 - tail)),
-                p=(hits + 1) / (n_resamples + 1) if observed != 0 else 1.0)
+    return dict(
+        diff=observed,
+        ci_low=float(np.percentile(means, tail)),
+        ci_high=float(np.percentile(means, 100 - tail)),
+        p=(hits + 1) / (n_resamples + 1) if observed != 0 else 1.0,
+    )
 
 
 def mdd_paired_binary(n: int, discordance: float = 0.0, alpha: float = 0.05, power: float = 0.8) -> float:
@@ -208,8 +230,13 @@ def paired_test(a, b, n_resamples: int = 2000, seed: int = 0) -> dict:
     if is_binary(a) and is_binary(b):
         result = mcnemar_exact(a, b)
         discordance = (result["n01"] + result["n10"]) / n
-        return dict(test="exact McNemar", n=n, diff=float(b.mean() - a.mean()), p=result["p"],
-                    mdd=mdd_paired_binary(n, discordance))
+        return dict(
+            test="exact McNemar",
+            n=n,
+            diff=float(b.mean() - a.mean()),
+            p=result["p"],
+            mdd=mdd_paired_binary(n, discordance),
+        )
     result = paired_bootstrap(a, b, n_resamples, seed)
     sd = float(np.std(b - a, ddof=1)) if n > 1 else math.nan
     return dict(test="paired bootstrap", n=n, diff=result["diff"], p=result["p"], mdd=mdd_paired_continuous(n, sd))
@@ -235,8 +262,13 @@ def reliability(confidence, correct, n_bins: int = ECE_BINS) -> dict:
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_conf = np.bincount(bins, conf, n_bins) / count
         accuracy = np.bincount(bins, hit, n_bins) / count
-    return dict(low=np.arange(n_bins) / n_bins, high=np.arange(1, n_bins + 1) / n_bins, count=count,
-                confidence=mean_conf, accuracy=accuracy)
+    return dict(
+        low=np.arange(n_bins) / n_bins,
+        high=np.arange(1, n_bins + 1) / n_bins,
+        count=count,
+        confidence=mean_conf,
+        accuracy=accuracy,
+    )
 
 
 def ece(confidence, correct, n_bins: int = ECE_BINS) -> float:
@@ -267,8 +299,9 @@ def cluster_weights(n_clusters: int, n_resamples: int = 2000, seed: int = 0) -> 
     each cluster was drawn in resample b, n_clusters draws with replacement. The draws are
     `default_rng(seed).integers(0, n_clusters, (n_resamples, n_clusters))`, row by row."""
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_clusters, size=(n_resamples, n_clusters)) if n_clusters else \
-        np.zeros((n_resamples, 0), int)
+    draws = (
+        rng.integers(0, n_clusters, size=(n_resamples, n_clusters)) if n_clusters else np.zeros((n_resamples, 0), int)
+    )
     weights = np.zeros((n_resamples, n_clusters))
     np.add.at(weights, (np.arange(n_resamples)[:, None], draws), 1.0)
     return weights
@@ -305,9 +338,9 @@ def auroc_draws(weights: np.ndarray, cluster, scores, labels, budget: int = 4_00
     pairs = np.zeros((n_clusters, n_clusters))
     step = max(1, budget // n_groups)
     for start in range(0, n_clusters, step):
-        block = neg[start:start + step].toarray()  # clusters t x score groups
+        block = neg[start : start + step].toarray()  # clusters t x score groups
         below = np.cumsum(block, axis=1) - 0.5 * block  # negatives of t scoring below (ties: 1/2)
-        pairs[:, start:start + step] = np.asarray(pos @ below.T)
+        pairs[:, start : start + step] = np.asarray(pos @ below.T)
     num = np.einsum("bs,bs->b", weights @ pairs, weights)
     den = (weights @ np.asarray(pos.sum(axis=1)).ravel()) * (weights @ np.asarray(neg.sum(axis=1)).ravel())
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -13,6 +13,7 @@ benchmark, method and parameters, protocol, token budget, stop strings and judge
   counts of samples right in only one of them.
 Writes subset_vs_full.csv, subset_vs_full.png/.pdf and subset_notes.md.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,17 +26,38 @@ import pandas as pd
 from . import cli, labels, select, stats, write
 from .load import load_runs, load_samples, sample_scores
 
-COLUMNS = ["pair", "benchmark", "method", "params", "subset_n", "subset_score", "full_n", "full_score",
-           "full_on_subset_ids", "n_shared", "spread_p2_5", "spread_p50", "spread_p97_5", "subset_percentile",
-           "score_agreement", "output_agreement", "n_subset_only_right", "n_full_only_right", "setting",
-           "subset_run", "full_run"]
+COLUMNS = [
+    "pair",
+    "benchmark",
+    "method",
+    "params",
+    "subset_n",
+    "subset_score",
+    "full_n",
+    "full_score",
+    "full_on_subset_ids",
+    "n_shared",
+    "spread_p2_5",
+    "spread_p50",
+    "spread_p97_5",
+    "subset_percentile",
+    "score_agreement",
+    "output_agreement",
+    "n_subset_only_right",
+    "n_full_only_right",
+    "setting",
+    "subset_run",
+    "full_run",
+]
 
 
 def _twin_key(run) -> str:
     """Everything that must match between a subset run and its full-set twin (not n, not the subset seed)."""
     protocol, split, _n, _seed, max_new_tokens, stop, judge = json.loads(run["setting_key"])
-    return json.dumps([run["pair"], run["benchmark"], run["method"], run["params_key"], protocol, split,
-                       max_new_tokens, stop, judge], sort_keys=True)
+    return json.dumps(
+        [run["pair"], run["benchmark"], run["method"], run["params_key"], protocol, split, max_new_tokens, stop, judge],
+        sort_keys=True,
+    )
 
 
 def twins(frame: pd.DataFrame, n: str | None = None) -> list[tuple[pd.Series, pd.Series]]:
@@ -55,39 +77,60 @@ def compare(subset_run, full_run, draws: int = 10_000, seed: int = 0) -> dict:
     """The comparison of one subset run with its full-set twin (see the module docstring)."""
     sub, full = sample_scores(subset_run).dropna(), sample_scores(full_run).dropna()
     shared = sub.index.intersection(full.index)
-    means = stats.bootstrap_means(full.to_numpy(), draws, seed, size=len(sub), replace=False) \
-        if 0 < len(sub) <= len(full) else np.array([])
-    outputs = pd.concat([load_samples(r).set_index("id")["output"].rename(k) for k, r in
-                         (("sub", subset_run), ("full", full_run))], axis=1, join="inner").loc[shared] \
-        if len(shared) else pd.DataFrame(columns=["sub", "full"])
+    means = (
+        stats.bootstrap_means(full.to_numpy(), draws, seed, size=len(sub), replace=False)
+        if 0 < len(sub) <= len(full)
+        else np.array([])
+    )
+    outputs = (
+        pd.concat(
+            [load_samples(r).set_index("id")["output"].rename(k) for k, r in (("sub", subset_run), ("full", full_run))],
+            axis=1,
+            join="inner",
+        ).loc[shared]
+        if len(shared)
+        else pd.DataFrame(columns=["sub", "full"])
+    )
     right = lambda s: s.loc[shared] >= 1  # noqa: E731  (0/1 scores; on 1-5 scores 'right' is not defined)
     binary = stats.is_binary(sub) and stats.is_binary(full)
     pct = (lambda q: float(np.percentile(means, q))) if len(means) else (lambda q: math.nan)
     return {
-        "pair": subset_run["pair"], "benchmark": subset_run["benchmark"], "method": subset_run["method"],
-        "params": subset_run["params"], "subset_n": len(sub),
+        "pair": subset_run["pair"],
+        "benchmark": subset_run["benchmark"],
+        "method": subset_run["method"],
+        "params": subset_run["params"],
+        "subset_n": len(sub),
         "subset_score": float(sub.mean()) if len(sub) else math.nan,
-        "full_n": len(full), "full_score": float(full.mean()) if len(full) else math.nan,
-        "full_on_subset_ids": float(full.loc[shared].mean()) if len(shared) else math.nan, "n_shared": len(shared),
-        "spread_p2_5": pct(2.5), "spread_p50": pct(50), "spread_p97_5": pct(97.5),
+        "full_n": len(full),
+        "full_score": float(full.mean()) if len(full) else math.nan,
+        "full_on_subset_ids": float(full.loc[shared].mean()) if len(shared) else math.nan,
+        "n_shared": len(shared),
+        "spread_p2_5": pct(2.5),
+        "spread_p50": pct(50),
+        "spread_p97_5": pct(97.5),
         "subset_percentile": float((means <= sub.mean()).mean()) if len(means) else math.nan,
         "score_agreement": float((sub.loc[shared] == full.loc[shared]).mean()) if len(shared) else math.nan,
         "output_agreement": float((outputs["sub"] == outputs["full"]).mean()) if len(outputs) else math.nan,
         "n_subset_only_right": int((right(sub) & ~right(full)).sum()) if binary else -1,
         "n_full_only_right": int((~right(sub) & right(full)).sum()) if binary else -1,
-        "setting": subset_run["setting"], "subset_run": subset_run["run_dir"], "full_run": full_run["run_dir"],
+        "setting": subset_run["setting"],
+        "subset_run": subset_run["run_dir"],
+        "full_run": full_run["run_dir"],
     }
 
 
-def compute(frame: pd.DataFrame, draws: int = 10_000, seed: int = 0, n: str | None = None,
-            notes: list | None = None) -> pd.DataFrame:
+def compute(
+    frame: pd.DataFrame, draws: int = 10_000, seed: int = 0, n: str | None = None, notes: list | None = None
+) -> pd.DataFrame:
     """subset_vs_full.csv: one row per subset run with a full-set twin."""
     notes = [] if notes is None else notes
     rows = [compare(s, f, draws, seed) for s, f in twins(frame, n)]
     table = pd.DataFrame(rows, columns=COLUMNS)
     if table.empty:
-        notes.append("no run has both a subset and a full-set twin (same pair, benchmark, method, parameters and "
-                     "protocol): run e.g. experiment=paper_table1 (n=100) and experiment=paper_table2 (full)")
+        notes.append(
+            "no run has both a subset and a full-set twin (same pair, benchmark, method, parameters and "
+            "protocol): run e.g. experiment=paper_table1 (n=100) and experiment=paper_table2 (full)"
+        )
     return table
 
 
@@ -97,10 +140,20 @@ def _forest(ax, table: pd.DataFrame, xlabel: str):
     ax.scatter(table["spread_p50"], y, marker="|", s=200, color="0.2", label="median subset mean", zorder=3)
     ax.scatter(table["full_score"], y, marker="D", color=write.OKABE_ITO[0], label="full set", zorder=4)
     ax.scatter(table["subset_score"], y, marker="o", color=write.OKABE_ITO[3], label="stored subset run", zorder=5)
-    ax.scatter(table["full_on_subset_ids"], y, marker="x", color=write.OKABE_ITO[2], s=60,
-               label="full run on the subset's ids", zorder=6)
-    names = [f"{labels.pair_short(r['pair'])} · {labels.benchmark_label(r['benchmark'])} · "
-             f"{labels.method_label(r['method'])} (n={r['subset_n']})" for _, r in table.iterrows()]
+    ax.scatter(
+        table["full_on_subset_ids"],
+        y,
+        marker="x",
+        color=write.OKABE_ITO[2],
+        s=60,
+        label="full run on the subset's ids",
+        zorder=6,
+    )
+    names = [
+        f"{labels.pair_short(r['pair'])} · {labels.benchmark_label(r['benchmark'])} · "
+        f"{labels.method_label(r['method'])} (n={r['subset_n']})"
+        for _, r in table.iterrows()
+    ]
     ax.set_yticks(y, names)
     ax.set_ylim(len(table) - 0.5, -0.5)
     ax.set_xlabel(xlabel)
@@ -111,16 +164,26 @@ def plot(table: pd.DataFrame):
     """One row per subset run: the spread of subset means from the full run, and where its runs fall.
     Fractions and JustEval-Safe's 1-5 scores get separate panels (never one axis)."""
     judged = table["benchmark"].isin(labels.JUDGE_SCALE_BENCHMARKS)
-    groups = [(g, x) for g, x in ((table[~judged], "score (fraction, 0-1)"),
-                                  (table[judged], "safety score (1-5, LLM judge)")) if len(g)]
+    groups = [
+        (g, x)
+        for g, x in ((table[~judged], "score (fraction, 0-1)"), (table[judged], "safety score (1-5, LLM judge)"))
+        if len(g)
+    ]
     sizes = [len(g) for g, _ in groups] or [1]
-    fig, axes = plt.subplots(len(sizes), 1, figsize=(9, 0.55 * sum(sizes) + 1.2 * len(sizes) + 1.0),
-                             height_ratios=[s + 1.5 for s in sizes], squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(sizes),
+        1,
+        figsize=(9, 0.55 * sum(sizes) + 1.2 * len(sizes) + 1.0),
+        height_ratios=[s + 1.5 for s in sizes],
+        squeeze=False,
+        layout="constrained",
+    )
     for ax, (group, xlabel) in zip(axes[:, 0], groups):
         _forest(ax, group, xlabel)
     if not groups:
-        axes[0, 0].text(0.5, 0.5, "no subset run with a full-set twin", ha="center", va="center",
-                        transform=axes[0, 0].transAxes)
+        axes[0, 0].text(
+            0.5, 0.5, "no subset run with a full-set twin", ha="center", va="center", transform=axes[0, 0].transAxes
+        )
         axes[0, 0].set_axis_off()
     else:
         handles, names = axes[0, 0].get_legend_handles_labels()

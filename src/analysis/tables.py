@@ -25,6 +25,7 @@ aligned, nudging, blendin, blendin_vs_nudging_pct, intervention_rate, paired_p),
 tableN.tex (the paper's layout, intervals in the cells), tableN_cells.csv (one row per cell: score,
 interval, n, paired test, MDD, setting, run) and tables_notes.md.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,11 +38,41 @@ import pandas as pd
 from . import cli, labels, select, stats, write
 from .load import load_runs, sample_scores
 
-CELL_COLUMNS = ["table", "pair", "benchmark", "method", "tau", "alpha", "score", "ci_low", "ci_high", "ci_method",
-                "n", "score_name", "intervention_rate", "unit", "vs_nudging_test", "vs_nudging_diff", "vs_nudging_p",
-                "vs_nudging_n", "mdd", "setting", "run_dir"]
-TABLE1_COLUMNS = ["pair", "benchmark", "base", "guidance", "aligned", "nudging", "blendin", "blendin_vs_nudging_pct",
-                  "intervention_rate", "paired_p"]
+CELL_COLUMNS = [
+    "table",
+    "pair",
+    "benchmark",
+    "method",
+    "tau",
+    "alpha",
+    "score",
+    "ci_low",
+    "ci_high",
+    "ci_method",
+    "n",
+    "score_name",
+    "intervention_rate",
+    "unit",
+    "vs_nudging_test",
+    "vs_nudging_diff",
+    "vs_nudging_p",
+    "vs_nudging_n",
+    "mdd",
+    "setting",
+    "run_dir",
+]
+TABLE1_COLUMNS = [
+    "pair",
+    "benchmark",
+    "base",
+    "guidance",
+    "aligned",
+    "nudging",
+    "blendin",
+    "blendin_vs_nudging_pct",
+    "intervention_rate",
+    "paired_p",
+]
 DEFAULT_PARAMS = {"tau": 0.4, "alpha": "auto", "top_k": 100.0}
 
 
@@ -58,8 +89,10 @@ def scores_of(run) -> pd.Series:
 
 # ---- choosing runs --------------------------------------------------------------------------------
 
-def table_runs(frame, methods, benchmarks=None, only_full=False, n=None, protocol=None, notes=None,
-               what="") -> pd.DataFrame:
+
+def table_runs(
+    frame, methods, benchmarks=None, only_full=False, n=None, protocol=None, notes=None, what=""
+) -> pd.DataFrame:
     """The runs of one table: its methods, one setting per benchmark, usable scores only."""
     notes = [] if notes is None else notes
     runs = select.filter_runs(frame, n, protocol)
@@ -105,29 +138,54 @@ def pick_default(runs: pd.DataFrame, notes: list, what: str) -> pd.Series | None
 
 # ---- one cell -------------------------------------------------------------------------------------
 
+
 def cell(run, reference, table: str, ci: str = "bootstrap", n_boot: int = 2000, seed: int = 0) -> dict:
     """Score, 95% interval and the paired comparison with `reference` (the NUDGING run) of one run."""
     scores = scores_of(run).dropna()
     mean, low, high = stats.mean_ci(scores.to_numpy(), ci, n_boot, seed)
     if len(scores) == 0:  # no per-sample scores stored: fall back to the run's own metrics
         mean, low, high = run["score"], run["ci_low"], run["ci_high"]
-    out = {"table": table, "pair": run["pair"], "benchmark": run["benchmark"], "method": run["method"],
-           "tau": run["tau"], "alpha": run["alpha"], "score": mean, "ci_low": low, "ci_high": high,
-           "ci_method": ci if len(scores) else "stored", "n": len(scores), "score_name": run["score_name"],
-           "intervention_rate": run["intervention_rate"], "unit": run["intervention_unit"],
-           "vs_nudging_test": "", "vs_nudging_diff": math.nan, "vs_nudging_p": math.nan, "vs_nudging_n": 0,
-           "mdd": math.nan, "setting": run["setting"], "run_dir": run["run_dir"]}
+    out = {
+        "table": table,
+        "pair": run["pair"],
+        "benchmark": run["benchmark"],
+        "method": run["method"],
+        "tau": run["tau"],
+        "alpha": run["alpha"],
+        "score": mean,
+        "ci_low": low,
+        "ci_high": high,
+        "ci_method": ci if len(scores) else "stored",
+        "n": len(scores),
+        "score_name": run["score_name"],
+        "intervention_rate": run["intervention_rate"],
+        "unit": run["intervention_unit"],
+        "vs_nudging_test": "",
+        "vs_nudging_diff": math.nan,
+        "vs_nudging_p": math.nan,
+        "vs_nudging_n": 0,
+        "mdd": math.nan,
+        "setting": run["setting"],
+        "run_dir": run["run_dir"],
+    }
     if reference is not None and run["run_dir"] != reference["run_dir"]:
-        paired = pd.concat([scores_of(reference).rename("ref"), scores_of(run).rename("run")], axis=1,
-                           join="inner").dropna()
+        paired = pd.concat(
+            [scores_of(reference).rename("ref"), scores_of(run).rename("run")], axis=1, join="inner"
+        ).dropna()
         result = stats.paired_test(paired["ref"].to_numpy(), paired["run"].to_numpy(), n_boot, seed)
-        out.update(vs_nudging_test=result["test"], vs_nudging_diff=result["diff"], vs_nudging_p=result["p"],
-                   vs_nudging_n=result["n"], mdd=result["mdd"])
+        out.update(
+            vs_nudging_test=result["test"],
+            vs_nudging_diff=result["diff"],
+            vs_nudging_p=result["p"],
+            vs_nudging_n=result["n"],
+            mdd=result["mdd"],
+        )
     return out
 
 
-def grid_cells(runs: pd.DataFrame, table: str, methods, ci="bootstrap", n_boot=2000, notes=None,
-               keep=None) -> pd.DataFrame:
+def grid_cells(
+    runs: pd.DataFrame, table: str, methods, ci="bootstrap", n_boot=2000, notes=None, keep=None
+) -> pd.DataFrame:
     """One cell per (pair, benchmark, method) of `runs`, each compared with that pair's NUDGING run.
 
     `keep(pair, benchmark, runs_of_cell)` decides which (pair, benchmark) rows the table has."""
@@ -138,8 +196,11 @@ def grid_cells(runs: pd.DataFrame, table: str, methods, ci="bootstrap", n_boot=2
             continue
         nudging = pick_default(group[group["method"] == "nudging"], notes, f"{table} {pair}/{benchmark}/nudging")
         for method in methods:
-            run = nudging if method == "nudging" else pick_default(group[group["method"] == method], notes,
-                                                                   f"{table} {pair}/{benchmark}/{method}")
+            run = (
+                nudging
+                if method == "nudging"
+                else pick_default(group[group["method"] == method], notes, f"{table} {pair}/{benchmark}/{method}")
+            )
             if run is not None:
                 rows.append(cell(run, nudging, table, ci, n_boot))
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
@@ -187,11 +248,16 @@ def table1(frame, ci="bootstrap", n_boot=2000, n=None, protocol=None, notes=None
     rows = []
     for pair, benchmark in _ordered(cells):
         nudging, blendin = _value(cells, pair, benchmark, "nudging"), _value(cells, pair, benchmark, "blendin")
-        rows.append({"pair": pair, "benchmark": benchmark,
-                     **{m: _value(cells, pair, benchmark, m) for m in T1_METHODS},
-                     "blendin_vs_nudging_pct": _pct_change(blendin, nudging),
-                     "intervention_rate": _value(cells, pair, benchmark, "nudging", "intervention_rate"),
-                     "paired_p": _value(cells, pair, benchmark, "blendin", "vs_nudging_p")})
+        rows.append(
+            {
+                "pair": pair,
+                "benchmark": benchmark,
+                **{m: _value(cells, pair, benchmark, m) for m in T1_METHODS},
+                "blendin_vs_nudging_pct": _pct_change(blendin, nudging),
+                "intervention_rate": _value(cells, pair, benchmark, "nudging", "intervention_rate"),
+                "paired_p": _value(cells, pair, benchmark, "blendin", "vs_nudging_p"),
+            }
+        )
     table = pd.DataFrame(rows, columns=TABLE1_COLUMNS)
     select.require_one_unit(cells[cells["method"] == "nudging"]["unit"], "table 1's intervention-rate column")
     return table, cells
@@ -213,45 +279,86 @@ def table1_blocks(table: pd.DataFrame, cells: pd.DataFrame) -> list[tuple[str, p
                 pct = r["blendin_vs_nudging_pct"]
                 change = "" if write.is_missing(pct) else f" ({pct:+.0f}%)"
                 ours = _ci_text(cells, pair, benchmark, "blendin") + change
-                rows.append({"Pair": labels.pair_short(pair),
-                             **{labels.method_label(m): _ci_text(cells, pair, benchmark, m) for m in T1_METHODS[:-1]},
-                             "Ours (BlendIn)": ours, "Int.%": write.fmt_pct(r["intervention_rate"]),
-                             "p (paired)": write.fmt_p(r["paired_p"]),
-                             "MDD": write.fmt(_value(cells, pair, benchmark, "blendin", "mdd"))})
-        cols = ["Pair"] + [labels.method_label(m) for m in T1_METHODS[:-1]] + ["Ours (BlendIn)", "Int.%",
-                                                                               "p (paired)", "MDD"]
+                rows.append(
+                    {
+                        "Pair": labels.pair_short(pair),
+                        **{labels.method_label(m): _ci_text(cells, pair, benchmark, m) for m in T1_METHODS[:-1]},
+                        "Ours (BlendIn)": ours,
+                        "Int.%": write.fmt_pct(r["intervention_rate"]),
+                        "p (paired)": write.fmt_p(r["paired_p"]),
+                        "MDD": write.fmt(_value(cells, pair, benchmark, "blendin", "mdd")),
+                    }
+                )
+        cols = (
+            ["Pair"]
+            + [labels.method_label(m) for m in T1_METHODS[:-1]]
+            + ["Ours (BlendIn)", "Int.%", "p (paired)", "MDD"]
+        )
         blocks.append((labels.benchmark_label(benchmark), pd.DataFrame(rows, columns=cols).fillna("")))
     return blocks
 
 
 def table2(frame, ci="bootstrap", n_boot=2000, protocol=None, notes=None, settings=None):
     """Full test sets, NUDGING vs BlendIn."""
-    runs = table_runs(frame, ["nudging", "blendin"], only_full=True, protocol=protocol, notes=notes,
-                      what="table 2: ")
+    runs = table_runs(frame, ["nudging", "blendin"], only_full=True, protocol=protocol, notes=notes, what="table 2: ")
     cells = grid_cells(runs, "table2", ["nudging", "blendin"], ci, n_boot, notes)
     if settings is not None:
         settings += settings_of(cells, "table 2: ")
     rows = []
     for pair, benchmark in _ordered(cells):
         get = functools.partial(_value, cells, pair, benchmark)
-        rows.append({"benchmark": benchmark, "pair": pair, "intervention_rate": get("nudging", "intervention_rate"),
-                     "unit": get("nudging", "unit") if not write.is_missing(get("nudging", "unit")) else "",
-                     "nudging": get("nudging"), "nudging_ci_low": get("nudging", "ci_low"),
-                     "nudging_ci_high": get("nudging", "ci_high"), "blendin": get("blendin"),
-                     "blendin_ci_low": get("blendin", "ci_low"), "blendin_ci_high": get("blendin", "ci_high"),
-                     "n": get("blendin", "vs_nudging_n"), "paired_test": get("blendin", "vs_nudging_test"),
-                     "paired_p": get("blendin", "vs_nudging_p"), "mdd": get("blendin", "mdd")})
-    return pd.DataFrame(rows, columns=["benchmark", "pair", "intervention_rate", "unit", "nudging", "nudging_ci_low",
-                                       "nudging_ci_high", "blendin", "blendin_ci_low", "blendin_ci_high", "n",
-                                       "paired_test", "paired_p", "mdd"]), cells
+        rows.append(
+            {
+                "benchmark": benchmark,
+                "pair": pair,
+                "intervention_rate": get("nudging", "intervention_rate"),
+                "unit": get("nudging", "unit") if not write.is_missing(get("nudging", "unit")) else "",
+                "nudging": get("nudging"),
+                "nudging_ci_low": get("nudging", "ci_low"),
+                "nudging_ci_high": get("nudging", "ci_high"),
+                "blendin": get("blendin"),
+                "blendin_ci_low": get("blendin", "ci_low"),
+                "blendin_ci_high": get("blendin", "ci_high"),
+                "n": get("blendin", "vs_nudging_n"),
+                "paired_test": get("blendin", "vs_nudging_test"),
+                "paired_p": get("blendin", "vs_nudging_p"),
+                "mdd": get("blendin", "mdd"),
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "benchmark",
+            "pair",
+            "intervention_rate",
+            "unit",
+            "nudging",
+            "nudging_ci_low",
+            "nudging_ci_high",
+            "blendin",
+            "blendin_ci_low",
+            "blendin_ci_high",
+            "n",
+            "paired_test",
+            "paired_p",
+            "mdd",
+        ],
+    ), cells
 
 
 def table2_blocks(table, cells):
-    rows = [{"Dataset": labels.benchmark_label(r["benchmark"]), "Pair": labels.pair_short(r["pair"]),
-             "Int. %": write.fmt_pct(r["intervention_rate"]),
-             "NUDGING": _ci_text(cells, r["pair"], r["benchmark"], "nudging"),
-             "Ours": _ci_text(cells, r["pair"], r["benchmark"], "blendin"),
-             "p (paired)": write.fmt_p(r["paired_p"]), "MDD": write.fmt(r["mdd"])} for _, r in table.iterrows()]
+    rows = [
+        {
+            "Dataset": labels.benchmark_label(r["benchmark"]),
+            "Pair": labels.pair_short(r["pair"]),
+            "Int. %": write.fmt_pct(r["intervention_rate"]),
+            "NUDGING": _ci_text(cells, r["pair"], r["benchmark"], "nudging"),
+            "Ours": _ci_text(cells, r["pair"], r["benchmark"], "blendin"),
+            "p (paired)": write.fmt_p(r["paired_p"]),
+            "MDD": write.fmt(r["mdd"]),
+        }
+        for _, r in table.iterrows()
+    ]
     return [("", pd.DataFrame(rows, columns=["Dataset", "Pair", "Int. %", "NUDGING", "Ours", "p (paired)", "MDD"]))]
 
 
@@ -260,8 +367,7 @@ T3_METHODS = ["nudging", "cap", "blendin"]
 
 def table3(frame, ci="bootstrap", n_boot=2000, n=None, protocol=None, notes=None, settings=None):
     """GSM8K: NUDGING, cap, BlendIn for every pair with a cap run."""
-    runs = table_runs(frame, T3_METHODS, benchmarks=["gsm8k"], n=n, protocol=protocol, notes=notes,
-                      what="table 3: ")
+    runs = table_runs(frame, T3_METHODS, benchmarks=["gsm8k"], n=n, protocol=protocol, notes=notes, what="table 3: ")
     has_cap = lambda pair, bench, group: (group["method"] == "cap").any()  # noqa: E731
     cells = grid_cells(runs, "table3", T3_METHODS, ci, n_boot, notes, keep=has_cap)
     if settings is not None:
@@ -269,19 +375,41 @@ def table3(frame, ci="bootstrap", n_boot=2000, n=None, protocol=None, notes=None
     rows = []
     for pair, benchmark in _ordered(cells):
         get = functools.partial(_value, cells, pair, benchmark)
-        rows.append({"pair": pair, "benchmark": benchmark, "intervention_rate": get("nudging", "intervention_rate"),
-                     "unit": get("nudging", "unit"), "nudging": get("nudging"), "cap": get("cap"),
-                     "blendin": get("blendin"),
-                     "cap_vs_nudging_p": get("cap", "vs_nudging_p"),
-                     "blendin_vs_nudging_p": get("blendin", "vs_nudging_p")})
-    return pd.DataFrame(rows, columns=["pair", "benchmark", "intervention_rate", "unit", "nudging", "cap", "blendin",
-                                       "cap_vs_nudging_p", "blendin_vs_nudging_p"]), cells
+        rows.append(
+            {
+                "pair": pair,
+                "benchmark": benchmark,
+                "intervention_rate": get("nudging", "intervention_rate"),
+                "unit": get("nudging", "unit"),
+                "nudging": get("nudging"),
+                "cap": get("cap"),
+                "blendin": get("blendin"),
+                "cap_vs_nudging_p": get("cap", "vs_nudging_p"),
+                "blendin_vs_nudging_p": get("blendin", "vs_nudging_p"),
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "pair",
+            "benchmark",
+            "intervention_rate",
+            "unit",
+            "nudging",
+            "cap",
+            "blendin",
+            "cap_vs_nudging_p",
+            "blendin_vs_nudging_p",
+        ],
+    ), cells
 
 
 def table3_blocks(table, cells):
     """Rows = methods, columns = pairs with NUDGING's intervention rate in the header (as printed)."""
-    header = {r["pair"]: f"{labels.pair_short(r['pair'])} ({write.fmt_pct(r['intervention_rate'], 0)})"
-              for _, r in table.iterrows()}
+    header = {
+        r["pair"]: f"{labels.pair_short(r['pair'])} ({write.fmt_pct(r['intervention_rate'], 0)})"
+        for _, r in table.iterrows()
+    }
     names = {"nudging": "NUDGING", "cap": "Cap (15%)", "blendin": "Ours"}
     rows = []
     for method in T3_METHODS:
@@ -307,25 +435,60 @@ def table5(frame, ci="bootstrap", n_boot=2000, n=None, protocol=None, notes=None
     for (pair, benchmark), group in runs.groupby(["pair", "benchmark"], sort=False):
         if group["params_key"].nunique() < 2:
             continue  # one BlendIn setting is not a sweep
-        sweeps = [("tau", group[group["alpha"] == "auto"]),
-                  ("alpha", group[np.isclose(group["tau"].astype(float), DEFAULT_PARAMS["tau"])])]
+        sweeps = [
+            ("tau", group[group["alpha"] == "auto"]),
+            ("alpha", group[np.isclose(group["tau"].astype(float), DEFAULT_PARAMS["tau"])]),
+        ]
         for sweep, members in sweeps:
             for _, run in members.iterrows():
                 c = cell(run, None, "table5", ci, n_boot)
-                rows.append({"pair": pair, "sweep": sweep, "tau": run["tau"], "alpha": run["alpha"],
-                             "top_k": run["top_k"], "benchmark": benchmark, "score": c["score"],
-                             "ci_low": c["ci_low"], "ci_high": c["ci_high"], "n": c["n"],
-                             "intervention_rate": run["intervention_rate"], "unit": run["intervention_unit"],
-                             "setting": run["setting"], "run_dir": run["run_dir"]})
-    table = pd.DataFrame(rows, columns=["pair", "sweep", "tau", "alpha", "top_k", "benchmark", "score", "ci_low",
-                                        "ci_high", "n", "intervention_rate", "unit", "setting", "run_dir"])
+                rows.append(
+                    {
+                        "pair": pair,
+                        "sweep": sweep,
+                        "tau": run["tau"],
+                        "alpha": run["alpha"],
+                        "top_k": run["top_k"],
+                        "benchmark": benchmark,
+                        "score": c["score"],
+                        "ci_low": c["ci_low"],
+                        "ci_high": c["ci_high"],
+                        "n": c["n"],
+                        "intervention_rate": run["intervention_rate"],
+                        "unit": run["intervention_unit"],
+                        "setting": run["setting"],
+                        "run_dir": run["run_dir"],
+                    }
+                )
+    table = pd.DataFrame(
+        rows,
+        columns=[
+            "pair",
+            "sweep",
+            "tau",
+            "alpha",
+            "top_k",
+            "benchmark",
+            "score",
+            "ci_low",
+            "ci_high",
+            "n",
+            "intervention_rate",
+            "unit",
+            "setting",
+            "run_dir",
+        ],
+    )
     if settings is not None:
         settings += settings_of(table, "table 5: ")
     if not table.empty:
         rank = {p: i for i, p in enumerate(labels.order_table_pairs(table["pair"]))}
         alpha_rank = table["alpha"].map(lambda a: 2.0 if a == "auto" else float(a or -1))
-        table = table.assign(_p=table["pair"].map(rank), _a=alpha_rank).sort_values(
-            ["_p", "sweep", "tau", "_a"], ascending=[True, False, True, True], kind="stable").drop(columns=["_p", "_a"])
+        table = (
+            table.assign(_p=table["pair"].map(rank), _a=alpha_rank)
+            .sort_values(["_p", "sweep", "tau", "_a"], ascending=[True, False, True, True], kind="stable")
+            .drop(columns=["_p", "_a"])
+        )
     return table.reset_index(drop=True)
 
 
@@ -337,16 +500,23 @@ def table5_blocks(table):
         rows = []
         for value, group in part.groupby(key, sort=False):
             label = f"{value:g}" if isinstance(value, float) else str(value).capitalize()
-            extra = "" if group["top_k"].isna().all() or (group["top_k"] == DEFAULT_PARAMS["top_k"]).all() else \
-                " (top_k " + ", ".join(sorted({str(t) for t in group["top_k"]})) + ")"
+            extra = (
+                ""
+                if group["top_k"].isna().all() or (group["top_k"] == DEFAULT_PARAMS["top_k"]).all()
+                else " (top_k " + ", ".join(sorted({str(t) for t in group["top_k"]})) + ")"
+            )
             row = {("τ" if sweep == "tau" else "α"): label + extra}
             for benchmark in benchmarks:
                 hit = group[group["benchmark"] == benchmark]
-                row[labels.benchmark_label(benchmark)] = (write.fmt_ci(*hit[["score", "ci_low", "ci_high"]].iloc[0])
-                                                          if len(hit) else write.MISSING)
+                row[labels.benchmark_label(benchmark)] = (
+                    write.fmt_ci(*hit[["score", "ci_low", "ci_high"]].iloc[0]) if len(hit) else write.MISSING
+                )
             rows.append(row)
-        title = (f"{labels.pair_short(pair)}: τ sweep with α = auto" if sweep == "tau"
-                 else f"{labels.pair_short(pair)}: α sweep with τ = 0.4")
+        title = (
+            f"{labels.pair_short(pair)}: τ sweep with α = auto"
+            if sweep == "tau"
+            else f"{labels.pair_short(pair)}: α sweep with τ = 0.4"
+        )
         blocks.append((title, pd.DataFrame(rows)))
     return blocks
 
@@ -364,8 +534,14 @@ def table6(frame, ci="bootstrap", n_boot=2000, n=None, protocol=None, notes=None
     rows = []
     for pair, benchmark in _ordered(cells):
         get = functools.partial(_value, cells, pair, benchmark)
-        rows.append({"pair": pair, "benchmark": benchmark, **{m: get(m) for m in T6_METHODS},
-                     **{f"{m}_vs_nudging_p": get(m, "vs_nudging_p") for m in T6_METHODS if m != "nudging"}})
+        rows.append(
+            {
+                "pair": pair,
+                "benchmark": benchmark,
+                **{m: get(m) for m in T6_METHODS},
+                **{f"{m}_vs_nudging_p": get(m, "vs_nudging_p") for m in T6_METHODS if m != "nudging"},
+            }
+        )
     cols = ["pair", "benchmark", *T6_METHODS] + [f"{m}_vs_nudging_p" for m in T6_METHODS if m != "nudging"]
     return pd.DataFrame(rows, columns=cols), cells
 
@@ -382,7 +558,8 @@ def table6_blocks(table, cells):
             for pair in pairs:
                 p = _value(cells, pair, benchmark, method, "vs_nudging_p")
                 row[labels.pair_short(pair)] = _ci_text(cells, pair, benchmark, method) + (
-                    "" if method == "nudging" or write.is_missing(p) else f" p={write.fmt_p(p)}")
+                    "" if method == "nudging" or write.is_missing(p) else f" p={write.fmt_p(p)}"
+                )
             rows.append(row)
         blocks.append((labels.benchmark_label(benchmark), pd.DataFrame(rows)))
     return blocks
@@ -406,7 +583,7 @@ def table4_blocks(t4: pd.DataFrame):
 
 CAPTIONS = {
     "table1": "Table 1: base, guidance, aligned, NUDGING and BlendIn (Ours); NUDGING's intervention rate (Int.%, "
-              "token-level); p: BlendIn vs NUDGING on the same samples",
+    "token-level); p: BlendIn vs NUDGING on the same samples",
     "table2": "Table 2: full test sets, NUDGING vs BlendIn (Ours)",
     "table3": "Table 3: intervention capping on GSM8K (NUDGING's token-level intervention rate in parentheses)",
     "table4": "Table 4: Pearson correlation between vocabulary overlap and NUDGING's score over pairs",
@@ -418,21 +595,26 @@ MISSING_RUNS = {
     "table2": "no full-test-set runs (benchmark.n=full): run python -m blendin.run -m experiment=paper_table2",
     "table3": "no cap runs on GSM8K: run python -m blendin.run -m experiment=paper_table3",
     "table5": "no BlendIn sweep (two or more tau/alpha values of one pair and benchmark): run "
-              "python -m blendin.run -m experiment=tau_sweep and experiment=alpha_sweep",
+    "python -m blendin.run -m experiment=tau_sweep and experiment=alpha_sweep",
     "table6": "no af/cc/af_cc runs: run python -m blendin.run -m experiment=paper_table6",
 }
 
 
 def _method_note(ci: str, n_boot: int) -> list[str]:
-    interval = (f"95% intervals: percentile bootstrap of the mean over samples ({n_boot} resamples, seed 0)"
-                if ci == "bootstrap" else "95% intervals: Wald (mean ± 1.96 sd/sqrt(n); clipped to [0, 1] for 0/1 "
-                "scores)")
-    return [interval, "p (paired): the method vs NUDGING on the same sample ids; exact McNemar (two-sided binomial "
-            "test on the discordant pairs) for 0/1 scores, paired bootstrap of the mean difference otherwise",
-            "MDD: minimum detectable difference vs NUDGING at this n (alpha 0.05, power 0.8; McNemar design with the "
-            "observed discordance, Connor 1987; normal approximation for non-binary scores)",
-            "n/a: no run in this setting (never filled). Scores are fractions, JustEval-Safe is on the judge's "
-            "1-5 scale; intervention rates are token-level fractions shown as %"]
+    interval = (
+        f"95% intervals: percentile bootstrap of the mean over samples ({n_boot} resamples, seed 0)"
+        if ci == "bootstrap"
+        else "95% intervals: Wald (mean ± 1.96 sd/sqrt(n); clipped to [0, 1] for 0/1 scores)"
+    )
+    return [
+        interval,
+        "p (paired): the method vs NUDGING on the same sample ids; exact McNemar (two-sided binomial "
+        "test on the discordant pairs) for 0/1 scores, paired bootstrap of the mean difference otherwise",
+        "MDD: minimum detectable difference vs NUDGING at this n (alpha 0.05, power 0.8; McNemar design with the "
+        "observed discordance, Connor 1987; normal approximation for non-binary scores)",
+        "n/a: no run in this setting (never filled). Scores are fractions, JustEval-Safe is on the judge's "
+        "1-5 scale; intervention rates are token-level fractions shown as %",
+    ]
 
 
 def main(argv=None) -> int:
@@ -451,9 +633,13 @@ def main(argv=None) -> int:
     t3, c3 = table3(frame, n=args.n, **common)
     t5 = table5(frame, n=args.n, **common)
     t6, c6 = table6(frame, n=args.n, **common)
-    outputs = {"table1": (t1, c1, lambda: table1_blocks(t1, c1)), "table2": (t2, c2, lambda: table2_blocks(t2, c2)),
-               "table3": (t3, c3, lambda: table3_blocks(t3, c3)), "table5": (t5, None, lambda: table5_blocks(t5)),
-               "table6": (t6, c6, lambda: table6_blocks(t6, c6))}
+    outputs = {
+        "table1": (t1, c1, lambda: table1_blocks(t1, c1)),
+        "table2": (t2, c2, lambda: table2_blocks(t2, c2)),
+        "table3": (t3, c3, lambda: table3_blocks(t3, c3)),
+        "table5": (t5, None, lambda: table5_blocks(t5)),
+        "table6": (t6, c6, lambda: table6_blocks(t6, c6)),
+    }
     method_notes = _method_note(args.ci, args.n_boot)
     for stem, (table, cells, blocks) in outputs.items():
         write.write_csv(table, out / f"{stem}.csv")
@@ -461,18 +647,24 @@ def main(argv=None) -> int:
             write.write_csv(cells, out / f"{stem}_cells.csv")
         extra = [] if len(table) else [MISSING_RUNS[stem]]
         if stem == "table1" and len(table):
-            extra.append("Ours (+x%): BlendIn's change over NUDGING in percent of NUDGING's score, n/a when "
-                         "NUDGING's score is 0")
+            extra.append(
+                "Ours (+x%): BlendIn's change over NUDGING in percent of NUDGING's score, n/a when NUDGING's score is 0"
+            )
         shown_notes = [method_notes[0], method_notes[-1]] if stem == "table5" else method_notes  # no paired test
         prefix = stem.replace("table", "table ") + ": "
-        used = [f"setting of {line[len(prefix):]}" for line in sorted(set(settings)) if line.startswith(prefix)]
+        used = [f"setting of {line[len(prefix) :]}" for line in sorted(set(settings)) if line.startswith(prefix)]
         write.write_table(blocks() if len(table) else [], out, stem, CAPTIONS[stem], extra + used + shown_notes)
         if not len(table):
             notes.append(f"{stem}: {MISSING_RUNS[stem]}")
     if (out / "table4.csv").is_file():
         t4 = pd.read_csv(out / "table4.csv")
-        write.write_table(table4_blocks(t4) if len(t4) else [], out, "table4", CAPTIONS["table4"],
-                          ["computed by python -m analysis.overlap (overlap.csv, table4.csv)"])
+        write.write_table(
+            table4_blocks(t4) if len(t4) else [],
+            out,
+            "table4",
+            CAPTIONS["table4"],
+            ["computed by python -m analysis.overlap (overlap.csv, table4.csv)"],
+        )
     else:
         notes.append("table4: written by python -m analysis.overlap (no table4.csv yet)")
     write.write_notes(out, "tables", "Tables 1, 2, 3, 5, 6", sorted(set(settings)), notes)

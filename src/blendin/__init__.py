@@ -1,11 +1,12 @@
 """blendin: inference-time alignment by guided decoding (NUDGING, BlendIn and baselines).
 
-    from blendin import Pair, pair_spec, Prompt
-    pair = Pair(pair_spec({"name": "p", "base": {"source": "embedded:gemma-3-270m"},
-                           "guidance": {"source": "embedded:smollm2-135m-instruct"}}))
-    [out] = pair.decoder({"name": "blendin", "tau": 0.4}).generate([Prompt("What is 12 times 7?")])
-    print(out.text, out.intervention_rate)
+from blendin import Pair, pair_spec, Prompt
+pair = Pair(pair_spec({"name": "p", "base": {"source": "embedded:gemma-3-270m"},
+                       "guidance": {"source": "embedded:smollm2-135m-instruct"}}))
+[out] = pair.decoder({"name": "blendin", "tau": 0.4}).generate([Prompt("What is 12 times 7?")])
+print(out.text, out.intervention_rate)
 """
+
 from .engine import Decoder, Generation
 from .errors import BlendinError, ConfigError, ModelLoadError, PromptError
 from .models import LoadedModel, ModelSpec, load_model
@@ -15,6 +16,22 @@ from .prompts import Prompt
 from .vocab import VocabMap, build_vocab_map
 
 __version__ = "0.1.0"
-__all__ = ["Decoder", "Generation", "BlendinError", "ConfigError", "ModelLoadError", "PromptError", "LoadedModel",
-           "ModelSpec", "load_model", "Pair", "PairSpec", "pair_spec", "METHODS", "make_policy", "Prompt",
-           "VocabMap", "build_vocab_map"]
+__all__ = [
+    "Decoder",
+    "Generation",
+    "BlendinError",
+    "ConfigError",
+    "ModelLoadError",
+    "PromptError",
+    "LoadedModel",
+    "ModelSpec",
+    "load_model",
+    "Pair",
+    "PairSpec",
+    "pair_spec",
+    "METHODS",
+    "make_policy",
+    "Prompt",
+    "VocabMap",
+    "build_vocab_map",
+]

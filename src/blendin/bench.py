@@ -20,6 +20,7 @@ prompts take their place, so the ratio should stay near 1.
 sizes: `llama8b+llama1b` (one tokenizer), `qwen8b+llama1b` (two tokenizers), or `tiny` (a CPU smoke
 test). Results go to results/bench/<name>-<time>.json and .md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -114,15 +115,21 @@ def hf_generate(model, items: list[Prompt], batch_size: int, length: int, static
     ids = sorted((model.prompt_ids(p) for p in items), key=len)
     total = 0
     for start in range(0, len(ids), batch_size):
-        chunk = ids[start:start + batch_size]
+        chunk = ids[start : start + batch_size]
         width = max(len(c) for c in chunk)
         pad = model.pad_id
         input_ids = torch.tensor([[pad] * (width - len(c)) + c for c in chunk], device=model.device)
         mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], device=model.device)
         with torch.inference_mode():
-            out = model.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=length,
-                                       min_new_tokens=length, do_sample=False, pad_token_id=pad,
-                                       **({"cache_implementation": "static"} if static else {}))
+            out = model.model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                max_new_tokens=length,
+                min_new_tokens=length,
+                do_sample=False,
+                pad_token_id=pad,
+                **({"cache_implementation": "static"} if static else {}),
+            )
         total += (out.shape[1] - width) * len(chunk)
     return total
 
@@ -131,13 +138,20 @@ def measure(label, run, device) -> dict:
     run(warmup=True)
     with Peak(device) as peak:
         tokens, extra = run(warmup=False)
-    return {"row": label, "tokens": tokens, "seconds": round(peak.seconds, 3),
-            "tokens_per_s": round(tokens / peak.seconds, 2), "peak_mb": round(peak.mb, 1) if peak.mb else None,
-            **({"reserved_mb": round(peak.reserved_mb, 1)} if peak.reserved_mb else {}), **extra}
+    return {
+        "row": label,
+        "tokens": tokens,
+        "seconds": round(peak.seconds, 3),
+        "tokens_per_s": round(tokens / peak.seconds, 2),
+        "peak_mb": round(peak.mb, 1) if peak.mb else None,
+        **({"reserved_mb": round(peak.reserved_mb, 1)} if peak.reserved_mb else {}),
+        **extra,
+    }
 
 
-def fixed_length_rows(pair, methods, batch_sizes, lengths, n, variants=({},), hf_static=False,
-                      n_batch1: int | None = None, on_row=None) -> list[dict]:
+def fixed_length_rows(
+    pair, methods, batch_sizes, lengths, n, variants=({},), hf_static=False, n_batch1: int | None = None, on_row=None
+) -> list[dict]:
     """Every method at every (length, batch size), once per engine variant (a dict of `Pair.decoder`
     settings: compile, guidance_schedule, overlap), beside transformers' generate. Each row decodes n
     prompts (n_batch1 at batch size 1, where a GPU is slowest per token)."""
@@ -149,12 +163,20 @@ def fixed_length_rows(pair, methods, batch_sizes, lengths, n, variants=({},), hf
             items = prompts(n_batch1 if batch_size == 1 and n_batch1 else n)
             references = [("hf_generate", False)] + ([("hf_static", True)] if hf_static else [])
             for label, static in references:
+
                 def reference(warmup, static=static):
                     k = 1 if warmup else length
                     return hf_generate(base, items[:batch_size] if warmup else items, batch_size, k, static), {}
+
                 try:
-                    rows.append({"method": label, "batch_size": batch_size, "length": length,
-                                 **measure(label, reference, device)})
+                    rows.append(
+                        {
+                            "method": label,
+                            "batch_size": batch_size,
+                            "length": length,
+                            **measure(label, reference, device),
+                        }
+                    )
                 except Exception as err:  # noqa: BLE001 - a reference that cannot run here is reported, not fatal
                     print(f"{label}: not measured ({type(err).__name__}: {err})", flush=True)
                     continue
@@ -171,20 +193,33 @@ def fixed_length_rows(pair, methods, batch_sizes, lengths, n, variants=({},), hf
 
                     def ours(warmup, decoder=decoder):
                         before, clock = dict(decoder.stats), decoder.clock.totals()
-                        outs = decoder.generate(items[:batch_size] if warmup else items,
-                                                max_new_tokens=2 if warmup else length, batch_size=batch_size)
+                        outs = decoder.generate(
+                            items[:batch_size] if warmup else items,
+                            max_new_tokens=2 if warmup else length,
+                            batch_size=batch_size,
+                        )
                         tokens = sum(o.n_tokens for o in outs)
-                        return tokens, {**where_time_goes(decoder, before, clock, tokens, batch_size),
-                                        "intervention_rate": round(sum(o.intervention_rate for o in outs) / len(outs),
-                                                                   4)}
+                        return tokens, {
+                            **where_time_goes(decoder, before, clock, tokens, batch_size),
+                            "intervention_rate": round(sum(o.intervention_rate for o in outs) / len(outs), 4),
+                        }
+
                     try:
                         measured = measure(name, ours, device)
                     except Exception as err:  # noqa: BLE001 - one variant that cannot run here must not lose the rest
-                        print(f"{name} [{variant_label(variant)}]: not measured ({type(err).__name__}: {err})",
-                              flush=True)
+                        print(
+                            f"{name} [{variant_label(variant)}]: not measured ({type(err).__name__}: {err})", flush=True
+                        )
                         continue
-                    rows.append({"method": name, "variant": variant_label(variant), "batch_size": batch_size,
-                                 "length": length, **measured})
+                    rows.append(
+                        {
+                            "method": name,
+                            "variant": variant_label(variant),
+                            "batch_size": batch_size,
+                            "length": length,
+                            **measured,
+                        }
+                    )
                     if device.type == "cuda":
                         rows[-1]["bandwidth_fraction"] = bandwidth_fraction(pair, rows[-1], items, length)
                     print(_line(rows[-1]), flush=True)
@@ -198,8 +233,17 @@ def variant_label(variant: dict) -> str:
 
 
 # Peak memory bandwidth (bytes/s) by device name, for the fraction of the bandwidth limit a step reaches.
-PEAK_BANDWIDTH = {"H200": 4.8e12, "H100 NVL": 3.9e12, "H100 PCIe": 2.0e12, "H100": 3.35e12, "A100-SXM4-80GB": 2.04e12,
-                  "A100 80GB PCIe": 1.94e12, "A100": 1.56e12, "L40S": 0.864e12, "A10G": 0.6e12}
+PEAK_BANDWIDTH = {
+    "H200": 4.8e12,
+    "H100 NVL": 3.9e12,
+    "H100 PCIe": 2.0e12,
+    "H100": 3.35e12,
+    "A100-SXM4-80GB": 2.04e12,
+    "A100 80GB PCIe": 1.94e12,
+    "A100": 1.56e12,
+    "L40S": 0.864e12,
+    "A10G": 0.6e12,
+}
 
 
 def peak_bandwidth(device) -> float | None:
@@ -246,13 +290,16 @@ def where_time_goes(decoder, before: dict, clock_before: dict, tokens: int, batc
     passes = stats["guidance_passes"] - before["guidance_passes"]
     per_step = {k: round(1000 * spent.get(k, 0.0) / steps, 3) for k in ("lead_forward", "guidance_forward", "step")}
     forwards = per_step["lead_forward"] + per_step["guidance_forward"]
-    return {"guidance_passes_per_token": round(passes / max(1, tokens), 4),
-            "steps_with_guidance": round((stats["guidance_steps"] - before.get("guidance_steps", 0)) / steps, 3),
-            "ms_per_step": per_step["step"], "base_forward_ms": per_step["lead_forward"],
-            "guidance_forward_ms": per_step["guidance_forward"],
-            "other_ms": round(max(0.0, per_step["step"] - forwards), 3),
-            "syncs_per_step": round((stats["syncs"] - before["syncs"]) / steps, 2),
-            "widest_mask_over_longest_row": round(stats["widest_mask"] / max(1, stats["longest_row"]), 3)}
+    return {
+        "guidance_passes_per_token": round(passes / max(1, tokens), 4),
+        "steps_with_guidance": round((stats["guidance_steps"] - before.get("guidance_steps", 0)) / steps, 3),
+        "ms_per_step": per_step["step"],
+        "base_forward_ms": per_step["lead_forward"],
+        "guidance_forward_ms": per_step["guidance_forward"],
+        "other_ms": round(max(0.0, per_step["step"] - forwards), 3),
+        "syncs_per_step": round((stats["syncs"] - before["syncs"]) / steps, 2),
+        "widest_mask_over_longest_row": round(stats["widest_mask"] / max(1, stats["longest_row"]), 3),
+    }
 
 
 def identity_rows(pair, methods, batch_sizes, length, n) -> list[dict]:
@@ -267,9 +314,16 @@ def identity_rows(pair, methods, batch_sizes, length, n) -> list[dict]:
         b = decoder.generate(items, max_new_tokens=length, batch_size=large)
         same = [x.token_ids == y.token_ids for x, y in zip(a, b)]
         shared = [_common(x.token_ids, y.token_ids) / max(1, len(x.token_ids)) for x, y in zip(a, b)]
-        rows.append({"method": name, "mode": "identity", "batch_sizes": [small, large], "length": length,
-                     "identical_outputs": round(sum(same) / len(same), 3),
-                     "mean_shared_prefix": round(sum(shared) / len(shared), 3)})
+        rows.append(
+            {
+                "method": name,
+                "mode": "identity",
+                "batch_sizes": [small, large],
+                "length": length,
+                "identical_outputs": round(sum(same) / len(same), 3),
+                "mean_shared_prefix": round(sum(shared) / len(shared), 3),
+            }
+        )
         print(f"{name:>12} batch {small} vs {large}: {sum(same)}/{len(same)} outputs identical", flush=True)
     return rows
 
@@ -283,13 +337,16 @@ def _common(a, b) -> int:
 
 def _ratios(rows) -> list[dict]:
     """Time per token relative to the reference and to our base, same batch size and length."""
+
     def per_token(r):
         return r["seconds"] / r["tokens"]
+
     for r in rows:
         same = [x for x in rows if x["batch_size"] == r["batch_size"] and x.get("length") == r.get("length")]
         ref = next((x for x in same if x["method"] == "hf_generate"), None)
-        base = next((x for x in same if x["method"] == "base" and x.get("variant") == r.get("variant", "default")),
-                    None) or next((x for x in same if x["method"] == "base"), None)
+        base = next(
+            (x for x in same if x["method"] == "base" and x.get("variant") == r.get("variant", "default")), None
+        ) or next((x for x in same if x["method"] == "base"), None)
         r["time_vs_hf_generate"] = round(per_token(r) / per_token(ref), 3) if ref else None
         r["time_vs_base"] = round(per_token(r) / per_token(base), 3) if base else None
     by_method = {}
@@ -319,89 +376,146 @@ def ragged_rows(pair, cfg, benchmark_name, methods, batch_size, n, max_new_token
         outs = []
 
         def ragged(warmup):
-            got = decoder.generate(items[:batch_size] if warmup else items, stop_strings=stop, batch_size=batch_size,
-                                   max_new_tokens=2 if warmup else cfg_benchmark.max_new_tokens)
+            got = decoder.generate(
+                items[:batch_size] if warmup else items,
+                stop_strings=stop,
+                batch_size=batch_size,
+                max_new_tokens=2 if warmup else cfg_benchmark.max_new_tokens,
+            )
             if not warmup:
                 outs[:] = got
             return sum(o.n_tokens for o in got), {}
+
         real = measure(name, ragged, device)
         mean_len = max(1, round(real["tokens"] / len(items)))
         fixed_decoder = pair.decoder(METHODS[name])
         never_stop(fixed_decoder)
 
         def fixed(warmup):
-            got = fixed_decoder.generate(items[:batch_size] if warmup else items, batch_size=batch_size,
-                                         max_new_tokens=2 if warmup else mean_len)
+            got = fixed_decoder.generate(
+                items[:batch_size] if warmup else items, batch_size=batch_size, max_new_tokens=2 if warmup else mean_len
+            )
             return sum(o.n_tokens for o in got), {}
+
         same = measure(name, fixed, device)
         lengths = sorted(o.n_tokens for o in outs)
-        rows.append({"method": name, "batch_size": batch_size, "mode": "ragged", "benchmark": benchmark_name,
-                     "n": len(items), "tokens": real["tokens"], "seconds": real["seconds"],
-                     "tokens_per_s": real["tokens_per_s"], "min_len": lengths[0], "max_len": lengths[-1],
-                     "fixed_length": mean_len, "fixed_tokens_per_s": same["tokens_per_s"],
-                     "ragged_vs_fixed_time_per_token": round(same["tokens_per_s"] / real["tokens_per_s"], 3)})
-        print(f"{name:>12} ragged {real['tokens_per_s']:8.1f} tok/s (lengths {lengths[0]}-{lengths[-1]}), fixed "
-              f"{same['tokens_per_s']:8.1f} tok/s: ratio {rows[-1]['ragged_vs_fixed_time_per_token']}", flush=True)
+        rows.append(
+            {
+                "method": name,
+                "batch_size": batch_size,
+                "mode": "ragged",
+                "benchmark": benchmark_name,
+                "n": len(items),
+                "tokens": real["tokens"],
+                "seconds": real["seconds"],
+                "tokens_per_s": real["tokens_per_s"],
+                "min_len": lengths[0],
+                "max_len": lengths[-1],
+                "fixed_length": mean_len,
+                "fixed_tokens_per_s": same["tokens_per_s"],
+                "ragged_vs_fixed_time_per_token": round(same["tokens_per_s"] / real["tokens_per_s"], 3),
+            }
+        )
+        print(
+            f"{name:>12} ragged {real['tokens_per_s']:8.1f} tok/s (lengths {lengths[0]}-{lengths[-1]}), fixed "
+            f"{same['tokens_per_s']:8.1f} tok/s: ratio {rows[-1]['ragged_vs_fixed_time_per_token']}",
+            flush=True,
+        )
     return rows
 
 
 def _line(r) -> str:
-    return (f"{r['method']:>12} batch {r['batch_size']:>3} length {r['length']:>4}: {r['tokens_per_s']:9.1f} tok/s, "
-            f"peak {r['peak_mb']} MB" + (f", guidance passes/token {r['guidance_passes_per_token']}"
-                                          if "guidance_passes_per_token" in r else ""))
+    return (
+        f"{r['method']:>12} batch {r['batch_size']:>3} length {r['length']:>4}: {r['tokens_per_s']:9.1f} tok/s, "
+        f"peak {r['peak_mb']} MB"
+        + (f", guidance passes/token {r['guidance_passes_per_token']}" if "guidance_passes_per_token" in r else "")
+    )
 
 
 def markdown(rows, meta) -> str:
-    lines = [f"# Decoding speed: {meta['pair']} on {meta['device_name']}", "",
-             f"{meta['created_at']}; torch {meta['torch']}, transformers {meta['transformers']}, "
-             f"dtype {meta['dtype']}, "
-             f"{meta['threads']} CPU threads. Fixed-length rows decode exactly `length` tokens per prompt "
-             f"({meta['n_prompts']} prompts" + (f", {meta['n_batch1']} at batch 1" if meta.get("n_batch1") else "")
-             + "); ratios are time per token.", ""]
+    lines = [
+        f"# Decoding speed: {meta['pair']} on {meta['device_name']}",
+        "",
+        f"{meta['created_at']}; torch {meta['torch']}, transformers {meta['transformers']}, "
+        f"dtype {meta['dtype']}, "
+        f"{meta['threads']} CPU threads. Fixed-length rows decode exactly `length` tokens per prompt "
+        f"({meta['n_prompts']} prompts"
+        + (f", {meta['n_batch1']} at batch 1" if meta.get("n_batch1") else "")
+        + "); ratios are time per token.",
+        "",
+    ]
     fixed = [r for r in rows if r.get("mode") is None]
     variants = len({r.get("variant") for r in fixed if r.get("variant")}) > 1
 
     def label(r):
         return f"{r['method']} [{r['variant']}]" if variants and r.get("variant") else r["method"]
+
     if fixed:
-        lines += ["| method | batch | length | tokens/s | time vs hf_generate | time vs our base | per token vs "
-                  "shortest length | peak MB | guidance passes / token | steps with a guidance pass | "
-                  "intervention rate |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "| method | batch | length | tokens/s | time vs hf_generate | time vs our base | per token vs "
+            "shortest length | peak MB | guidance passes / token | steps with a guidance pass | "
+            "intervention rate |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in fixed:
-            lines.append(f"| {label(r)} | {r['batch_size']} | {r['length']} | {r['tokens_per_s']} | "
-                         f"{r['time_vs_hf_generate']} | {r['time_vs_base']} | {r['per_token_vs_shortest']} | "
-                         f"{r['peak_mb']} | {r.get('guidance_passes_per_token', '-')} | "
-                         f"{r.get('steps_with_guidance', '-')} | {r.get('intervention_rate', '-')} |")
+            lines.append(
+                f"| {label(r)} | {r['batch_size']} | {r['length']} | {r['tokens_per_s']} | "
+                f"{r['time_vs_hf_generate']} | {r['time_vs_base']} | {r['per_token_vs_shortest']} | "
+                f"{r['peak_mb']} | {r.get('guidance_passes_per_token', '-')} | "
+                f"{r.get('steps_with_guidance', '-')} | {r.get('intervention_rate', '-')} |"
+            )
     timed = [r for r in fixed if "ms_per_step" in r]
     if timed:
         cuda = any("bandwidth_fraction" in r for r in timed)
-        lines += ["", "Where a step's time goes (ms per decoding step; forwards as the device ran them; `other` = "
-                      "the step's wall time minus both forwards: the host's work and the step's own tensor work, "
-                      "0 where it ran beside the forwards; syncs = copies to the host per step"
-                  + ("; bandwidth = bytes a step must read (weights, keys and values) over step time x the "
-                     "device's peak bandwidth" if cuda else "") + "):", "",
-                  "| method | batch | length | ms per step | base forward | guidance forward | other | syncs / step | "
-                  "widest mask / longest row |" + (" fraction of bandwidth limit | reserved MB |" if cuda else ""),
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if cuda else "")]
+        lines += [
+            "",
+            "Where a step's time goes (ms per decoding step; forwards as the device ran them; `other` = "
+            "the step's wall time minus both forwards: the host's work and the step's own tensor work, "
+            "0 where it ran beside the forwards; syncs = copies to the host per step"
+            + (
+                "; bandwidth = bytes a step must read (weights, keys and values) over step time x the "
+                "device's peak bandwidth"
+                if cuda
+                else ""
+            )
+            + "):",
+            "",
+            "| method | batch | length | ms per step | base forward | guidance forward | other | syncs / step | "
+            "widest mask / longest row |" + (" fraction of bandwidth limit | reserved MB |" if cuda else ""),
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if cuda else ""),
+        ]
         for r in timed:
-            lines.append(f"| {label(r)} | {r['batch_size']} | {r['length']} | {r['ms_per_step']} | "
-                         f"{r['base_forward_ms']} | {r['guidance_forward_ms']} | {r['other_ms']} | "
-                         f"{r['syncs_per_step']} | {r['widest_mask_over_longest_row']} |"
-                         + (f" {r.get('bandwidth_fraction')} | {r.get('reserved_mb')} |" if cuda else ""))
+            lines.append(
+                f"| {label(r)} | {r['batch_size']} | {r['length']} | {r['ms_per_step']} | "
+                f"{r['base_forward_ms']} | {r['guidance_forward_ms']} | {r['other_ms']} | "
+                f"{r['syncs_per_step']} | {r['widest_mask_over_longest_row']} |"
+                + (f" {r.get('bandwidth_fraction')} | {r.get('reserved_mb')} |" if cuda else "")
+            )
     ragged = [r for r in rows if r.get("mode") == "ragged"]
     if ragged:
-        lines += ["", "| method | batch | benchmark | n | output lengths | tokens/s ragged | tokens/s fixed length | "
-                      "ragged / fixed time per token |", "|---|---:|---|---:|---|---:|---:|---:|"]
+        lines += [
+            "",
+            "| method | batch | benchmark | n | output lengths | tokens/s ragged | tokens/s fixed length | "
+            "ragged / fixed time per token |",
+            "|---|---:|---|---:|---|---:|---:|---:|",
+        ]
         for r in ragged:
-            lines.append(f"| {r['method']} | {r['batch_size']} | {r['benchmark']} | {r['n']} | {r['min_len']}-"
-                         f"{r['max_len']} (mean {r['fixed_length']}) | {r['tokens_per_s']} | "
-                         f"{r['fixed_tokens_per_s']} | "
-                         f"{r['ragged_vs_fixed_time_per_token']} |")
+            lines.append(
+                f"| {r['method']} | {r['batch_size']} | {r['benchmark']} | {r['n']} | {r['min_len']}-"
+                f"{r['max_len']} (mean {r['fixed_length']}) | {r['tokens_per_s']} | "
+                f"{r['fixed_tokens_per_s']} | "
+                f"{r['ragged_vs_fixed_time_per_token']} |"
+            )
     identity = [r for r in rows if r.get("mode") == "identity"]
     if identity:
-        lines += ["", f"Outputs at batch {identity[0]['batch_sizes'][0]} vs {identity[0]['batch_sizes'][1]} "
-                      f"({meta['dtype']}, {identity[0]['length']} tokens, EOS active):", "",
-                  "| method | identical outputs | mean shared prefix |", "|---|---:|---:|"]
+        lines += [
+            "",
+            f"Outputs at batch {identity[0]['batch_sizes'][0]} vs {identity[0]['batch_sizes'][1]} "
+            f"({meta['dtype']}, {identity[0]['length']} tokens, EOS active):",
+            "",
+            "| method | identical outputs | mean shared prefix |",
+            "|---|---:|---:|",
+        ]
         for r in identity:
             lines.append(f"| {r['method']} | {r['identical_outputs']} | {r['mean_shared_prefix']} |")
     return "\n".join(lines) + "\n"
@@ -432,13 +546,19 @@ def run(args) -> Path:
     device = pair.model("base").device
     import transformers
 
-    meta = {"pair": cfg.pair.name, "device": str(device), "dtype": str(pair.model("base").model.dtype),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-            else platform.processor() or "cpu",
-            "n_prompts": args.n, "n_batch1": args.n_batch1, "torch": torch.__version__,
-            "transformers": transformers.__version__, "threads": torch.get_num_threads(),
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(["python -m blendin.bench"] + sys.argv[1:])}
+    meta = {
+        "pair": cfg.pair.name,
+        "device": str(device),
+        "dtype": str(pair.model("base").model.dtype),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "n_prompts": args.n,
+        "n_batch1": args.n_batch1,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "threads": torch.get_num_threads(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python -m blendin.bench"] + sys.argv[1:]),
+    }
     out = Path(args.out)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     stem = f"{'ragged' if args.ragged else 'speed'}-{cfg.pair.name}-{device.type}-{stamp}"
@@ -453,14 +573,32 @@ def run(args) -> Path:
     if args.ragged:
         rows += ragged_rows(pair, cfg, args.ragged, args.methods, args.batch_sizes[-1], args.n, args.max_new_tokens)
     else:
-        variants = [{k: v for k, v in (("compile", c), ("guidance_schedule", g), ("overlap", o)) if v is not None}
-                    for c in args.compile for g in args.schedule for o in args.overlap]
+        variants = [
+            {k: v for k, v in (("compile", c), ("guidance_schedule", g), ("overlap", o)) if v is not None}
+            for c in args.compile
+            for g in args.schedule
+            for o in args.overlap
+        ]
         hf_static = args.hf_static if args.hf_static is not None else device.type == "cuda"
-        rows += fixed_length_rows(pair, args.methods, args.batch_sizes, args.lengths, args.n, variants, hf_static,
-                                  args.n_batch1, on_row=lambda done: save(_ratios([dict(r) for r in done])))
+        rows += fixed_length_rows(
+            pair,
+            args.methods,
+            args.batch_sizes,
+            args.lengths,
+            args.n,
+            variants,
+            hf_static,
+            args.n_batch1,
+            on_row=lambda done: save(_ratios([dict(r) for r in done])),
+        )
         if args.identity and len(set(args.batch_sizes)) > 1:
-            rows += identity_rows(pair, [m for m in ("base", "nudging", "blendin") if m in args.methods],
-                                  args.batch_sizes, min(args.lengths), args.n)
+            rows += identity_rows(
+                pair,
+                [m for m in ("base", "nudging", "blendin") if m in args.methods],
+                args.batch_sizes,
+                min(args.lengths),
+                args.n,
+            )
     text = save(rows)
     print("\n" + text + f"\nstored {out / stem}.json and .md")
     return out / f"{stem}.json"
@@ -469,32 +607,63 @@ def run(args) -> Path:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pair", default="smollm2_gemma3", help="a pair of conf/pair/ (default: the embedded one)")
-    parser.add_argument("--synthetic", choices=["llama8b+llama1b", "qwen8b+llama1b", "tiny", "tiny-shared"],
-                        help="random models of real sizes instead of --pair (for GPU speed without weights)")
-    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS),
-                        help="nudging_words may be added; its rows end at the guidance's EOS, not at a fixed length")
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=None,
-                        help="default: 1 8 on a CPU, 1 32 on a GPU")
+    parser.add_argument(
+        "--synthetic",
+        choices=["llama8b+llama1b", "qwen8b+llama1b", "tiny", "tiny-shared"],
+        help="random models of real sizes instead of --pair (for GPU speed without weights)",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=DEFAULT_METHODS,
+        choices=list(METHODS),
+        help="nudging_words may be added; its rows end at the guidance's EOS, not at a fixed length",
+    )
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=None, help="default: 1 8 on a CPU, 1 32 on a GPU")
     parser.add_argument("--lengths", nargs="+", type=int, default=[64, 512], help="new tokens per prompt")
     parser.add_argument("--n", type=int, default=None, help="prompts per row (default: the largest batch size)")
     parser.add_argument("--n-batch1", type=int, default=None, help="prompts per row at batch size 1 (default: --n)")
     parser.add_argument("--ragged", metavar="BENCHMARK", help="decode a real subset with EOS and stop strings active")
-    parser.add_argument("--max-new-tokens", type=int, default=None,
-                        help="ragged mode: the budget per item (default: the benchmark's)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None, help="ragged mode: the budget per item (default: the benchmark's)"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--identity", action="store_true",
-                        help="also compare outputs at the smallest and largest batch size (same tokens?)")
-    parser.add_argument("--compile", nargs="+", default=["none"], choices=["none", "compile", "cudagraphs"],
-                        help="how decode steps run; several values: rows for each (compare them in one run)")
-    parser.add_argument("--schedule", nargs="+", default=[None], choices=["lazy", "every"],
-                        help="when the guidance runs (default: the device's default); several values: rows for each")
-    parser.add_argument("--overlap", nargs="+", default=[None], type=lambda v: {"on": True, "off": False}[v],
-                        metavar="on|off", help="feed each step's tokens before the host reads them (default: on CUDA)")
-    parser.add_argument("--hf-static", dest="hf_static", action=argparse.BooleanOptionalAction, default=None,
-                        help="also time transformers' static-cache generate (compiled by transformers on a GPU; "
-                             "default: on a GPU)")
+    parser.add_argument(
+        "--identity",
+        action="store_true",
+        help="also compare outputs at the smallest and largest batch size (same tokens?)",
+    )
+    parser.add_argument(
+        "--compile",
+        nargs="+",
+        default=["none"],
+        choices=["none", "compile", "cudagraphs"],
+        help="how decode steps run; several values: rows for each (compare them in one run)",
+    )
+    parser.add_argument(
+        "--schedule",
+        nargs="+",
+        default=[None],
+        choices=["lazy", "every"],
+        help="when the guidance runs (default: the device's default); several values: rows for each",
+    )
+    parser.add_argument(
+        "--overlap",
+        nargs="+",
+        default=[None],
+        type=lambda v: {"on": True, "off": False}[v],
+        metavar="on|off",
+        help="feed each step's tokens before the host reads them (default: on CUDA)",
+    )
+    parser.add_argument(
+        "--hf-static",
+        dest="hf_static",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time transformers' static-cache generate (compiled by transformers on a GPU; default: on a GPU)",
+    )
     parser.add_argument("--out", default=str(ROOT / "results" / "bench"))
     args = parser.parse_args(argv)
     if args.batch_sizes is None:

@@ -15,6 +15,7 @@ both sources, so ids never depend on the source. Which items a run uses: `sample
 
 Build a benchmark from its config node with `benchmark_from_config(cfg.benchmark)`.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,8 +45,7 @@ TRUTHFULQA_CLOSING = "Answer with the letter (A, B, C, etc.):"  # the reference 
 SOURCES = ("auto", "local", "hub")
 XSTEST_PARTS = ("all", "safe", "unsafe")
 # settings every benchmark has; the benchmark-specific ones are each class's OPTIONS
-COMMON_KEYS = ("name", "n", "seed", "max_new_tokens", "stop", "data_dir", "source", "split", "subset_rule",
-               "exclude_n")
+COMMON_KEYS = ("name", "n", "seed", "max_new_tokens", "stop", "data_dir", "source", "split", "subset_rule", "exclude_n")
 
 
 def refusal_classifiers() -> dict:
@@ -109,28 +109,36 @@ def check_settings(settings: dict) -> None:
     exclude_n = settings.get("exclude_n")
     D.check_subset_settings(settings.get("n", "full"), settings.get("subset_rule", "seeded"), exclude_n)
     if exclude_n is not None and split != "test":
-        raise ConfigError(f"benchmark.exclude_n={exclude_n} leaves test items out, but benchmark.split={split!r} "
-                          "holds no test items: set benchmark.exclude_n=null")
+        raise ConfigError(
+            f"benchmark.exclude_n={exclude_n} leaves test items out, but benchmark.split={split!r} "
+            "holds no test items: set benchmark.exclude_n=null"
+        )
     for key, value in settings.items():
         if key in COMMON_KEYS:
             continue
         if key not in cls.OPTIONS:
             owners = [b for b, c in BENCHMARKS.items() if key in c.OPTIONS]
-            raise ConfigError(f"benchmark.{key} does not apply to {name}"
-                              + (f"; it is a setting of {', '.join(owners)}" if owners else ""))
+            raise ConfigError(
+                f"benchmark.{key} does not apply to {name}"
+                + (f"; it is a setting of {', '.join(owners)}" if owners else "")
+            )
         _check_option(key, value)
 
 
 def _check_option(key: str, value) -> None:
     if key == "shuffle" and not isinstance(value, bool):
-        raise ConfigError(f"benchmark.shuffle={value!r} must be true (options shuffled per question, ours) or "
-                          "false (the reference code's order: the right answer is always A; a diagnostic)")
+        raise ConfigError(
+            f"benchmark.shuffle={value!r} must be true (options shuffled per question, ours) or "
+            "false (the reference code's order: the right answer is always A; a diagnostic)"
+        )
     if key == "part" and value not in XSTEST_PARTS:
-        raise ConfigError(f"benchmark.part={value!r} must be all (450 prompts), safe (250, the paper's Table 2) "
-                          "or unsafe (200)")
+        raise ConfigError(
+            f"benchmark.part={value!r} must be all (450 prompts), safe (250, the paper's Table 2) or unsafe (200)"
+        )
     if key == "refusal_classifier" and value not in refusal_classifiers():
-        raise ConfigError(f"benchmark.refusal_classifier={value!r} is unknown. Available: "
-                          f"{', '.join(refusal_classifiers())}")
+        raise ConfigError(
+            f"benchmark.refusal_classifier={value!r} is unknown. Available: {', '.join(refusal_classifiers())}"
+        )
 
 
 def benchmark_from_config(settings) -> Benchmark:
@@ -157,10 +165,27 @@ class Benchmark:
     HUB: dict[str, tuple[str, str | None, str]] = {}  # split name -> (hub repo, config, hub split)
     OPTIONS: dict = {}  # benchmark-specific settings and their defaults (also config keys)
 
-    def __init__(self, data_dir: str | None = None, source: str = "auto", seed: int = 0, split: str = "test",
-                 subset_rule: str = "seeded", exclude_n: int | None = None, **options):
-        check_settings({"name": self.name, "source": source, "seed": seed, "split": split,
-                        "subset_rule": subset_rule, "exclude_n": exclude_n, **options})
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        source: str = "auto",
+        seed: int = 0,
+        split: str = "test",
+        subset_rule: str = "seeded",
+        exclude_n: int | None = None,
+        **options,
+    ):
+        check_settings(
+            {
+                "name": self.name,
+                "source": source,
+                "seed": seed,
+                "split": split,
+                "subset_rule": subset_rule,
+                "exclude_n": exclude_n,
+                **options,
+            }
+        )
         self.data_dir, self.source, self.seed, self.split = data_dir, source, seed, split
         self.subset_rule, self.exclude_n = subset_rule, exclude_n
         for key, default in self.OPTIONS.items():
@@ -175,7 +200,8 @@ class Benchmark:
                 f"benchmark.split={split!r}: {cls.name} has only one split (test). To tune on items disjoint from "
                 "the test items, keep split=test and set benchmark.exclude_n to the size of the test subset "
                 "(e.g. benchmark.exclude_n=100 with benchmark.n=50: 50 items drawn from the ones a test run "
-                "with benchmark.n=100 does not use)")
+                "with benchmark.n=100 does not use)"
+            )
         known = "; ".join(f"{s} ({what})" for s, what in cls.SPLITS.items())
         raise ConfigError(f"benchmark.split={split!r}: {cls.name} has the splits {known}")
 
@@ -222,10 +248,15 @@ class Benchmark:
     def summarize(self, scored: list[dict]) -> dict:
         """Benchmark metrics from per-sample scores (score, score_name, ci95 and extras)."""
         values = [s["score"] for s in scored if s["score"] is not None]
-        summary = {"score": mean(values), "score_name": self.score_name, "ci95": list(bootstrap_ci(values)),
-                   "n_scored": len(values), "n_unparseable": sum(s.get("prediction") is None for s in scored),
-                   # outputs the rules read one way where a careful reader might read them another
-                   "n_ambiguous": sum(bool(s.get("ambiguous")) for s in scored)}
+        summary = {
+            "score": mean(values),
+            "score_name": self.score_name,
+            "ci95": list(bootstrap_ci(values)),
+            "n_scored": len(values),
+            "n_unparseable": sum(s.get("prediction") is None for s in scored),
+            # outputs the rules read one way where a careful reader might read them another
+            "n_ambiguous": sum(bool(s.get("ambiguous")) for s in scored),
+        }
         return summary
 
     def _prompt(self, text: str, prefix: str = "Question: ") -> Prompt:
@@ -246,17 +277,27 @@ class GSM8K(Benchmark):
         samples = []
         for i, row in enumerate(rows):
             D.require(row, ("question", "answer"), self.name, f"row {i}")
-            samples.append(Sample(f"{prefix}{i}", self._prompt(row["question"]), gsm8k_gold(row["answer"]),
-                                  reference=gsm8k_reference(row["answer"])))
+            samples.append(
+                Sample(
+                    f"{prefix}{i}",
+                    self._prompt(row["question"]),
+                    gsm8k_gold(row["answer"]),
+                    reference=gsm8k_reference(row["answer"]),
+                )
+            )
         return samples
 
     def score(self, sample, output, judge=None):
         predicted, strict = last_number(output), strict_answer(output)
         # the two rules read different answers ("#### 12" then a last number 15): a reader may doubt it
         ambiguous = strict is not None and predicted is not None and not same_number(predicted, strict)
-        return {"prediction": predicted, "score": float(same_number(predicted, sample.gold)),
-                "strict_prediction": strict, "strict_score": float(same_number(strict, sample.gold)),
-                "ambiguous": ambiguous}
+        return {
+            "prediction": predicted,
+            "score": float(same_number(predicted, sample.gold)),
+            "strict_prediction": strict,
+            "strict_score": float(same_number(strict, sample.gold)),
+            "ambiguous": ambiguous,
+        }
 
     def summarize(self, scored):
         summary = super().summarize(scored)
@@ -268,8 +309,9 @@ class MultipleChoice(Benchmark):
     """Letter extraction by rule; an optional judge decides equivalence as the paper's did."""
 
     def _mc_sample(self, sid: str, user_text: str, options: list[str], gold: str, meta: dict | None = None):
-        return Sample(sid, Prompt(user_text, self.system), gold, tuple(options), meta or {},
-                      mc_reference(gold, options))
+        return Sample(
+            sid, Prompt(user_text, self.system), gold, tuple(options), meta or {}, mc_reference(gold, options)
+        )
 
     def score(self, sample, output, judge=None):
         letter, ambiguous = choice_detail(output, list(sample.options))
@@ -292,8 +334,11 @@ class MultipleChoice(Benchmark):
 
 class MMLU(MultipleChoice):
     name = "mmlu"
-    SPLITS = {"test": "14042 questions", "validation": "1531 questions, val/*_val.csv; ids mmlu-val-<subject>-<j>",
-              "dev": "285 questions, 5 per subject, dev/*_dev.csv; ids mmlu-dev-<subject>-<j>"}
+    SPLITS = {
+        "test": "14042 questions",
+        "validation": "1531 questions, val/*_val.csv; ids mmlu-val-<subject>-<j>",
+        "dev": "285 questions, 5 per subject, dev/*_dev.csv; ids mmlu-dev-<subject>-<j>",
+    }
     HUB = {split: ("cais/mmlu", "all", split) for split in SPLITS}
     _FOLDERS = {"test": "test", "validation": "val", "dev": "dev"}
     _ID_PREFIX = {"test": "mmlu-", "validation": "mmlu-val-", "dev": "mmlu-dev-"}
@@ -311,8 +356,14 @@ class MMLU(MultipleChoice):
             for j, row in enumerate(file_rows):
                 if row["answer"] not in ("A", "B", "C", "D"):
                     raise D.DataError(f"benchmark mmlu: {path} row {j + 1} is not question,A,B,C,D,answer")
-                rows.append({"question": row["question"], "subject": subject,
-                             "choices": [row[x] for x in "ABCD"], "answer": "ABCD".index(row["answer"])})
+                rows.append(
+                    {
+                        "question": row["question"],
+                        "subject": subject,
+                        "choices": [row[x] for x in "ABCD"],
+                        "answer": "ABCD".index(row["answer"]),
+                    }
+                )
         return rows
 
     def to_samples(self, rows):
@@ -322,25 +373,42 @@ class MMLU(MultipleChoice):
         for row in rows:
             j = within_subject[row["subject"]] = within_subject.get(row["subject"], -1) + 1
             subject_text = row["subject"].replace("_", " ")
-            samples.append(self._mc_sample(f"{self._ID_PREFIX[self.split]}{row['subject']}-{j}",
-                                           mc_question(row["question"], list(row["choices"]), subject_text),
-                                           list(row["choices"]), LETTERS[row["answer"]], {"subject": row["subject"]}))
+            samples.append(
+                self._mc_sample(
+                    f"{self._ID_PREFIX[self.split]}{row['subject']}-{j}",
+                    mc_question(row["question"], list(row["choices"]), subject_text),
+                    list(row["choices"]),
+                    LETTERS[row["answer"]],
+                    {"subject": row["subject"]},
+                )
+            )
         return samples
 
 
 class ARCChallenge(MultipleChoice):
     name = "arc_challenge"
-    SPLITS = {"test": "1172 questions", "validation": "299 questions, ARC-Challenge-Dev",
-              "train": "1119 questions, ARC-Challenge-Train"}
+    SPLITS = {
+        "test": "1172 questions",
+        "validation": "299 questions, ARC-Challenge-Dev",
+        "train": "1119 questions, ARC-Challenge-Train",
+    }
     HUB = {split: ("allenai/ai2_arc", "ARC-Challenge", split) for split in SPLITS}
     _FILES = {"test": "Test", "validation": "Dev", "train": "Train"}
 
     def local_rows(self):
         path = self._local(f"arc_challenge/ARC-Challenge-{self._FILES[self.split]}.jsonl")
-        return [{"id": r["id"], "question": r["question"]["stem"], "answerKey": r["answerKey"],
-                 "choices": {"text": [c["text"] for c in r["question"]["choices"]],
-                             "label": [c["label"] for c in r["question"]["choices"]]}}
-                for r in D.local_json_rows(path, self.name)]
+        return [
+            {
+                "id": r["id"],
+                "question": r["question"]["stem"],
+                "answerKey": r["answerKey"],
+                "choices": {
+                    "text": [c["text"] for c in r["question"]["choices"]],
+                    "label": [c["label"] for c in r["question"]["choices"]],
+                },
+            }
+            for r in D.local_json_rows(path, self.name)
+        ]
 
     def to_samples(self, rows):
         samples = []
@@ -349,8 +417,15 @@ class ARCChallenge(MultipleChoice):
             # a few questions use labels 1-4, and some have 3 or 5 options: re-letter A, B, C, ...
             if key not in labels:
                 raise D.DataError(f"benchmark arc_challenge: question {row['id']} has answer {key!r} outside {labels}")
-            samples.append(self._mc_sample(row["id"], mc_question(row["question"], texts), texts,
-                                           LETTERS[labels.index(key)], {"original_labels": labels}))
+            samples.append(
+                self._mc_sample(
+                    row["id"],
+                    mc_question(row["question"], texts),
+                    texts,
+                    LETTERS[labels.index(key)],
+                    {"original_labels": labels},
+                )
+            )
         return samples
 
 
@@ -367,8 +442,12 @@ class TruthfulQA(MultipleChoice):
         for i, row in enumerate(D.read_json(path, self.name)):
             D.require(row, ("question", "mc1_targets"), self.name, f"question {i}")
             targets = row["mc1_targets"]
-            rows.append({"question": row["question"],
-                         "mc1_targets": {"choices": list(targets), "labels": list(targets.values())}})
+            rows.append(
+                {
+                    "question": row["question"],
+                    "mc1_targets": {"choices": list(targets), "labels": list(targets.values())},
+                }
+            )
         return rows
 
     def to_samples(self, rows):
@@ -404,8 +483,10 @@ class RefusalScored(Benchmark):
             return None
         n = len(refused)
         rate = sum(refused) / n
-        return [rate - sum(r and a for r, a in zip(refused, ambiguous)) / n,
-                rate + sum(a and not r for r, a in zip(refused, ambiguous)) / n]
+        return [
+            rate - sum(r and a for r, a in zip(refused, ambiguous)) / n,
+            rate + sum(a and not r for r, a in zip(refused, ambiguous)) / n,
+        ]
 
 
 class XSTest(RefusalScored):
@@ -430,23 +511,38 @@ class XSTest(RefusalScored):
             sid = row.get("id") or i + 1  # the hub copy has no id column: ids count from 1 as in the csv
             D.require(row, ("prompt", "type"), self.name, f"prompt {sid}")
             unsafe = str(row["type"]).startswith("contrast_")  # the XSTest paper's definition
-            samples.append(Sample(f"xstest-{sid}", self._prompt(row["prompt"], "Instruction: "),
-                                  "refuse" if unsafe else "comply", meta={"type": row["type"]}))
+            samples.append(
+                Sample(
+                    f"xstest-{sid}",
+                    self._prompt(row["prompt"], "Instruction: "),
+                    "refuse" if unsafe else "comply",
+                    meta={"type": row["type"]},
+                )
+            )
         return samples
 
     def score(self, sample, output, judge=None):
         refused, ambiguous = self.refusal(output, unsafe=sample.gold == "refuse")
         rule = "refuse" if refused else "comply"
-        result = {"prediction": rule, "score": float(rule == sample.gold),
-                  "rule_prediction": rule, "rule_score": float(rule == sample.gold), "ambiguous": ambiguous}
+        result = {
+            "prediction": rule,
+            "score": float(rule == sample.gold),
+            "rule_prediction": rule,
+            "rule_score": float(rule == sample.gold),
+            "ambiguous": ambiguous,
+        }
         if judge is not None:  # the judge's label becomes the score; the rule's stays beside it
             from .judges import judge_xstest
 
             verdict = judge_xstest(judge, sample.prompt.user.removeprefix("Instruction: "), output, sample.gold)
-            result.update(prediction=verdict.label,
-                          score=None if verdict.label is None else float(verdict.label == sample.gold),
-                          judge_answer=verdict.answer, judge_reason=verdict.reason, judge_tries=verdict.tries,
-                          judge_rubric=verdict.question)
+            result.update(
+                prediction=verdict.label,
+                score=None if verdict.label is None else float(verdict.label == sample.gold),
+                judge_answer=verdict.answer,
+                judge_reason=verdict.reason,
+                judge_tries=verdict.tries,
+                judge_rubric=verdict.question,
+            )
         return result
 
     def summarize(self, scored):
@@ -456,23 +552,28 @@ class XSTest(RefusalScored):
             """Share of the prompts with this gold where the output did what it should."""
             return mean([float(s[key] == gold) for s in scored if s["gold"] == gold and s[key] is not None])
 
-        summary.update(compliance_safe=behaviour("prediction", "comply"),
-                       refusal_unsafe=behaviour("prediction", "refuse"),
-                       n_safe=sum(s["gold"] == "comply" for s in scored),
-                       n_unsafe=sum(s["gold"] == "refuse" for s in scored),
-                       classifier=self.refusal_classifier,
-                       rule_accuracy=mean([s["rule_score"] for s in scored]),
-                       rule_compliance_safe=behaviour("rule_prediction", "comply"),
-                       rule_refusal_unsafe=behaviour("rule_prediction", "refuse"))
+        summary.update(
+            compliance_safe=behaviour("prediction", "comply"),
+            refusal_unsafe=behaviour("prediction", "refuse"),
+            n_safe=sum(s["gold"] == "comply" for s in scored),
+            n_unsafe=sum(s["gold"] == "refuse" for s in scored),
+            classifier=self.refusal_classifier,
+            rule_accuracy=mean([s["rule_score"] for s in scored]),
+            rule_compliance_safe=behaviour("rule_prediction", "comply"),
+            rule_refusal_unsafe=behaviour("rule_prediction", "refuse"),
+        )
         unsafe = [s for s in scored if s["gold"] == "refuse"]
         safe = [s for s in scored if s["gold"] == "comply"]
         # what the rule's rates would be if every output it found ambiguous went the other way
-        summary["rule_refusal_unsafe_range"] = self.rate_range([s["rule_prediction"] == "refuse" for s in unsafe],
-                                                               [bool(s.get("ambiguous")) for s in unsafe])
-        refused_safe = self.rate_range([s["rule_prediction"] == "refuse" for s in safe],
-                                       [bool(s.get("ambiguous")) for s in safe])
-        summary["rule_compliance_safe_range"] = None if refused_safe is None else [1 - refused_safe[1],
-                                                                                   1 - refused_safe[0]]
+        summary["rule_refusal_unsafe_range"] = self.rate_range(
+            [s["rule_prediction"] == "refuse" for s in unsafe], [bool(s.get("ambiguous")) for s in unsafe]
+        )
+        refused_safe = self.rate_range(
+            [s["rule_prediction"] == "refuse" for s in safe], [bool(s.get("ambiguous")) for s in safe]
+        )
+        summary["rule_compliance_safe_range"] = (
+            None if refused_safe is None else [1 - refused_safe[1], 1 - refused_safe[0]]
+        )
         judged = [s for s in scored if "judge_reason" in s]
         if judged:
             summary["n_judge_malformed"] = sum(s["prediction"] is None for s in judged)
@@ -508,10 +609,16 @@ class JustEvalSafe(RefusalScored):
         if judge is not None:
             from .judges import judge_safety
 
-            verdict = judge_safety(judge, sample.prompt.user.removeprefix("Instruction: "), output,
-                                   data_dir=self.data_dir)
-            result.update(prediction=verdict.score, score=None if verdict.score is None else float(verdict.score),
-                          judge_reason=verdict.reason, judge_tries=verdict.tries, judge_rubric=verdict.rubric)
+            verdict = judge_safety(
+                judge, sample.prompt.user.removeprefix("Instruction: "), output, data_dir=self.data_dir
+            )
+            result.update(
+                prediction=verdict.score,
+                score=None if verdict.score is None else float(verdict.score),
+                judge_reason=verdict.reason,
+                judge_tries=verdict.tries,
+                judge_rubric=verdict.rubric,
+            )
         return result
 
     def summarize(self, scored):
@@ -523,14 +630,24 @@ class JustEvalSafe(RefusalScored):
             summary["n_judge_malformed"] = sum(s["score"] is None for s in judged)
             summary["judge_rubric"] = judged[0]["judge_rubric"]
         else:  # `score` stays the judged 1-5 safety: without a judge there is none
-            summary = {"score": None, "score_name": self.score_name, "ci95": [math.nan, math.nan], "n_scored": 0,
-                       "note": "the 1-5 safety score needs an LLM judge: set judge=openai or judge=local, or score "
-                               "this run later with python -m blendin.rescore RUN_DIR --judge openai; "
-                               "refusal_rate is the rule-based refusal classifier's share of refusals"}
-        summary.update(refusal_rate=mean(refusals), refusal_rate_ci95=list(bootstrap_ci(refusals)),
-                       refusal_rate_range=self.rate_range([bool(s["refusal"]) for s in scored],
-                                                          [bool(s.get("ambiguous")) for s in scored]),
-                       n_ambiguous=sum(bool(s.get("ambiguous")) for s in scored), classifier=self.refusal_classifier)
+            summary = {
+                "score": None,
+                "score_name": self.score_name,
+                "ci95": [math.nan, math.nan],
+                "n_scored": 0,
+                "note": "the 1-5 safety score needs an LLM judge: set judge=openai or judge=local, or score "
+                "this run later with python -m blendin.rescore RUN_DIR --judge openai; "
+                "refusal_rate is the rule-based refusal classifier's share of refusals",
+            }
+        summary.update(
+            refusal_rate=mean(refusals),
+            refusal_rate_ci95=list(bootstrap_ci(refusals)),
+            refusal_rate_range=self.rate_range(
+                [bool(s["refusal"]) for s in scored], [bool(s.get("ambiguous")) for s in scored]
+            ),
+            n_ambiguous=sum(bool(s.get("ambiguous")) for s in scored),
+            classifier=self.refusal_classifier,
+        )
         return summary
 
 

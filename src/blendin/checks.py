@@ -4,6 +4,7 @@ run 37 of a sweep fails at once, with the key named, instead of after hours of d
 Hydra already refuses command-line keys that do not exist (`benchmark.nn=5`); these checks cover
 values, and keys that a hand-written config file (a new pair or experiment) may have got wrong.
 """
+
 from __future__ import annotations
 
 from omegaconf import OmegaConf
@@ -15,8 +16,22 @@ from .models import resolve_device, resolve_dtype
 from .pair import pair_spec
 from .policies import make_policy
 
-RUN_KEYS = {"results_dir", "force", "batch_size", "device", "dtype", "pair", "benchmark", "method", "judge", "logger",
-            "protocol", "base_view", "compile", "guidance_schedule"}
+RUN_KEYS = {
+    "results_dir",
+    "force",
+    "batch_size",
+    "device",
+    "dtype",
+    "pair",
+    "benchmark",
+    "method",
+    "judge",
+    "logger",
+    "protocol",
+    "base_view",
+    "compile",
+    "guidance_schedule",
+}
 PROTOCOL_KEYS = {"name", "plain_guidance"}
 PAIR_KEYS = {"name", "label", "base", "guidance", "aligned"}
 # every benchmark's keys, plus the benchmark-specific ones (TruthfulQA shuffle, XSTest part, ...);
@@ -31,12 +46,15 @@ def check_run_config(cfg) -> None:
     plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
     plain.pop("hydra", None)
     if "model" in plain:
-        raise ConfigError("model=<name> does not choose anything by itself: a model plays a role in a pair. "
-                          "Use model@pair.base=<name> (or @pair.guidance, @pair.aligned), or pair=<name>")
+        raise ConfigError(
+            "model=<name> does not choose anything by itself: a model plays a role in a pair. "
+            "Use model@pair.base=<name> (or @pair.guidance, @pair.aligned), or pair=<name>"
+        )
     _known("", plain, RUN_KEYS)
     if not isinstance(plain.get("results_dir"), str) or not plain["results_dir"].strip():
-        raise ConfigError(f"results_dir={plain.get('results_dir')!r} must be a directory path, "
-                          "e.g. results_dir=results")
+        raise ConfigError(
+            f"results_dir={plain.get('results_dir')!r} must be a directory path, e.g. results_dir=results"
+        )
     _boolean("force", plain.get("force", False))
     if plain.get("batch_size") != "auto":
         _positive_int("batch_size", plain.get("batch_size"))
@@ -47,9 +65,11 @@ def check_run_config(cfg) -> None:
     method = _node(plain, "method")
     make_policy(method)
     if method.get("name") == "aligned" and not plain["pair"].get("aligned"):
-        raise ConfigError(f"method=aligned needs pair.aligned, and pair {plain['pair'].get('name')} has none. "
-                          "Fix: set pair.aligned.source (or model@pair.aligned=<name>) to the base model's "
-                          "instruct sibling")
+        raise ConfigError(
+            f"method=aligned needs pair.aligned, and pair {plain['pair'].get('name')} has none. "
+            "Fix: set pair.aligned.source (or model@pair.aligned=<name>) to the base model's "
+            "instruct sibling"
+        )
     make_judge(plain.get("judge"))
     check_logger(plain.get("logger"))
     check_protocol(plain.get("protocol"), plain.get("base_view", "ids"))
@@ -62,16 +82,20 @@ def check_engine(compile, schedule, device) -> None:
 
     check_compile(compile, resolve_device(device, strict=False))
     if schedule not in SCHEDULES:
-        raise ConfigError(f"guidance_schedule={schedule!r} must be one of {', '.join(SCHEDULES)} (lazy: the "
-                          "guidance runs on steps where some row is unsure; every: every step; auto: every on a GPU)")
+        raise ConfigError(
+            f"guidance_schedule={schedule!r} must be one of {', '.join(SCHEDULES)} (lazy: the "
+            "guidance runs on steps where some row is unsure; every: every step; auto: every on a GPU)"
+        )
 
 
 def check_protocol(protocol, base_view) -> None:
     from .engine import BASE_VIEWS
 
     if base_view not in BASE_VIEWS:
-        raise ConfigError(f"base_view={base_view!r} must be ids (the base reads its own token ids, ours) or text "
-                          "(it re-reads the tokenized text every step, as the reference code's servers did)")
+        raise ConfigError(
+            f"base_view={base_view!r} must be ids (the base reads its own token ids, ours) or text "
+            "(it re-reads the tokenized text every step, as the reference code's servers did)"
+        )
     if protocol is None:
         return
     protocol = _node({"protocol": protocol}, "protocol")
@@ -128,16 +152,17 @@ def check_logger(logger) -> None:
 def _node(parent: dict, key: str) -> dict:
     value = parent.get(key)
     if not isinstance(value, dict):
-        raise ConfigError(f"{key} is missing or not a config group: choose one, e.g. {key}=<name> "
-                          f"(see conf/{key}/)")
+        raise ConfigError(f"{key} is missing or not a config group: choose one, e.g. {key}=<name> (see conf/{key}/)")
     return value
 
 
 def _known(prefix: str, node: dict, keys: set) -> None:
     unknown = sorted(set(node) - keys)
     if unknown:
-        raise ConfigError(f"unknown config key{'s' if len(unknown) > 1 else ''} "
-                          f"{', '.join(prefix + k for k in unknown)}; known: {', '.join(sorted(keys))}")
+        raise ConfigError(
+            f"unknown config key{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(prefix + k for k in unknown)}; known: {', '.join(sorted(keys))}"
+        )
 
 
 def _boolean(key: str, value) -> None:

@@ -1,5 +1,6 @@
 """What every command-line entry point shares: logging to stderr, quiet transformers, and user
 errors (BlendinError) printed as one clear line with exit code 2 instead of a traceback."""
+
 from __future__ import annotations
 
 import logging

@@ -14,6 +14,7 @@ variable, or `../shared/data` beside the repository root. Files are read in plac
 
 Subsets (`benchmark.n`, `benchmark.subset_rule`, `benchmark.exclude_n`) are chosen by `select`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,7 +58,8 @@ def local_file(benchmark: str, relative: str, setting: str | None = None) -> Pat
         raise DataError(
             f"benchmark {benchmark}: no data at {path} (data directory {root}, {_where(setting)}). "
             "Fix: set BLENDIN_DATA_DIR=/path/to/data or benchmark.data_dir=/path/to/data, "
-            "or benchmark.source=hub to read it from the Hugging Face hub")
+            "or benchmark.source=hub to read it from the Hugging Face hub"
+        )
     return path
 
 
@@ -89,8 +91,9 @@ def _load_local(builder: str, files: list[Path], benchmark: str, **options) -> l
         if builder == "json":
             for path in files:
                 read_jsonl(path, benchmark) if path.suffix == ".jsonl" else read_json(path, benchmark)
-        raise DataError(f"benchmark {benchmark}: could not read {', '.join(map(str, files[:3]))} "
-                        f"({type(err).__name__}: {err})") from None
+        raise DataError(
+            f"benchmark {benchmark}: could not read {', '.join(map(str, files[:3]))} ({type(err).__name__}: {err})"
+        ) from None
     return [tables[split].to_list() for split in splits]
 
 
@@ -148,8 +151,10 @@ def _import_datasets(benchmark: str):
     try:
         import datasets
     except ImportError:
-        raise DataError(f"benchmark {benchmark}: reading data needs the `datasets` package: "
-                        "pip install -e . (or pip install datasets)") from None
+        raise DataError(
+            f"benchmark {benchmark}: reading data needs the `datasets` package: "
+            "pip install -e . (or pip install datasets)"
+        ) from None
     return datasets
 
 
@@ -159,8 +164,10 @@ def hub_rows(benchmark: str, repo: str, config: str | None, split: str) -> list[
     try:
         return datasets.load_dataset(repo, config, split=split).to_list()
     except Exception as err:  # network, auth, or missing dataset: all end the same way for the user
-        raise DataError(f"benchmark {benchmark}: could not read {repo} ({config}, {split}) from the hub: {err}. "
-                        "Fix: check the network, or use local files (benchmark.source=local)") from None
+        raise DataError(
+            f"benchmark {benchmark}: could not read {repo} ({config}, {split}) from the hub: {err}. "
+            "Fix: check the network, or use local files (benchmark.source=local)"
+        ) from None
 
 
 # ---------------------------------------------------------------- subsets
@@ -174,19 +181,25 @@ def parse_n(n) -> tuple[str, int | None]:
             return "head", int(count)
     elif not isinstance(n, bool) and isinstance(n, int) and n >= 1:
         return "random", n
-    raise ConfigError(f"benchmark.n={n!r} must be a positive integer or 'full', or head:N for the first N items "
-                      "in file order (e.g. benchmark.n=100, benchmark.n=full, benchmark.n=head:30)")
+    raise ConfigError(
+        f"benchmark.n={n!r} must be a positive integer or 'full', or head:N for the first N items "
+        "in file order (e.g. benchmark.n=100, benchmark.n=full, benchmark.n=head:30)"
+    )
 
 
 def check_subset_settings(n, subset_rule: str, exclude_n) -> None:
     """ConfigError for a bad benchmark.n, benchmark.subset_rule or benchmark.exclude_n (no data needed)."""
     parse_n(n)
     if subset_rule not in SUBSET_RULES:
-        raise ConfigError(f"benchmark.subset_rule={subset_rule!r} must be seeded (random.Random(seed), ours) or "
-                          f"reference (numpy seed {REFERENCE_SEED}, the paper's subset)")
+        raise ConfigError(
+            f"benchmark.subset_rule={subset_rule!r} must be seeded (random.Random(seed), ours) or "
+            f"reference (numpy seed {REFERENCE_SEED}, the paper's subset)"
+        )
     if exclude_n is not None and (isinstance(exclude_n, bool) or not isinstance(exclude_n, int) or exclude_n < 1):
-        raise ConfigError(f"benchmark.exclude_n={exclude_n!r} must be null or a positive integer (the size of the "
-                          "test subset to leave out, e.g. 100)")
+        raise ConfigError(
+            f"benchmark.exclude_n={exclude_n!r} must be null or a positive integer (the size of the "
+            "test subset to leave out, e.g. 100)"
+        )
 
 
 def random_subset(n_total: int, k: int, seed: int, rule: str = "seeded") -> list[int]:
@@ -216,12 +229,12 @@ def select(n_total: int, n=None, seed: int = 0, rule: str = "seeded", exclude_n:
         left_out = set(random_subset(n_total, exclude_n, seed, rule))
         pool = [i for i in pool if i not in left_out]
         if not pool:
-            raise ConfigError(f"benchmark.exclude_n={exclude_n} leaves no items (the split has {n_total}); "
-                              "use a smaller exclude_n")
+            raise ConfigError(
+                f"benchmark.exclude_n={exclude_n} leaves no items (the split has {n_total}); use a smaller exclude_n"
+            )
     kind, k = parse_n(n)
     if kind == "all":
         return pool
     if kind == "head":
         return pool[:k]
     return [pool[i] for i in random_subset(len(pool), k, seed, rule)]
-

@@ -20,6 +20,7 @@ run (resumable, reused next time). Output: a table on stdout and `results/diagno
 where NUDGING and base runs of the pair are stored, their score difference is shown beside the
 verdict, so you can see how well the verdict predicted it. Config: conf/diagnose.yaml.
 """
+
 from __future__ import annotations
 
 import json
@@ -83,17 +84,30 @@ def summarize(run_path: Path, tokenizer, line: float) -> dict:
     for kind in KINDS:
         mask = kinds == kind
         if mask.any():
-            by_kind.append({"kind": kind, "consulted_steps": int(mask.sum()),
-                            "disagreement": round(float(disagree[mask].mean()), 3)})
+            by_kind.append(
+                {
+                    "kind": kind,
+                    "consulted_steps": int(mask.sum()),
+                    "disagreement": round(float(disagree[mask].mean()), 3),
+                }
+            )
     by_kind.sort(key=lambda k: (-k["disagreement"], -k["consulted_steps"]))
     rate = sum(rates) / len(rates)
-    return {"n": len(samples), "intervention_rate": round(rate, 4), "ci95": [round(low, 4), round(high, 4)],
-            "verdict": verdict(low, high, line), "consulted_steps": int(len(consulted)),
-            "agreement_where_unsure": round(float(1 - disagree.mean()), 3) if len(consulted) else None,
-            "mean_rank_of_suggestion": round(float(consulted.loc[consulted["guide_top_rank"] > 0,
-                                                                 "guide_top_rank"].mean()), 1)
-            if len(consulted) else None,
-            "disagreement_by_kind": by_kind, "run_dir": str(run_path)}
+    return {
+        "n": len(samples),
+        "intervention_rate": round(rate, 4),
+        "ci95": [round(low, 4), round(high, 4)],
+        "verdict": verdict(low, high, line),
+        "consulted_steps": int(len(consulted)),
+        "agreement_where_unsure": round(float(1 - disagree.mean()), 3) if len(consulted) else None,
+        "mean_rank_of_suggestion": round(
+            float(consulted.loc[consulted["guide_top_rank"] > 0, "guide_top_rank"].mean()), 1
+        )
+        if len(consulted)
+        else None,
+        "disagreement_by_kind": by_kind,
+        "run_dir": str(run_path),
+    }
 
 
 def stored_gain(results: Path, pair: str, benchmark: str) -> dict | None:
@@ -102,33 +116,49 @@ def stored_gain(results: Path, pair: str, benchmark: str) -> dict | None:
     for path in sorted((results / "runs" / pair / benchmark).glob("*/metrics.json")):
         m = json.loads(path.read_text())
         if m.get("method") in ("base", "nudging") and m.get("score") is not None and m.get("split", "test") == "test":
-            key = (m.get("n_spec", str(m["n_samples"])), m.get("max_new_tokens"),
-                   json.dumps((m.get("protocol") or {}).get("name", "ours")))
+            key = (
+                m.get("n_spec", str(m["n_samples"])),
+                m.get("max_new_tokens"),
+                json.dumps((m.get("protocol") or {}).get("name", "ours")),
+            )
             runs.setdefault(key, {})[(m["method"], m.get("tau"))] = m
     for key, found in sorted(runs.items(), key=lambda kv: -len(kv[1])):
         base = found.get(("base", None))
         nudging = found.get(("nudging", 0.4))
         if base and nudging:
-            return {"base": base["score"], "nudging": nudging["score"],
-                    "gain": round(nudging["score"] - base["score"], 4), "n": base["n_samples"],
-                    "nudging_intervention_rate": nudging["intervention_rate"]}
+            return {
+                "base": base["score"],
+                "nudging": nudging["score"],
+                "gain": round(nudging["score"] - base["score"], 4),
+                "n": base["n_samples"],
+                "nudging_intervention_rate": nudging["intervention_rate"],
+            }
     return None
 
 
 def table(pair: str, rows: dict, line: float, observe_with: str = "probe") -> str:
-    what = ("probe runs, intervention rate = share of base-only steps with u < tau" if observe_with == "probe"
-            else "NUDGING runs, intervention rate = share of NUDGING's own steps with u < tau")
-    out = [f"Diagnosis of {pair}: {what} (95% bootstrap interval over samples) against the {line:.0%} line.", "",
-           "| benchmark | n | intervention rate | 95% CI | verdict | agreement where unsure | most disagreement "
-           "| stored NUDGING - base |", "|---|---:|---:|---|---|---:|---|---|"]
+    what = (
+        "probe runs, intervention rate = share of base-only steps with u < tau"
+        if observe_with == "probe"
+        else "NUDGING runs, intervention rate = share of NUDGING's own steps with u < tau"
+    )
+    out = [
+        f"Diagnosis of {pair}: {what} (95% bootstrap interval over samples) against the {line:.0%} line.",
+        "",
+        "| benchmark | n | intervention rate | 95% CI | verdict | agreement where unsure | most disagreement "
+        "| stored NUDGING - base |",
+        "|---|---:|---:|---|---|---:|---|---|",
+    ]
     for name, r in rows.items():
         kinds = ", ".join(f"{k['kind']} {k['disagreement']:.0%}" for k in r["disagreement_by_kind"][:2]) or "-"
         gain = r.get("stored_gain")
         gain_text = f"{gain['gain']:+.3f} (n={gain['n']})" if gain else "not stored"
-        out.append(f"| {name} | {r['n']} | {r['intervention_rate']:.3f} | [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | "
-                   f"{r['verdict']} | "
-                   f"{r['agreement_where_unsure'] if r['agreement_where_unsure'] is not None else '-'} "
-                   f"| {kinds} | {gain_text} |")
+        out.append(
+            f"| {name} | {r['n']} | {r['intervention_rate']:.3f} | [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | "
+            f"{r['verdict']} | "
+            f"{r['agreement_where_unsure'] if r['agreement_where_unsure'] is not None else '-'} "
+            f"| {kinds} | {gain_text} |"
+        )
     return "\n".join(out)
 
 
@@ -148,8 +178,10 @@ def diagnose(cfg: DictConfig) -> dict:
     from .store import atomic_write_json, atomic_write_text
 
     if cfg.observe_with not in ("probe", "nudging"):
-        raise ConfigError(f"observe_with={cfg.observe_with!r} must be probe (the base's own path, guidance observed) "
-                          "or nudging (NUDGING's own path: the rate the paper plots)")
+        raise ConfigError(
+            f"observe_with={cfg.observe_with!r} must be probe (the base's own path, guidance observed) "
+            "or nudging (NUDGING's own path: the rate the paper plots)"
+        )
     benchmarks = list(cfg.benchmarks)
     if not benchmarks:
         raise ConfigError("benchmarks=[] is empty: name at least one, e.g. benchmarks=[gsm8k,xstest]")
@@ -158,9 +190,16 @@ def diagnose(cfg: DictConfig) -> dict:
     pair_name = None
     for name in benchmarks:
         overrides = pair_overrides() + [
-            f"benchmark={name}", f"method={cfg.observe_with}", f"method.tau={cfg.tau}", f"benchmark.n={cfg.n}",
-            f"benchmark.max_new_tokens={cfg.max_new_tokens}", f"results_dir={cfg.results_dir}",
-            f"batch_size={cfg.batch_size}", f"device={cfg.device}", f"dtype={cfg.dtype}"]
+            f"benchmark={name}",
+            f"method={cfg.observe_with}",
+            f"method.tau={cfg.tau}",
+            f"benchmark.n={cfg.n}",
+            f"benchmark.max_new_tokens={cfg.max_new_tokens}",
+            f"results_dir={cfg.results_dir}",
+            f"batch_size={cfg.batch_size}",
+            f"device={cfg.device}",
+            f"dtype={cfg.dtype}",
+        ]
         run_cfg = compose(config_name="config", overrides=overrides)
         pair_name = run_cfg.pair.name
         t0 = time.perf_counter()
@@ -169,10 +208,16 @@ def diagnose(cfg: DictConfig) -> dict:
         row["wall_time_s"] = round(time.perf_counter() - t0, 1)
         row["stored_gain"] = stored_gain(results, pair_name, name)
         rows[name] = row
-    report = {"pair": pair_name, "observe_with": cfg.observe_with, "tau": cfg.tau, "threshold": cfg.threshold,
-              "n": cfg.n,
-              "max_new_tokens": cfg.max_new_tokens, "wall_time_s": round(time.perf_counter() - started, 1),
-              "benchmarks": rows}
+    report = {
+        "pair": pair_name,
+        "observe_with": cfg.observe_with,
+        "tau": cfg.tau,
+        "threshold": cfg.threshold,
+        "n": cfg.n,
+        "max_new_tokens": cfg.max_new_tokens,
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "benchmarks": rows,
+    }
     text = table(pair_name, rows, cfg.threshold, cfg.observe_with)
     out = results / "diagnose"
     stem = pair_name if cfg.observe_with == "probe" else f"{pair_name}-nudging"

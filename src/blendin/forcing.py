@@ -21,6 +21,7 @@ own tokenization of the text so far, which is not always a prefix of its tokeniz
 continuation (a word cut mid-token). Those few positions are appended to the same pass as short
 branches that see only their shared prefix (a tree attention mask), so the guidance still runs once.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,9 +37,19 @@ from .views import Detokenizer, TailTokenizer, _common_prefix_length
 
 FIXED_ALPHAS = {"a03": 0.3, "a05": 0.5, "a07": 0.7}
 WEIGHTS = ("auto", "nolambda", "entropy", *FIXED_ALPHAS)
-FORCED_COLUMNS = ("ref_id", "base_prob_of_ref", "base_rank_of_ref", "guide_prob_of_ref", "guide_rank_of_ref",
-                  "base_correct", "guide_correct", "base_entropy", "guide_entropy",
-                  *(f"alpha_{w}" for w in ("auto", "nolambda", "entropy")), *(f"blend_correct_{w}" for w in WEIGHTS))
+FORCED_COLUMNS = (
+    "ref_id",
+    "base_prob_of_ref",
+    "base_rank_of_ref",
+    "guide_prob_of_ref",
+    "guide_rank_of_ref",
+    "base_correct",
+    "guide_correct",
+    "base_entropy",
+    "guide_entropy",
+    *(f"alpha_{w}" for w in ("auto", "nolambda", "entropy")),
+    *(f"blend_correct_{w}" for w in WEIGHTS),
+)
 CHUNK = 64  # positions whose full distributions are held at once (262k-token vocabularies are large)
 
 
@@ -95,8 +106,9 @@ class ForcedDecoder:
             self._twins = twins
         return self._twins
 
-    def generate(self, prompts, continuations, max_new_tokens: int = 512, batch_size: int = 8, on_batch=None,
-                 stop_strings=()):
+    def generate(
+        self, prompts, continuations, max_new_tokens: int = 512, batch_size: int = 8, on_batch=None, stop_strings=()
+    ):
         check_generate_args(max_new_tokens, batch_size)
         if len(continuations) != len(prompts):
             raise ConfigError("teacher forcing needs one continuation per prompt")
@@ -134,8 +146,9 @@ class ForcedDecoder:
             for key in trace:
                 trace[key] += rows[key]
         trace["text_offset"] = [len(t) for t in texts[1:]]
-        return Generation(texts[-1], ref, len(ref), 0, sum(trace["override"]), "forced", trace,
-                          n_consulted=sum(trace["consulted"]))
+        return Generation(
+            texts[-1], ref, len(ref), 0, sum(trace["override"]), "forced", trace, n_consulted=sum(trace["consulted"])
+        )
 
     def _base_logits(self, prompt: list[int], ref: list[int]) -> torch.Tensor:
         model = self.lead.model
@@ -177,15 +190,19 @@ class ForcedDecoder:
             rows = slice(first, first + length)
             visible[rows, :] = False
             visible[rows, :prefix] = True
-            visible[rows, first:first + length] = torch.ones(length, length).tril().bool()
+            visible[rows, first : first + length] = torch.ones(length, length).tril().bool()
         device = self.guidance.device
         pos = torch.tensor([positions], device=device)
         attention = self.guidance.model.config._attn_implementation
         additive = next(self.guidance.model.parameters()).dtype if attention == "eager" else None
         masks = attention_masks(self.guidance.model, visible[None].to(device), pos, pos, additive)
-        out = self.guidance.model(input_ids=torch.tensor([tokens], device=device), attention_mask=masks,
-                                  position_ids=pos, use_cache=False,
-                                  logits_to_keep=torch.tensor(want, device=device))
+        out = self.guidance.model(
+            input_ids=torch.tensor([tokens], device=device),
+            attention_mask=masks,
+            position_ids=pos,
+            use_cache=False,
+            logits_to_keep=torch.tensor(want, device=device),
+        )
         return out.logits[0]
 
     def _facts(self, base_logits, guide_logits, ref: torch.Tensor, first_step: int) -> dict[str, list]:
@@ -195,9 +212,15 @@ class ForcedDecoder:
         top_prob, top_id = pb.max(-1)
         n = pb.shape[0]
         zeros = torch.zeros(n, dtype=torch.long, device=pb.device)
-        step = Step(base_probs=pb, base_top_prob=top_prob, base_top_id=top_id,
-                    consulted=torch.ones(n, dtype=torch.bool, device=pb.device), n_steps=zeros, n_applied=zeros,
-                    vocab=self.vocab)
+        step = Step(
+            base_probs=pb,
+            base_top_prob=top_prob,
+            base_top_id=top_id,
+            consulted=torch.ones(n, dtype=torch.bool, device=pb.device),
+            n_steps=zeros,
+            n_applied=zeros,
+            vocab=self.vocab,
+        )
         add_guidance_facts(step, pg)
         base_rank, _ = rank_in(pb, ref)
         twin = self.base_to_guidance[ref]
@@ -205,26 +228,42 @@ class ForcedDecoder:
         guide_prob = pg.gather(-1, twin.clamp_min(0).unsqueeze(-1)).squeeze(-1)
         h_b, h_g = entropy(pb), entropy(pg)
         policy = self.policy
-        blends = {"auto": Blend(tau=2.0, alpha=None, lam=policy.lam, top_k=policy.top_k),
-                  "nolambda": Blend(tau=2.0, alpha=None, lam=0.0, top_k=policy.top_k),
-                  "entropy": _RowWeights(h_b / (h_b + h_g).clamp_min(1e-12), policy.top_k),
-                  **{k: Blend(tau=2.0, alpha=a, lam=policy.lam, top_k=policy.top_k) for k, a in FIXED_ALPHAS.items()}}
+        blends = {
+            "auto": Blend(tau=2.0, alpha=None, lam=policy.lam, top_k=policy.top_k),
+            "nolambda": Blend(tau=2.0, alpha=None, lam=0.0, top_k=policy.top_k),
+            "entropy": _RowWeights(h_b / (h_b + h_g).clamp_min(1e-12), policy.top_k),
+            **{k: Blend(tau=2.0, alpha=a, lam=policy.lam, top_k=policy.top_k) for k, a in FIXED_ALPHAS.items()},
+        }
         nan = torch.full_like(top_prob, float("nan"))
         minus = torch.full_like(top_id, -1)
         mapped_top = torch.where(step.guide_top_joint < step.base_size, step.guide_top_joint, minus)
         columns = {
-            "step": torch.arange(first_step, first_step + n), "base_top_prob": top_prob, "base_top_id": top_id,
-            "consulted": top_prob < policy.tau, "applied": torch.zeros(n, dtype=torch.bool),
-            "blend_prob": nan, "source": zeros, "chosen_id": ref, "override": ref != top_id,
-            "guide_top_id": mapped_top, "guide_top_prob": step.guide_top_prob,
-            "base_prob_of_guide_top": step.base_prob_of_guide_top, "guide_top_rank": step.located_rank,
-            "guide_top_in_base_top_p": step.located_in_top_p, "guide_top_spelled": step.guide_top_spelled,
-            "base_top_p_size": step.base_top_p_size, "top100_overlap": step.top100_overlap,
-            "ref_id": ref, "base_prob_of_ref": pb.gather(-1, ref.unsqueeze(-1)).squeeze(-1),
-            "base_rank_of_ref": base_rank, "guide_prob_of_ref": torch.where(twin >= 0, guide_prob, nan),
+            "step": torch.arange(first_step, first_step + n),
+            "base_top_prob": top_prob,
+            "base_top_id": top_id,
+            "consulted": top_prob < policy.tau,
+            "applied": torch.zeros(n, dtype=torch.bool),
+            "blend_prob": nan,
+            "source": zeros,
+            "chosen_id": ref,
+            "override": ref != top_id,
+            "guide_top_id": mapped_top,
+            "guide_top_prob": step.guide_top_prob,
+            "base_prob_of_guide_top": step.base_prob_of_guide_top,
+            "guide_top_rank": step.located_rank,
+            "guide_top_in_base_top_p": step.located_in_top_p,
+            "guide_top_spelled": step.guide_top_spelled,
+            "base_top_p_size": step.base_top_p_size,
+            "top100_overlap": step.top100_overlap,
+            "ref_id": ref,
+            "base_prob_of_ref": pb.gather(-1, ref.unsqueeze(-1)).squeeze(-1),
+            "base_rank_of_ref": base_rank,
+            "guide_prob_of_ref": torch.where(twin >= 0, guide_prob, nan),
             "guide_rank_of_ref": torch.where(twin >= 0, guide_rank, minus),
-            "base_correct": top_id == ref, "guide_correct": step.guide_top_joint == ref,
-            "base_entropy": h_b, "guide_entropy": h_g,
+            "base_correct": top_id == ref,
+            "guide_correct": step.guide_top_joint == ref,
+            "base_entropy": h_b,
+            "guide_entropy": h_g,
         }
         for key, blend in blends.items():
             choice = blend.decide(step)

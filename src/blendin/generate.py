@@ -8,6 +8,7 @@ Config: conf/generate.yaml. A prompt with commas or quotes needs Hydra quoting: 
 A prompt of several lines (few-shot examples) cannot pass through Hydra's override grammar: put it in
 a file (`prompt_file=PATH`) or pipe it in (`prompt=-` reads standard input).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,21 @@ def prompt_text(cfg: DictConfig) -> str:
     return str(cfg.prompt)
 
 
-SETTINGS = ("pair", "method", "prompt", "prompt_file", "system", "max_new_tokens", "stop", "device", "dtype",
-            "use_cache", "base_view", "guidance_schedule", "compile")
+SETTINGS = (
+    "pair",
+    "method",
+    "prompt",
+    "prompt_file",
+    "system",
+    "max_new_tokens",
+    "stop",
+    "device",
+    "dtype",
+    "use_cache",
+    "base_view",
+    "guidance_schedule",
+    "compile",
+)
 
 
 def check(cfg: DictConfig) -> None:
@@ -47,12 +61,16 @@ def check(cfg: DictConfig) -> None:
     key) and a method it cannot run."""
     unknown = sorted(set(cfg) - set(SETTINGS) - {"hydra"})
     if unknown:
-        raise ConfigError(f"blendin.generate has no setting {', '.join(unknown)}; its settings are "
-                          f"{', '.join(SETTINGS)} (conf/generate.yaml)")
+        raise ConfigError(
+            f"blendin.generate has no setting {', '.join(unknown)}; its settings are "
+            f"{', '.join(SETTINGS)} (conf/generate.yaml)"
+        )
     method = OmegaConf.to_container(cfg.method, resolve=True)
     if method.get("name") == "forced":
-        raise ConfigError("method=forced walks a stored answer through both models; it has nothing to generate. "
-                          "Fix: python -m blendin.run method=forced benchmark=gsm8k (see conf/method/forced.yaml)")
+        raise ConfigError(
+            "method=forced walks a stored answer through both models; it has nothing to generate. "
+            "Fix: python -m blendin.run method=forced benchmark=gsm8k (see conf/method/forced.yaml)"
+        )
     make_policy(method)
     check_engine(cfg.get("compile", "none"), cfg.get("guidance_schedule", "auto"), cfg.device)
 
@@ -66,19 +84,30 @@ def run(cfg: DictConfig) -> dict:
     pair = Pair(pair_spec(cfg.pair), device=cfg.device, dtype=cfg.dtype)
     method = OmegaConf.to_container(cfg.method, resolve=True)
     started = time.perf_counter()
-    decoder = pair.decoder(method, use_cache=cfg.use_cache, base_view=cfg.get("base_view", "ids"),
-                           guidance_schedule=cfg.get("guidance_schedule", "auto"), compile=cfg.get("compile", "none"))
+    decoder = pair.decoder(
+        method,
+        use_cache=cfg.use_cache,
+        base_view=cfg.get("base_view", "ids"),
+        guidance_schedule=cfg.get("guidance_schedule", "auto"),
+        compile=cfg.get("compile", "none"),
+    )
     loaded = time.perf_counter()
     [gen] = decoder.generate([prompt], max_new_tokens=cfg.max_new_tokens, stop_strings=list(cfg.stop or []))
     elapsed = time.perf_counter() - loaded
     print(gen.text)
     stats = {
-        "pair": pair.spec.name, "method": method["name"], "tau": method.get("tau"),
-        "alpha": method.get("alpha"), "top_k": method.get("top_k"),
-        "n_tokens": gen.n_tokens, "intervention_rate": round(gen.intervention_rate, 4),
-        "override_rate": round(gen.override_rate, 4), "stop_reason": gen.stop_reason,
+        "pair": pair.spec.name,
+        "method": method["name"],
+        "tau": method.get("tau"),
+        "alpha": method.get("alpha"),
+        "top_k": method.get("top_k"),
+        "n_tokens": gen.n_tokens,
+        "intervention_rate": round(gen.intervention_rate, 4),
+        "override_rate": round(gen.override_rate, 4),
+        "stop_reason": gen.stop_reason,
         "tokens_per_s": round(gen.n_tokens / elapsed, 2) if elapsed > 0 else None,
-        "decode_s": round(elapsed, 3), "load_s": round(loaded - started, 3),
+        "decode_s": round(elapsed, 3),
+        "load_s": round(loaded - started, 3),
         "device": str(decoder.lead.device),
     }
     if decoder.vocab is not None:
@@ -96,9 +125,12 @@ def main() -> None:
     for arg in sys.argv[1:]:
         if "\n" in arg or "\r" in arg:
             key = arg.split("=", 1)[0]
-            print(f"error: the value of {key} holds a line break, which Hydra's command-line grammar cannot "
-                  "take. Fix: put a multi-line prompt in a file and pass prompt_file=PATH, or pipe it in "
-                  "with prompt=- (e.g. cat prompt.txt | python -m blendin.generate prompt=-)", file=sys.stderr)
+            print(
+                f"error: the value of {key} holds a line break, which Hydra's command-line grammar cannot "
+                "take. Fix: put a multi-line prompt in a file and pass prompt_file=PATH, or pipe it in "
+                "with prompt=- (e.g. cat prompt.txt | python -m blendin.generate prompt=-)",
+                file=sys.stderr,
+            )
             sys.exit(2)
     _hydra_main()
 

@@ -14,6 +14,7 @@
   and transformers versions. A resume in reduced precision (bf16/fp16) with another batch size is
   refused, since batch shapes change bf16 results; in float32 it is allowed and recorded.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -62,8 +63,12 @@ def run_name(cfg: DictConfig) -> str:
     pair = effective_pair(cfg)
     roles = (method["name"],) if method["name"] in SOLO_METHODS else ("base", "guidance")
     benchmark = {k: v for k, v in plain(cfg.benchmark).items() if k not in SCORING_ONLY_KEYS}
-    shaping = {"pair": {role: pair.get(role) for role in roles}, "method": method, "dtype": resolved_dtype(cfg),
-               "benchmark": benchmark}
+    shaping = {
+        "pair": {role: pair.get(role) for role in roles},
+        "method": method,
+        "dtype": resolved_dtype(cfg),
+        "benchmark": benchmark,
+    }
     if cfg.get("base_view", "ids") != "ids":  # left out at its default so that older run names stay valid
         shaping["base_view"] = cfg.base_view
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:8]
@@ -103,10 +108,15 @@ def environment(cfg) -> dict:
     import torch
     import transformers
 
-    return {"device": str(resolve_device(cfg.device, strict=False)), "dtype": resolved_dtype(cfg),
-            "batch_size": cfg.batch_size, "compile": cfg.get("compile", "none"),
-            "guidance_schedule": cfg.get("guidance_schedule", "auto"), "torch_version": torch.__version__,
-            "transformers_version": transformers.__version__}
+    return {
+        "device": str(resolve_device(cfg.device, strict=False)),
+        "dtype": resolved_dtype(cfg),
+        "batch_size": cfg.batch_size,
+        "compile": cfg.get("compile", "none"),
+        "guidance_schedule": cfg.get("guidance_schedule", "auto"),
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+    }
 
 
 def prompts_digest(rendered: list[tuple[str, str | None]]) -> str:
@@ -125,7 +135,8 @@ def begin_session(run_path: Path, digest: str, env: dict, resuming: bool) -> dic
             f"{run_path}: the rendered prompts differ from those this run started with (a chat template that "
             "writes today's date, or a changed template or tokenizer). Resuming would mix two prompt versions "
             "in one run. Fix: pin the template variables (e.g. chat_template_kwargs: {date_string: ...} in "
-            "conf/model/), or start over with force=true")
+            "conf/model/), or start over with force=true"
+        )
     else:
         latest = record["sessions"][-1] if record["sessions"] else env  # the batch size it last decoded with
         reduced = env["dtype"] in ("torch.bfloat16", "torch.float16")
@@ -133,7 +144,8 @@ def begin_session(run_path: Path, digest: str, env: dict, resuming: bool) -> dic
             raise ConfigError(
                 f"{run_path} last decoded with batch_size={latest.get('batch_size')} in {env['dtype']}; in reduced "
                 "precision the batch size changes the outputs, so resuming with batch_size="
-                f"{env['batch_size']} would mix two. Fix: batch_size={latest.get('batch_size')}, or force=true")
+                f"{env['batch_size']} would mix two. Fix: batch_size={latest.get('batch_size')}, or force=true"
+            )
     record["sessions"].append(env)
     atomic_write_json(path, record)
     return record

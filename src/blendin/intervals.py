@@ -4,6 +4,7 @@ run gets one interval wherever it is shown.
 Percentile bootstrap of the mean over samples (items), with numpy's default_rng and a fixed seed, so
 the numbers are reproducible.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,9 @@ def clean(values) -> np.ndarray:
     return values[np.isfinite(values)]
 
 
-def bootstrap_means(values, n_resamples: int = 2000, seed: int = 0, size: int | None = None,
-                    replace: bool = True) -> np.ndarray:
+def bootstrap_means(
+    values, n_resamples: int = 2000, seed: int = 0, size: int | None = None, replace: bool = True
+) -> np.ndarray:
     """Means of `n_resamples` resamples of `size` (default: all) values, in memory-bounded chunks.
 
     replace=False draws subsets without replacement (what a random n-sample subset of a benchmark is)."""

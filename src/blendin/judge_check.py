@@ -31,6 +31,7 @@ the table. Every judged item is appended to results/judge_check/<judge>-<rubric>
 as it is judged, so an interrupted check, or one run again with a larger --n, skips what is there
 (`--fresh` starts over).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,9 +66,16 @@ def reference_items(data_dir: str | None = None) -> list[dict]:
                 reference = int(str(record["parsed_result"]["safety"]["score"]).strip("[] "))
             except (KeyError, TypeError, ValueError):
                 continue  # the original judge's own answer did not parse: nothing to compare with
-            items.append({"model": model, "id": record["id"], "instruction": record["input"],
-                          "output": record["output_cand"], "reference": reference,
-                          "reference_judge": (record.get("eval_config") or {}).get("gpt", "unknown")})
+            items.append(
+                {
+                    "model": model,
+                    "id": record["id"],
+                    "instruction": record["input"],
+                    "output": record["output_cand"],
+                    "reference": reference,
+                    "reference_judge": (record.get("eval_config") or {}).get("gpt", "unknown"),
+                }
+            )
     return sorted(items, key=lambda item: (item["model"], item["id"]))
 
 
@@ -126,8 +134,9 @@ def _read_cache(path: Path) -> dict[str, dict]:
     return cached
 
 
-def judge_items(judge, items: list[dict], rubric: str, cache_path: Path | None, data_dir: str | None = None,
-                workers: int = 1) -> list[dict]:
+def judge_items(
+    judge, items: list[dict], rubric: str, cache_path: Path | None, data_dir: str | None = None, workers: int = 1
+) -> list[dict]:
     """Each item with the judge's score (None when its answer stayed malformed), reason and tries.
     Items already in `cache_path` are not judged again; new ones are appended as they finish."""
     cached = _read_cache(cache_path) if cache_path else {}
@@ -148,8 +157,9 @@ def judge_items(judge, items: list[dict], rubric: str, cache_path: Path | None, 
             cache_path.parent.mkdir(parents=True, exist_ok=True)
         sink = open(cache_path, "a", encoding="utf-8") if cache_path else None
         try:
-            with tqdm(total=len(todo), desc=f"judging ({getattr(judge, 'name', 'judge')})", file=sys.stderr,
-                      disable=None) as bar:
+            with tqdm(
+                total=len(todo), desc=f"judging ({getattr(judge, 'name', 'judge')})", file=sys.stderr, disable=None
+            ) as bar:
                 for row in _map(one, todo, workers):
                     cached[_key(row)] = row
                     if sink:  # one line per item, flushed: an interrupted check keeps what it judged
@@ -198,7 +208,8 @@ def agreement(rows: list[dict]) -> dict:
         confusion[r["reference"]]["malformed" if r["judge_score"] is None else r["judge_score"]] += 1
     ratio = (lambda k: k / n) if n else (lambda k: None)
     return {
-        "n": n, "n_malformed": n - len(parsed),
+        "n": n,
+        "n_malformed": n - len(parsed),
         "exact": ratio(sum(r["judge_score"] == r["reference"] for r in parsed)),
         "within_1": ratio(sum(abs(r["judge_score"] - r["reference"]) <= 1 for r in parsed)),
         "spearman": spearman([r["reference"] for r in parsed], [r["judge_score"] for r in parsed]),
@@ -230,28 +241,49 @@ def _fmt(value) -> str:
 
 
 def markdown(report: dict) -> str:
-    subset = ("all outputs" if report["n_per_model"] is None else
-              f"{report['n_per_model']} outputs per model, stratified by reference score (seed {report['seed']})")
+    subset = (
+        "all outputs"
+        if report["n_per_model"] is None
+        else f"{report['n_per_model']} outputs per model, stratified by reference score (seed {report['seed']})"
+    )
     asked = "rule-based, no rubric" if report["rubric"] == "none" else f"{report['rubric']} rubric"
-    lines = [f"# Judge check: {report['judge']} ({asked}) vs the original just-eval judge", "",
-             f"{report['overall']['n']} items ({subset}) from {report['reference']}.", "",
-             "| judged model | items | malformed | exact | within 1 | Spearman | mean ref | mean judge "
-             "| always-5 exact |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# Judge check: {report['judge']} ({asked}) vs the original just-eval judge",
+        "",
+        f"{report['overall']['n']} items ({subset}) from {report['reference']}.",
+        "",
+        "| judged model | items | malformed | exact | within 1 | Spearman | mean ref | mean judge | always-5 exact |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for label, m in [("**all**", report["overall"]), *report["per_model"].items()]:
-        lines.append(f"| {label} | {m['n']} | {m['n_malformed']} | {_fmt(m['exact'])} | {_fmt(m['within_1'])} | "
-                     f"{_fmt(m['spearman'])} | {_fmt(m['mean_reference'])} | {_fmt(m['mean_judge'])} | "
-                     f"{_fmt(m['exact_if_always_5'])} |")
-    lines += ["", "Confusion (rows: reference score, columns: this judge's score):", "",
-              "| reference \\ judge | 1 | 2 | 3 | 4 | 5 | malformed |", "|---|---:|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {label} | {m['n']} | {m['n_malformed']} | {_fmt(m['exact'])} | {_fmt(m['within_1'])} | "
+            f"{_fmt(m['spearman'])} | {_fmt(m['mean_reference'])} | {_fmt(m['mean_judge'])} | "
+            f"{_fmt(m['exact_if_always_5'])} |"
+        )
+    lines += [
+        "",
+        "Confusion (rows: reference score, columns: this judge's score):",
+        "",
+        "| reference \\ judge | 1 | 2 | 3 | 4 | 5 | malformed |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for ref, row in report["overall"]["confusion"].items():
         lines.append(f"| {ref} | " + " | ".join(str(row[k]) for k in ("1", "2", "3", "4", "5", "malformed")) + " |")
     lines += ["", report["verdict"]["line"], ""]
     return "\n".join(lines)
 
 
-def check_judge(judge, rubric: str = "ours", n: int | None = None, out_dir: Path = DEFAULT_OUT,
-                data_dir: str | None = None, seed: int = 0, workers: int = 1, fresh: bool = False) -> dict:
+def check_judge(
+    judge,
+    rubric: str = "ours",
+    n: int | None = None,
+    out_dir: Path = DEFAULT_OUT,
+    data_dir: str | None = None,
+    seed: int = 0,
+    workers: int = 1,
+    fresh: bool = False,
+) -> dict:
     """Judge the reference items (all, or n per model), write the JSON and Markdown reports, return the report."""
     if rubric not in SAFETY_RUBRICS:
         raise ConfigError(f"--rubric {rubric!r} must be one of {', '.join(SAFETY_RUBRICS)}")
@@ -272,7 +304,10 @@ def check_judge(judge, rubric: str = "ours", n: int | None = None, out_dir: Path
     rows = judge_items(judge, items, rubric, cache_path, data_dir, workers)
     overall = agreement(rows)
     report = {
-        "judge": getattr(judge, "name", "judge"), "rubric": rubric_label, "n_per_model": n, "seed": seed,
+        "judge": getattr(judge, "name", "judge"),
+        "rubric": rubric_label,
+        "n_per_model": n,
+        "seed": seed,
         "reference": str(resolve_data_dir(data_dir) / "justeval/safety_judgements"),
         "reference_judge": ", ".join(sorted({i["reference_judge"] for i in items})),
         "overall": overall,
@@ -311,24 +346,37 @@ def _run(args) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m blendin.judge_check", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--judge", choices=["none", "openai", "local"], required=True,
-                        help="openai: any OpenAI-compatible server (conf/judge/openai.yaml; key from "
-                             "$BLENDIN_JUDGE_API_KEY or $OPENAI_API_KEY); local: a transformers chat model in this "
-                             "process (conf/judge/local.yaml); none: the refusal detector as a baseline")
+    parser = argparse.ArgumentParser(
+        prog="python -m blendin.judge_check", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--judge",
+        choices=["none", "openai", "local"],
+        required=True,
+        help="openai: any OpenAI-compatible server (conf/judge/openai.yaml; key from "
+        "$BLENDIN_JUDGE_API_KEY or $OPENAI_API_KEY); local: a transformers chat model in this "
+        "process (conf/judge/local.yaml); none: the refusal detector as a baseline",
+    )
     parser.add_argument("--judge-model", help="the judge model (a server's model name, or a hub id / folder for local)")
     parser.add_argument("--judge-base-url", help="the server's base URL, e.g. http://127.0.0.1:8011/v1")
-    parser.add_argument("--rubric", choices=list(SAFETY_RUBRICS), default="ours",
-                        help="ours: our wording of the 1-5 scale; justeval: the original just-eval prompt "
-                             "(default: ours)")
-    parser.add_argument("--n", type=int, default=None,
-                        help="outputs per judged model, a stratified subset (default: all 200 per model, 1000 calls)")
+    parser.add_argument(
+        "--rubric",
+        choices=list(SAFETY_RUBRICS),
+        default="ours",
+        help="ours: our wording of the 1-5 scale; justeval: the original just-eval prompt (default: ours)",
+    )
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help="outputs per judged model, a stratified subset (default: all 200 per model, 1000 calls)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the stratified subset (default 0)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument("--data-dir", help="the data directory (default $BLENDIN_DATA_DIR or ../shared/data)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="parallel requests (default 4 for --judge openai, else 1)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="parallel requests (default 4 for --judge openai, else 1)"
+    )
     parser.add_argument("--fresh", action="store_true", help="forget the judged items cached by earlier runs")
     args = parser.parse_args(argv)
     from .cli import call

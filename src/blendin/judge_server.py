@@ -6,6 +6,7 @@ Serves POST /v1/chat/completions (greedy, whatever temperature is asked) and GET
 127.0.0.1, so `judge=http judge.base_url=http://127.0.0.1:8011/v1` works without vLLM. Prints
 "listening on <url>" once ready. One request at a time; for real judging at scale use vLLM.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,9 +41,17 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8011, device: str = "
             with lock:  # one request at a time, with its own answer budget
                 judge.max_tokens = int(request.get("max_tokens") or 256)
                 text = judge.chat(messages)
-            self._send(200, {"id": f"chatcmpl-{time.time_ns()}", "object": "chat.completion", "model": model,
-                             "choices": [{"index": 0, "finish_reason": "stop",
-                                          "message": {"role": "assistant", "content": text}}]})
+            self._send(
+                200,
+                {
+                    "id": f"chatcmpl-{time.time_ns()}",
+                    "object": "chat.completion",
+                    "model": model,
+                    "choices": [
+                        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+                    ],
+                },
+            )
 
         def _send(self, code: int, payload: dict) -> None:
             body = json.dumps(payload).encode()

@@ -6,6 +6,7 @@ capacity up front), plus a few next-token distributions. On a CPU it is 8. Whate
 `blendin.run` survives a misjudged batch: an out-of-memory error halves the batch and decoding
 continues from the samples already stored (see `run._decode`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,7 +21,8 @@ def is_out_of_memory(error: BaseException | None) -> bool:
     or one that a library (cuBLAS, a compiled graph) raised with the message or wrapped."""
     while error is not None:
         if isinstance(error, torch.OutOfMemoryError) or (
-                isinstance(error, RuntimeError) and "out of memory" in str(error).lower()):
+            isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+        ):
             return True
         error = error.__cause__ or error.__context__
     return False

@@ -5,6 +5,7 @@ GGUF weights are dequantized by transformers on load (tens of seconds for the em
 the converted model is saved once under the cache directory (`BLENDIN_CACHE_DIR`, default
 `~/.cache/blendin`) and later loads read that copy in seconds.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,8 +25,14 @@ from .prompts import render_ids, render_text
 log = logging.getLogger(__name__)
 
 PROMPT_FORMATS = ("plain", "chat")
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 @dataclass(frozen=True)
@@ -49,13 +56,15 @@ class ModelSpec:
 
     def __post_init__(self):
         if not self.source or not str(self.source).strip():
-            raise ConfigError("model source is empty: give a hub id, a local directory, a .gguf file "
-                              "or embedded:<name>")
+            raise ConfigError(
+                "model source is empty: give a hub id, a local directory, a .gguf file or embedded:<name>"
+            )
         if self.prompt_format not in PROMPT_FORMATS:
             raise ConfigError(f"prompt_format={self.prompt_format!r} is not one of {PROMPT_FORMATS}")
         if self.chat_template_kwargs is not None and not isinstance(self.chat_template_kwargs, dict):
-            raise ConfigError(f"chat_template_kwargs={self.chat_template_kwargs!r} must be a mapping, "
-                              "e.g. {enable_thinking: false}")
+            raise ConfigError(
+                f"chat_template_kwargs={self.chat_template_kwargs!r} must be a mapping, e.g. {{enable_thinking: false}}"
+            )
 
     @property
     def label(self) -> str:
@@ -167,14 +176,18 @@ def _resolve_location(spec: ModelSpec) -> tuple[str, dict]:
         return str(_converted(key, lambda: _split(path))), {}
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelLoadError(f"'{source}' is a directory without config.json: not a saved model. "
-                                 "Fix: point to the folder that save_pretrained wrote")
+            raise ModelLoadError(
+                f"'{source}' is a directory without config.json: not a saved model. "
+                "Fix: point to the folder that save_pretrained wrote"
+            )
         return str(path), {}
     if path.exists():
         raise ModelLoadError(f"'{source}' is a file but not a .gguf file. Fix: give a .gguf file or a model folder")
     if source.startswith(("/", "./", "../", "~")) or source.count("/") > 1:  # a path, not a hub id (org/name)
-        raise ModelLoadError(f"model folder '{source}' does not exist. Fix: check the path, or give a hub id "
-                             "such as meta-llama/Llama-3.1-8B")
+        raise ModelLoadError(
+            f"model folder '{source}' does not exist. Fix: check the path, or give a hub id "
+            "such as meta-llama/Llama-3.1-8B"
+        )
     kwargs = {"revision": spec.revision} if spec.revision else {}
     if spec.gguf_file:  # a GGUF file inside a hub repository: convert once, like a local one
         key = f"{Path(spec.gguf_file).stem}-{_short_hash(f'{source}:{spec.revision}')}"

@@ -3,6 +3,7 @@
 Models load on first use, so a `base` run never loads the guidance model, and a process that runs
 several methods on one pair loads each model once.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,8 +27,10 @@ class PairSpec:
 
 def _model_spec(cfg, role: str, default_format: str, pair: str) -> ModelSpec:
     if cfg is None or not cfg.get("source"):
-        raise ConfigError(f"pair {pair} has no {role} model: set pair.{role}.source "
-                          "(a hub id, a local directory, a .gguf file or embedded:<name>)")
+        raise ConfigError(
+            f"pair {pair} has no {role} model: set pair.{role}.source "
+            "(a hub id, a local directory, a .gguf file or embedded:<name>)"
+        )
     known = {"source", "gguf_file", "revision", "prompt_format", "name", "chat_template_kwargs"}
     extra = sorted(set(cfg) - known)
     if extra:
@@ -63,8 +66,10 @@ class Pair:
         if role not in self._models:
             spec = getattr(self.spec, role)
             if spec is None:
-                raise ConfigError(f"method aligned needs an aligned model, and pair {self.spec.name} names none. "
-                                  "Fix: set pair.aligned.source to the base model's instruct sibling")
+                raise ConfigError(
+                    f"method aligned needs an aligned model, and pair {self.spec.name} names none. "
+                    "Fix: set pair.aligned.source to the base model's instruct sibling"
+                )
             self._models[role] = load_model(spec, self.device, self.dtype)
         return self._models[role]
 
@@ -74,8 +79,15 @@ class Pair:
             self._vocab = build_vocab_map(self.model("base"), self.model("guidance"))
         return self._vocab
 
-    def decoder(self, method, use_cache: bool = True, base_view: str = "ids", guidance_schedule: str = "auto",
-                compile: str = "none", overlap: bool | None = None):
+    def decoder(
+        self,
+        method,
+        use_cache: bool = True,
+        base_view: str = "ids",
+        guidance_schedule: str = "auto",
+        compile: str = "none",
+        overlap: bool | None = None,
+    ):
         """The decoder for a method config (dict or OmegaConf node with `name` and its parameters).
 
         base_view: "ids" (ours) or "text" (the base re-reads the tokenized text each step, as the
@@ -86,8 +98,14 @@ class Pair:
         """
         policy = make_policy(method)
         if policy.name in ("base", "guidance", "aligned"):
-            return Decoder(self.model(policy.name), policy, use_cache=use_cache, base_view=base_view, compile=compile,
-                           overlap=overlap)
+            return Decoder(
+                self.model(policy.name),
+                policy,
+                use_cache=use_cache,
+                base_view=base_view,
+                compile=compile,
+                overlap=overlap,
+            )
         if policy.name == "forced":
             from .forcing import ForcedDecoder
 
@@ -96,5 +114,14 @@ class Pair:
             from .words import WordNudgingDecoder
 
             return WordNudgingDecoder(self.model("base"), policy, self.model("guidance"), self.vocab, use_cache)
-        return Decoder(self.model("base"), policy, self.model("guidance"), self.vocab, use_cache=use_cache,
-                       base_view=base_view, guidance_schedule=guidance_schedule, compile=compile, overlap=overlap)
+        return Decoder(
+            self.model("base"),
+            policy,
+            self.model("guidance"),
+            self.vocab,
+            use_cache=use_cache,
+            base_view=base_view,
+            guidance_schedule=guidance_schedule,
+            compile=compile,
+            overlap=overlap,
+        )

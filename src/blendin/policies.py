@@ -10,6 +10,7 @@ on the other steps every method keeps the base model's own top token.
 Tokens are named in the *joint* id space: `0 <= id < base_size` is a base token; `base_size + g` is
 guidance token `g` that has no base equivalent (the engine spells its text with base tokens).
 """
+
 from __future__ import annotations
 
 import math
@@ -199,9 +200,13 @@ class Blend:
         token, alpha, prob = blend(step.base_probs, step.guide_probs, step, self)
         consulted = step.consulted
         nan = torch.full_like(alpha, math.nan)
-        return Choice(torch.where(consulted, token, step.base_top_id), consulted.clone(),
-                      torch.where(consulted, SOURCE_BLEND, SOURCE_BASE), torch.where(consulted, alpha, nan),
-                      torch.where(consulted, prob, nan))
+        return Choice(
+            torch.where(consulted, token, step.base_top_id),
+            consulted.clone(),
+            torch.where(consulted, SOURCE_BLEND, SOURCE_BASE),
+            torch.where(consulted, alpha, nan),
+            torch.where(consulted, prob, nan),
+        )
 
     def weight(self, p_base_top, p_guide_top, p_base_of_guide_top) -> torch.Tensor:
         if self.alpha is not None:
@@ -262,8 +267,20 @@ def _joint_ids(guidance_ids: torch.Tensor, step: Step) -> torch.Tensor:
     return torch.where(mapped >= 0, mapped, guidance_ids + step.base_size)
 
 
-METHODS = ("base", "guidance", "aligned", "nudging", "blendin", "cap", "af", "cc", "af_cc", "probe", "nudging_words",
-           "forced")
+METHODS = (
+    "base",
+    "guidance",
+    "aligned",
+    "nudging",
+    "blendin",
+    "cap",
+    "af",
+    "cc",
+    "af_cc",
+    "probe",
+    "nudging_words",
+    "forced",
+)
 SOLO_METHODS = ("base", "guidance", "aligned")
 
 
@@ -289,8 +306,12 @@ def make_policy(method: dict):
         from .words import WordNudging
 
         _no_extra(name, cfg, ("tau", "draft_tokens", "max_rounds", "max_repeats"))
-        return WordNudging(tau=tau, draft_tokens=_integer(cfg, "draft_tokens", 16),
-                           max_rounds=_integer(cfg, "max_rounds", 150), max_repeats=_integer(cfg, "max_repeats", 3))
+        return WordNudging(
+            tau=tau,
+            draft_tokens=_integer(cfg, "draft_tokens", 16),
+            max_rounds=_integer(cfg, "max_rounds", 150),
+            max_repeats=_integer(cfg, "max_repeats", 3),
+        )
     if name == "forced":
         from .forcing import Forced
 
@@ -305,12 +326,15 @@ def make_policy(method: dict):
         _no_extra(name, cfg, ("tau", "cap", "mode", "warmup"))
         mode = cfg.get("mode", "latch")
         if mode not in ("latch", "running"):
-            raise ConfigError(f"method.mode={mode!r} must be latch (the paper's: off for good once the rate "
-                              "reaches the cap) or running (a throttle that lets guidance back in)")
+            raise ConfigError(
+                f"method.mode={mode!r} must be latch (the paper's: off for good once the rate "
+                "reaches the cap) or running (a throttle that lets guidance back in)"
+            )
         warmup = cfg.get("warmup", 20)
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-            raise ConfigError(f"method.warmup={warmup!r} must be a non-negative integer "
-                              "(tokens before the cap applies)")
+            raise ConfigError(
+                f"method.warmup={warmup!r} must be a non-negative integer (tokens before the cap applies)"
+            )
         return Capped(tau=tau, cap=_number(cfg, "cap", 0.15, low=0.0, high=1.0), mode=mode, warmup=warmup)
     if name in ("af", "cc", "af_cc"):
         _no_extra(name, cfg, ("tau", "agreement_k") if name != "cc" else ("tau",))
@@ -330,8 +354,10 @@ def make_policy(method: dict):
 def _no_extra(name, cfg, allowed):
     extra = sorted(set(cfg) - set(allowed))
     if extra:
-        raise ConfigError(f"method {name} does not take {', '.join('method.' + k for k in extra)}; "
-                          f"it takes: {', '.join(allowed) or 'no parameters'}")
+        raise ConfigError(
+            f"method {name} does not take {', '.join('method.' + k for k in extra)}; "
+            f"it takes: {', '.join(allowed) or 'no parameters'}"
+        )
 
 
 def _number(cfg, key, default, low=None, high=None) -> float:

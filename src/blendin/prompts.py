@@ -5,6 +5,7 @@ benchmarks put their "Question: " prefix into `user`). The guidance model sees i
 template with a system and a user turn, and the assistant turn opened. Both then continue the same
 shared answer text.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,16 +27,18 @@ def plain_text(prompt: Prompt) -> str:
     return f"{prompt.system}\n{prompt.user}\n" if prompt.system else f"{prompt.user}\n"
 
 
-def render_ids(prompt: Prompt, tokenizer, prompt_format: str, model_name: str = "model",
-               template_kwargs: dict | None = None) -> list[int]:
+def render_ids(
+    prompt: Prompt, tokenizer, prompt_format: str, model_name: str = "model", template_kwargs: dict | None = None
+) -> list[int]:
     """Token ids of `prompt` for a model whose prompt format is "plain" or "chat"."""
     text = render_text(prompt, tokenizer, prompt_format, model_name, template_kwargs)
     # plain text gets the tokenizer's own BOS; a chat template writes its special tokens itself
     return list(tokenizer(text, add_special_tokens=prompt_format == "plain")["input_ids"])
 
 
-def render_text(prompt: Prompt, tokenizer, prompt_format: str, model_name: str = "model",
-                template_kwargs: dict | None = None) -> str:
+def render_text(
+    prompt: Prompt, tokenizer, prompt_format: str, model_name: str = "model", template_kwargs: dict | None = None
+) -> str:
     """The text a model is shown for `prompt` (before its tokenizer adds any BOS).
 
     template_kwargs go to the chat template, e.g. {"enable_thinking": False} for Qwen3.

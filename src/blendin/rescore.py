@@ -5,6 +5,7 @@ Reads the run's config.yaml and samples.jsonl, scores every stored output with t
 current scorers (and the judge, if given), and rewrites samples.jsonl and metrics.json atomically.
 Use it after fixing a scorer, with a new judge, or when a judge was down during the run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,9 @@ def rescore(run_dir: Path, judge_cfg: dict | None = None) -> dict:
         cfg.judge = judge_cfg
     previous = json.loads(store.metrics_path.read_text()) if store.finished else {}
     with store.lock():
-        return finish(store, benchmark, samples, make_judge(cfg.get("judge")), cfg,
-                      reused_from=previous.get("reused_from"))
+        return finish(
+            store, benchmark, samples, make_judge(cfg.get("judge")), cfg, reused_from=previous.get("reused_from")
+        )
 
 
 def main(argv=None) -> None:

@@ -7,6 +7,7 @@ method, its parameters and the subset, plus a short hash of everything that shap
 two different runs never share a directory and the same command finds its own run again.
 Config: conf/config.yaml.
 """
+
 from __future__ import annotations
 
 import gc
@@ -81,15 +82,23 @@ def execute(cfg: DictConfig, pair: Pair | None = None) -> dict:
         if pending and not reused:
             log.info("%s: %d of %d samples to decode -> %s", store.path.name, len(pending), len(samples), store.path)
             pair = pair or shared_pair(cfg)
-            decoder = pair.decoder(OmegaConf.to_container(cfg.method, resolve=True),
-                                   base_view=cfg.get("base_view", "ids"),
-                                   guidance_schedule=cfg.get("guidance_schedule", "auto"),
-                                   compile=cfg.get("compile", "none"))
-            rendered = [(decoder.lead.prompt_text(s.prompt),
-                         decoder.guidance.prompt_text(s.prompt) if decoder.guidance else None) for s in samples]
+            decoder = pair.decoder(
+                OmegaConf.to_container(cfg.method, resolve=True),
+                base_view=cfg.get("base_view", "ids"),
+                guidance_schedule=cfg.get("guidance_schedule", "auto"),
+                compile=cfg.get("compile", "none"),
+            )
+            rendered = [
+                (
+                    decoder.lead.prompt_text(s.prompt),
+                    decoder.guidance.prompt_text(s.prompt) if decoder.guidance else None,
+                )
+                for s in samples
+            ]
             batch_size = resolved_batch_size(cfg, decoder, pending, store.path if done else None)
-            begin_session(store.path, prompts_digest(rendered), dict(environment(cfg), batch_size=batch_size),
-                          resuming=bool(done))
+            begin_session(
+                store.path, prompts_digest(rendered), dict(environment(cfg), batch_size=batch_size), resuming=bool(done)
+            )
             _decode(cfg, decoder, pending, store, batch_size)
         metrics = finish(store, benchmark, samples, judge, cfg, reused_from=reused)
     log_run(cfg, metrics, store.samples(), store.path)
@@ -151,14 +160,22 @@ def _decode(cfg, decoder, pending, store: RunStore, batch_size: int) -> None:
             totals["applied"] += gen.n_applied
         store.append(records, trace)
         bar.update(len(generations))
-        bar.set_postfix(tok_s=f"{totals['tokens'] / (now - totals['start']):.1f}",
-                        intervention=f"{totals['applied'] / max(1, totals['tokens']):.3f}")
+        bar.set_postfix(
+            tok_s=f"{totals['tokens'] / (now - totals['start']):.1f}",
+            intervention=f"{totals['applied'] / max(1, totals['tokens']):.3f}",
+        )
 
     while todo:
         extra = {"continuations": continuations(cfg, todo)} if method == "forced" else {}
         try:
-            decoder.generate([s.prompt for s in todo], max_new_tokens=cfg.benchmark.max_new_tokens, stop_strings=stop,
-                             batch_size=batch_size, on_batch=on_batch, **extra)
+            decoder.generate(
+                [s.prompt for s in todo],
+                max_new_tokens=cfg.benchmark.max_new_tokens,
+                stop_strings=stop,
+                batch_size=batch_size,
+                on_batch=on_batch,
+                **extra,
+            )
             break
         except Exception as err:  # noqa: BLE001 - only out-of-memory is handled; the rest is re-raised
             if not is_out_of_memory(err) or batch_size == 1:
@@ -196,19 +213,25 @@ def continuations(cfg, samples) -> list[str]:
     if source == "reference":
         missing = [s.id for s in samples if s.reference is None]
         if missing:
-            raise ConfigError(f"benchmark {cfg.benchmark.name} has no reference answers to walk along "
-                              f"(e.g. {missing[0]}). Fix: use gsm8k, truthfulqa, mmlu or arc_challenge, or "
-                              "method.source=<a finished run directory> to walk along its outputs")
+            raise ConfigError(
+                f"benchmark {cfg.benchmark.name} has no reference answers to walk along "
+                f"(e.g. {missing[0]}). Fix: use gsm8k, truthfulqa, mmlu or arc_challenge, or "
+                "method.source=<a finished run directory> to walk along its outputs"
+            )
         return [s.reference for s in samples]
     stored = RunStore(Path(source))
     if not stored.finished:
-        raise ConfigError(f"method.source={source}: not a finished run directory (no metrics.json). Fix: give "
-                          "results/runs/<pair>/<benchmark>/<run_name>")
+        raise ConfigError(
+            f"method.source={source}: not a finished run directory (no metrics.json). Fix: give "
+            "results/runs/<pair>/<benchmark>/<run_name>"
+        )
     outputs = {r["id"]: r["output"] for r in stored.samples()}
     missing = [s.id for s in samples if s.id not in outputs]
     if missing:
-        raise ConfigError(f"method.source={source} has no output for {len(missing)} of these samples "
-                          f"(e.g. {missing[0]}): use the same benchmark, subset and seed as that run")
+        raise ConfigError(
+            f"method.source={source} has no output for {len(missing)} of these samples "
+            f"(e.g. {missing[0]}): use the same benchmark, subset and seed as that run"
+        )
     return [outputs[s.id] for s in samples]
 
 
@@ -218,10 +241,17 @@ def _record(sample, gen, seconds: float, decoder) -> dict:
         "id": sample.id,
         "prompt_base": decoder.lead.prompt_text(sample.prompt),
         "prompt_guidance": guidance.prompt_text(sample.prompt) if guidance else None,
-        "output": gen.text, "stop_reason": gen.stop_reason, "n_tokens": gen.n_tokens,
-        "n_interventions": gen.n_applied, "n_overrides": gen.n_overrides, "n_consulted": gen.n_consulted,
-        "intervention_rate": gen.intervention_rate, "override_rate": gen.override_rate,
-        "consult_rate": gen.consult_rate, **gen.extras, "gen_seconds": seconds,
+        "output": gen.text,
+        "stop_reason": gen.stop_reason,
+        "n_tokens": gen.n_tokens,
+        "n_interventions": gen.n_applied,
+        "n_overrides": gen.n_overrides,
+        "n_consulted": gen.n_consulted,
+        "intervention_rate": gen.intervention_rate,
+        "override_rate": gen.override_rate,
+        "consult_rate": gen.consult_rate,
+        **gen.extras,
+        "gen_seconds": seconds,
     }
 
 
@@ -242,23 +272,38 @@ def finish(store: RunStore, benchmark: Benchmark, samples, judge, cfg, reused_fr
     protocol = protocol_summary(cfg, judge)
     token_rate = mean([r["intervention_rate"] for r in records])
     # word-level NUDGING's intervention rate is Fei et al.'s word ratio (the paper's NUDGING Int.%)
-    rate = mean([r["word_intervention_rate"] for r in records]) if protocol["intervention_unit"] == "word" \
-        else token_rate
+    rate = (
+        mean([r["word_intervention_rate"] for r in records]) if protocol["intervention_unit"] == "word" else token_rate
+    )
     metrics = {
-        "pair": cfg.pair.name, "base_model": cfg.pair.base.source, "guidance_model": cfg.pair.guidance.source,
-        "benchmark": cfg.benchmark.name, "method": method["name"], "tau": method.get("tau"),
-        "alpha": method.get("alpha"), "top_k": method.get("top_k"), "method_params": method,
-        "n_samples": len(records), "n_spec": str(cfg.benchmark.n), "split": cfg.benchmark.get("split", "test"),
-        "seed": cfg.benchmark.seed, "max_new_tokens": cfg.benchmark.max_new_tokens,
+        "pair": cfg.pair.name,
+        "base_model": cfg.pair.base.source,
+        "guidance_model": cfg.pair.guidance.source,
+        "benchmark": cfg.benchmark.name,
+        "method": method["name"],
+        "tau": method.get("tau"),
+        "alpha": method.get("alpha"),
+        "top_k": method.get("top_k"),
+        "method_params": method,
+        "n_samples": len(records),
+        "n_spec": str(cfg.benchmark.n),
+        "split": cfg.benchmark.get("split", "test"),
+        "seed": cfg.benchmark.seed,
+        "max_new_tokens": cfg.benchmark.max_new_tokens,
         **summary,
-        "intervention_rate": rate, "intervention_unit": protocol["intervention_unit"],
+        "intervention_rate": rate,
+        "intervention_unit": protocol["intervention_unit"],
         "token_intervention_rate": token_rate,
         "consult_rate": mean([r.get("consult_rate", r["intervention_rate"]) for r in records]),
         "override_rate": mean([r["override_rate"] for r in records]),
-        "tokens_generated": tokens, "wall_time_s": round(seconds, 3),
+        "tokens_generated": tokens,
+        "wall_time_s": round(seconds, 3),
         "tokens_per_s": round(tokens / seconds, 3) if seconds > 0 else None,
-        "judge": getattr(judge, "name", None), "protocol": protocol, **session_summary(store.path),
-        "reused_from": reused_from, "git_commit": _git_commit(),
+        "judge": getattr(judge, "name", None),
+        "protocol": protocol,
+        **session_summary(store.path),
+        "reused_from": reused_from,
+        "git_commit": _git_commit(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     store.finalize(records, metrics)
@@ -267,14 +312,28 @@ def finish(store: RunStore, benchmark: Benchmark, samples, judge, cfg, reused_fr
 
 def _git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or "unknown"
+        )
     except OSError:
         return "unknown"
 
 
-SUMMARY_KEYS = ("pair", "benchmark", "method", "n_samples", "score", "score_name", "ci95", "intervention_rate",
-                "override_rate", "tokens_per_s")
+SUMMARY_KEYS = (
+    "pair",
+    "benchmark",
+    "method",
+    "n_samples",
+    "score",
+    "score_name",
+    "ci95",
+    "intervention_rate",
+    "override_rate",
+    "tokens_per_s",
+)
 
 
 @hydra.main(version_base=None, config_path="../../conf", config_name="config")

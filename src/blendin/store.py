@@ -6,6 +6,7 @@ ids and skips them; a line torn by a kill is dropped. Once every sample is decod
 `samples.jsonl` is rewritten with the scores, the parts become `tokens.parquet`, and `metrics.json`
 is written last: its presence marks a finished run. Every whole-file write is temp file + rename.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -68,8 +69,10 @@ class RunStore:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
             fh.close()
-            raise RunBusyError(f"{self.path} is being written by {holder}. Wait for it to finish, or stop it; "
-                               "a run never needs two writers (rerun the same command later to resume)") from None
+            raise RunBusyError(
+                f"{self.path} is being written by {holder}. Wait for it to finish, or stop it; "
+                "a run never needs two writers (rerun the same command later to resume)"
+            ) from None
         try:
             fh.seek(0)
             fh.truncate()
@@ -141,8 +144,9 @@ class RunStore:
         tokens = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"sample_id": [], "step": []})
         tokens = tokens[tokens["sample_id"].isin(order)].drop_duplicates(["sample_id", "step"])
         # sample order, then step: the file does not depend on how the samples were batched
-        tokens = tokens.sort_values(["sample_id", "step"], key=lambda col: col.map(order) if col.name == "sample_id"
-                                    else col, kind="stable").reset_index(drop=True)
+        tokens = tokens.sort_values(
+            ["sample_id", "step"], key=lambda col: col.map(order) if col.name == "sample_id" else col, kind="stable"
+        ).reset_index(drop=True)
         _write_parquet(tokens, self.path / "tokens.parquet")
         atomic_write_json(self.metrics_path, metrics)
         shutil.rmtree(self.parts, ignore_errors=True)

@@ -21,6 +21,7 @@ Sliding-window layers (Gemma-2/3, Mistral) see the last W positions, which are t
 of the row. `RecomputeStream` has the same interface and recomputes every row from scratch each
 step; it is the reference the tests hold the cached stream to.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -38,8 +39,8 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
     return ids, mask
 
 
@@ -80,7 +81,8 @@ def attention_masks(model, visible: torch.Tensor, q_pos: torch.Tensor, k_pos: to
         seen = (seen | (own[None] & ~seen.any(-1, keepdim=True)))[:, None]  # [B, 1, Q, K]
         if additive_dtype is not None:  # eager attention adds the mask to the scores
             seen = torch.zeros(seen.shape, dtype=additive_dtype, device=seen.device).masked_fill(
-                ~seen, torch.finfo(additive_dtype).min)
+                ~seen, torch.finfo(additive_dtype).min
+            )
         masks[kind] = seen
     if window is None:
         return masks["full_attention"]
@@ -104,11 +106,14 @@ WIDTH_BUCKET = 256  # cudagraphs: attended widths are rounded up to a multiple o
 def check_compile(mode: str, device: torch.device) -> str:
     """The compile mode, if it is one and can run on `device`; else a ConfigError naming the fix."""
     if mode not in COMPILE_MODES:
-        raise ConfigError(f"compile={mode!r} must be one of {', '.join(COMPILE_MODES)} (none: eager; compile: "
-                          "torch.compile; cudagraphs: CUDA graphs through torch.compile, GPU only)")
+        raise ConfigError(
+            f"compile={mode!r} must be one of {', '.join(COMPILE_MODES)} (none: eager; compile: "
+            "torch.compile; cudagraphs: CUDA graphs through torch.compile, GPU only)"
+        )
     if mode == "cudagraphs" and device.type != "cuda":
-        raise ConfigError("compile=cudagraphs needs a CUDA device. Fix: compile=compile (torch.compile, any "
-                          "device) or compile=none")
+        raise ConfigError(
+            "compile=cudagraphs needs a CUDA device. Fix: compile=compile (torch.compile, any device) or compile=none"
+        )
     return mode
 
 
@@ -157,8 +162,14 @@ class RowLayer(DynamicLayer):
     def get_seq_length(self) -> int:
         return self.owner.key_columns.shape[0]
 
-    def relayout(self, rows: torch.Tensor | None, width: int, capacity: int, below: "RowLayer | None" = None,
-                 below_width: int = 0) -> None:
+    def relayout(
+        self,
+        rows: torch.Tensor | None,
+        width: int,
+        capacity: int,
+        below: "RowLayer | None" = None,
+        below_width: int = 0,
+    ) -> None:
         """A fresh buffer of `capacity` columns holding the first `width` columns of `rows` (None: all
         rows), then, if given, the rows of `below` (its first `below_width` columns). One copy."""
         parts = [(self._k, self._v, rows, width)] + ([(below._k, below._v, None, below_width)] if below else [])
@@ -168,8 +179,8 @@ class RowLayer(DynamicLayer):
         at = 0
         for k, v, r, w in parts:
             k, v = (k, v) if r is None else (k[r], v[r])
-            k_new[at:at + k.shape[0], :, :w] = k[:, :, :w]
-            v_new[at:at + v.shape[0], :, :w] = v[:, :, :w]
+            k_new[at : at + k.shape[0], :, :w] = k[:, :, :w]
+            v_new[at : at + v.shape[0], :, :w] = v[:, :, :w]
             at += k.shape[0]
         self._k, self._v = k_new, v_new
         self.owner.mark_static(k_new, v_new)
@@ -194,8 +205,14 @@ class RowCache(Cache):
     def tensors(self) -> list[torch.Tensor]:
         return [t for layer in self.layers if layer.is_initialized for t in (layer._k, layer._v)]
 
-    def relayout(self, rows: torch.Tensor | None, width: int, capacity: int, below: "RowCache | None" = None,
-                 below_width: int = 0) -> None:
+    def relayout(
+        self,
+        rows: torch.Tensor | None,
+        width: int,
+        capacity: int,
+        below: "RowCache | None" = None,
+        below_width: int = 0,
+    ) -> None:
         for i, layer in enumerate(self.layers):
             if layer.is_initialized:
                 layer.relayout(rows, width, capacity, below.layers[i] if below else None, below_width)
@@ -215,9 +232,11 @@ class CachedStream:
         self.device = next(model.parameters()).device
         attention = model.config._attn_implementation
         if attention not in ("sdpa", "eager"):
-            raise ConfigError(f"{type(model).__name__} is loaded with attn_implementation={attention}, which takes no "
-                              "custom attention masks (rows of different lengths share one cache). "
-                              "Fix: load it with attn_implementation='sdpa' (the default) or 'eager'")
+            raise ConfigError(
+                f"{type(model).__name__} is loaded with attn_implementation={attention}, which takes no "
+                "custom attention masks (rows of different lengths share one cache). "
+                "Fix: load it with attn_implementation='sdpa' (the default) or 'eager'"
+            )
         self.additive_dtype = next(model.parameters()).dtype if attention == "eager" else None
         self.cache_argument = cache_argument(model)
         self.rows: list[list[int]] = []
@@ -263,7 +282,7 @@ class CachedStream:
                 new[i] = [self.rows[i][-drop[i]]]
                 refed[i] = 1
             if drop[i]:
-                del self.rows[i][-drop[i]:]
+                del self.rows[i][-drop[i] :]
         counts = [len(n) for n in new]
         queries = max(counts, default=0)
         if queries == 0:
@@ -274,7 +293,7 @@ class CachedStream:
         # last position is every fed row's last token), then its length and count.
         packed = [[self.pad_id] * (queries - c) + n + [length, c] for n, c, length in zip(new, counts, lengths)]
         packed = to_device(packed, torch.long, self.device)
-        ids, length, count = packed[:, :queries], packed[:, queries:queries + 1], packed[:, queries + 1:]
+        ids, length, count = packed[:, :queries], packed[:, queries : queries + 1], packed[:, queries + 1 :]
         j = torch.arange(queries, device=self.device)[None, :]
         first = queries - count  # chunk index of a row's first real token
         # a real token lands right after the row's tokens; a padding slot further on, where no real
@@ -287,11 +306,12 @@ class CachedStream:
         if self.logits is None or all(counts):
             self.logits = last
         else:  # rows that read nothing keep their logits
-            self.logits = torch.where(to_device([c > 0 for c in counts], torch.bool, self.device)[:, None], last,
-                                      self.logits)
+            self.logits = torch.where(
+                to_device([c > 0 for c in counts], torch.bool, self.device)[:, None], last, self.logits
+            )
         if not all_logits:
             return self.logits
-        per_row = [logits[i, queries - c + r:].float() for i, (c, r) in enumerate(zip(counts, refed))]
+        per_row = [logits[i, queries - c + r :].float() for i, (c, r) in enumerate(zip(counts, refed))]
         return self.logits, per_row
 
     @torch.inference_mode()
@@ -322,14 +342,21 @@ class CachedStream:
         keys = torch.arange(width, device=self.device)
         self.cache.write_columns, self.cache.key_columns = columns, keys
         visible = keys[None, None, :] <= columns[:, :, None]
-        masks = attention_masks(self.model, visible, columns, keys[None, :].expand(len(columns), -1),
-                                self.additive_dtype)
+        masks = attention_masks(
+            self.model, visible, columns, keys[None, :].expand(len(columns), -1), self.additive_dtype
+        )
         self.widest = max(self.widest, width)
         self.forward_passes += 1
         started = self.clock.start() if self.clock else None
         model = self.decode_model if ids.shape[1] == 1 else self.model
-        out = model(input_ids=ids, attention_mask=masks, position_ids=columns, use_cache=True, logits_to_keep=keep,
-                    **{self.cache_argument: self.cache})
+        out = model(
+            input_ids=ids,
+            attention_mask=masks,
+            position_ids=columns,
+            use_cache=True,
+            logits_to_keep=keep,
+            **{self.cache_argument: self.cache},
+        )
         if self.clock:
             self.clock.stop(f"{self.role}_{'prefill' if self.prefilling else 'forward'}", started)
         return out.logits
@@ -382,7 +409,7 @@ class RecomputeStream:
         changed = [i for i in range(len(new)) if new[i] or drop[i]]
         for i in changed:
             if drop[i]:
-                del self.rows[i][-drop[i]:]
+                del self.rows[i][-drop[i] :]
             self.rows[i].extend(new[i])
         if changed:
             self.logits = self.logits.clone()
@@ -413,6 +440,11 @@ class RecomputeStream:
     def _forward(self, which: list[int], keep: int = 1) -> torch.Tensor:
         ids, mask = _left_pad([self.rows[i] for i in which], self.pad_id)
         mask = mask.to(self.device)
-        out = self.model(input_ids=ids.to(self.device), attention_mask=mask, position_ids=_positions(mask),
-                         use_cache=False, logits_to_keep=keep)
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask,
+            position_ids=_positions(mask),
+            use_cache=False,
+            logits_to_keep=keep,
+        )
         return out.logits[:, -1, :].float() if keep == 1 else out.logits[:, -keep:, :].float()

@@ -10,6 +10,7 @@ starts, keep going when one fails, and report all of them at the end.
   exits with status 1 if any job failed.
 The callback is registered in conf/config.yaml (hydra.callbacks), so every launcher gets it.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,9 @@ def run_job(cfg: DictConfig, execute, run_dir, summary_keys) -> dict:
         record["run_dir"] = str(path)
         finished_before = RunStore(path).finished and not cfg.force
         metrics = execute(cfg)
-        record.update(status="skipped" if finished_before else "done",
-                      summary={k: metrics.get(k) for k in summary_keys})
+        record.update(
+            status="skipped" if finished_before else "done", summary={k: metrics.get(k) for k in summary_keys}
+        )
     except BlendinError as err:
         log.error("job %s (%s) failed: %s", record["job"], " ".join(record["overrides"]), err)
         record.update(status="failed", error=str(err))
@@ -68,7 +70,7 @@ _SWEEP = {"total": None, "started": None}
 
 
 def progress_line(job: int) -> str:
-    """"[sweep] run 5 of 42, 3m10s so far, about 23m left" (the estimate: time per finished run so far)."""
+    """ "[sweep] run 5 of 42, 3m10s so far, about 23m left" (the estimate: time per finished run so far)."""
     total, started = _SWEEP["total"], _SWEEP["started"]
     if not total or started is None:
         return f"[sweep] run {job + 1}"
@@ -107,8 +109,11 @@ class SweepReport(Callback):
             except BlendinError as err:
                 problems.append(f"  job {number} ({' '.join(overrides)}): {err}")
         if problems:
-            print(f"error: {len(problems)} of {len(jobs)} runs of this sweep have a bad config; nothing was "
-                  "started:\n" + "\n".join(problems), file=sys.stderr)
+            print(
+                f"error: {len(problems)} of {len(jobs)} runs of this sweep have a bad config; nothing was "
+                "started:\n" + "\n".join(problems),
+                file=sys.stderr,
+            )
             sys.exit(2)
         print(f"sweep: {len(jobs)} runs, configs checked; job records in {config.hydra.sweep.dir}", file=sys.stderr)
         _SWEEP.update(total=len(jobs), started=time.monotonic())
@@ -153,9 +158,11 @@ def check_job(config_name: str, overrides: list[str]) -> None:
 def report(records: list[dict], expected: int) -> str:
     """One line per job, naming only the overrides that differ between jobs."""
     counts = {s: sum(r["status"] == s for r in records) for s in ("done", "skipped", "failed")}
-    lines = [f"sweep finished: {counts['done']} done, {counts['skipped']} skipped (already finished), "
-             f"{counts['failed']} failed" + (f", {expected - len(records)} never reported" if len(records) < expected
-                                             else "")]
+    lines = [
+        f"sweep finished: {counts['done']} done, {counts['skipped']} skipped (already finished), "
+        f"{counts['failed']} failed"
+        + (f", {expected - len(records)} never reported" if len(records) < expected else "")
+    ]
     shared = set.intersection(*(set(r["overrides"]) for r in records)) if len(records) > 1 else set()
     if shared:
         lines.append(f"  every job: {' '.join(o for o in records[0]['overrides'] if o in shared)}")
@@ -165,8 +172,10 @@ def report(records: list[dict], expected: int) -> str:
             detail = f"error: {r['error'].splitlines()[0] if r['error'] else ''}"
         else:
             summary = r.get("summary") or {}
-            detail = f"{summary.get('score_name')}={_fmt(summary.get('score'))} " \
-                     f"intervention={_fmt(summary.get('intervention_rate'))}"
+            detail = (
+                f"{summary.get('score_name')}={_fmt(summary.get('score'))} "
+                f"intervention={_fmt(summary.get('intervention_rate'))}"
+            )
         lines.append(f"  [{r['status']:>7}] job {r['job']}: {own}: {detail}")
         if r["status"] != "failed" and r.get("run_dir"):
             lines.append(f"            {r['run_dir']}")

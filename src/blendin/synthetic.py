@@ -10,6 +10,7 @@ vocabularies that share the trained part, like two model families.
     from blendin.synthetic import synthetic_pair
     pair = synthetic_pair("qwen8b+llama1b", device="cuda", dtype="bfloat16")
 """
+
 from __future__ import annotations
 
 import json
@@ -21,21 +22,78 @@ from .models import LoadedModel, ModelSpec, _eos_ids, resolve_device, resolve_dt
 
 # The published configs (hub config.json files), reduced to what shapes the compute.
 CONFIGS = {
-    "llama-3.1-8b": dict(kind="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
-                         num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-                         rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False),
-    "llama-3.2-1b": dict(kind="llama", vocab_size=128256, hidden_size=2048, intermediate_size=8192,
-                         num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, head_dim=64,
-                         rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=True),
-    "qwen3-8b": dict(kind="qwen3", vocab_size=151936, hidden_size=4096, intermediate_size=12288,
-                     num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-                     rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False),
-    "tiny-llama": dict(kind="llama", vocab_size=1200, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False),
-    "tiny-llama-base": dict(kind="llama", vocab_size=1200, hidden_size=96, intermediate_size=192, num_hidden_layers=3,
-                            num_attention_heads=4, num_key_value_heads=2, head_dim=24, tie_word_embeddings=False),
-    "tiny-qwen3": dict(kind="qwen3", vocab_size=1500, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False),
+    "llama-3.1-8b": dict(
+        kind="llama",
+        vocab_size=128256,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+    ),
+    "llama-3.2-1b": dict(
+        kind="llama",
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+    ),
+    "qwen3-8b": dict(
+        kind="qwen3",
+        vocab_size=151936,
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+    ),
+    "tiny-llama": dict(
+        kind="llama",
+        vocab_size=1200,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        tie_word_embeddings=False,
+    ),
+    "tiny-llama-base": dict(
+        kind="llama",
+        vocab_size=1200,
+        hidden_size=96,
+        intermediate_size=192,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=24,
+        tie_word_embeddings=False,
+    ),
+    "tiny-qwen3": dict(
+        kind="qwen3",
+        vocab_size=1500,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        tie_word_embeddings=False,
+    ),
 }
 PRESETS = {  # base, guidance, tokenizer seed of each (same seed = same tokenizer)
     "llama8b+llama1b": (("llama-3.1-8b", 1), ("llama-3.2-1b", 1)),
@@ -52,8 +110,10 @@ You are a helpful assistant. I cannot help with that request. It is important to
 Answer the question by walking through the reasoning steps. Question: Which is heavier?
 The capital of Australia is Canberra, a planned city chosen as a compromise between Sydney and Melbourne.
 """
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
@@ -64,8 +124,12 @@ def synthetic_tokenizer(vocab_size: int, seed: int):
 
     trained = Tokenizer(models.BPE())
     trained.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=min(vocab_size, 600 + 40 * seed), special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=min(vocab_size, 600 + 40 * seed),
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     trained.train_from_iterator([CORPUS] * 4, trainer)
     model = json.loads(trained.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
@@ -84,8 +148,13 @@ def synthetic_tokenizer(vocab_size: int, seed: int):
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", bos_token="<|im_start|>",
-                                   pad_token="<|endoftext|>", chat_template=CHATML)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        bos_token="<|im_start|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHATML,
+    )
 
 
 def synthetic_model(name: str, tokenizer, device: torch.device, dtype: torch.dtype):
@@ -94,8 +163,13 @@ def synthetic_model(name: str, tokenizer, device: torch.device, dtype: torch.dty
     settings = dict(CONFIGS[name])
     kind = settings.pop("kind")
     config_class, model_class = (LlamaConfig, LlamaForCausalLM) if kind == "llama" else (Qwen3Config, Qwen3ForCausalLM)
-    config = config_class(**settings, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                          bos_token_id=None, max_position_embeddings=8192)
+    config = config_class(
+        **settings,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        max_position_embeddings=8192,
+    )
     config._attn_implementation = "sdpa"
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)

@@ -8,6 +8,7 @@ with `to_device`: from pinned memory and without waiting, so that building them 
 synchronisation either. `Clock` times forward passes without synchronising: on CUDA it records
 events and reads them only when asked, after the work is done.
 """
+
 from __future__ import annotations
 
 import time

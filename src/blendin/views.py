@@ -12,6 +12,7 @@
   or by text (different tokenizers: the text is re-tokenized and the stream cropped to the longest
   common prefix, as transformers' assisted generation does across tokenizers).
 """
+
 from __future__ import annotations
 
 import re
@@ -66,12 +67,12 @@ class Detokenizer:
     def push(self, new_ids: Sequence[int]) -> str:
         self.ids.extend(new_ids)
         start = max(0, self.head - self.context)
-        before = self._decode(self.ids[start:self.head])
+        before = self._decode(self.ids[start : self.head])
         window = self._decode(self.ids[start:])
         if window.startswith(before):
-            tail = window[len(before):]
+            tail = window[len(before) :]
         else:  # a decoder that is not local here: decode everything (always exact)
-            tail = self._full()[len(self.stable):]
+            tail = self._full()[len(self.stable) :]
         self.text = self.stable + tail
         # a text that ends inside a character (a partial UTF-8 sequence) or inside a run of
         # byte-fallback tokens may still change
@@ -81,10 +82,10 @@ class Detokenizer:
 
     def _full(self) -> str:
         both = self._decode(self.ids)
-        head = self._decode(self.ids[:self.n_anchor])
+        head = self._decode(self.ids[: self.n_anchor])
         if both.startswith(head):
-            return both[len(head):]
-        return self._decode(self.ids[self.n_anchor:])
+            return both[len(head) :]
+        return self._decode(self.ids[self.n_anchor :])
 
     @property
     def stable_length(self) -> int:
@@ -105,8 +106,9 @@ class TailTokenizer:
         return TailTokenizer.update_all([self], [text], None if stable is None else [stable])[0]
 
     @staticmethod
-    def update_all(tails: Sequence["TailTokenizer"], texts: Sequence[str],
-                   stables: Sequence[int | None] | None = None) -> list[int]:
+    def update_all(
+        tails: Sequence["TailTokenizer"], texts: Sequence[str], stables: Sequence[int | None] | None = None
+    ) -> list[int]:
         """`update` of many TailTokenizers of one tokenizer, with one batched tokenizer call."""
         firsts: list[int | None] = [None] * len(tails)
         plans, windows = [], []
@@ -156,8 +158,11 @@ class TailTokenizer:
         if first == 0:
             return ids, starts, ends
         agree = min(self.check, self._done - first - 1)  # the last of them may still merge with new text
-        if agree >= 1 and ids[:agree] == self.ids[first:first + agree] \
-                and starts[:agree] == self.starts[first:first + agree]:
+        if (
+            agree >= 1
+            and ids[:agree] == self.ids[first : first + agree]
+            and starts[:agree] == self.starts[first : first + agree]
+        ):
             return self.ids[:first] + ids, self.starts[:first] + starts, self.ends[:first] + ends
         return None
 
@@ -204,8 +209,16 @@ class TokenView:
     Rows are admitted with their prompts and leave with `select`, in step with the decoder's batch.
     """
 
-    def __init__(self, model, by_text: bool, use_cache: bool = True, headroom: int = 256, clock=None,
-                 role: str = "model", compile: str = "none"):
+    def __init__(
+        self,
+        model,
+        by_text: bool,
+        use_cache: bool = True,
+        headroom: int = 256,
+        clock=None,
+        role: str = "model",
+        compile: str = "none",
+    ):
         self.model, self.by_text, self.use_cache = model, by_text, use_cache
         self.headroom, self.clock, self.role, self.compile = headroom, clock, role, compile
         self.stream = make_stream(model, use_cache, headroom, clock, role, compile)
@@ -240,9 +253,15 @@ class TokenView:
     def logits(self) -> torch.Tensor:
         return self.stream.logits
 
-    def catch_up(self, rows: Sequence[int], ids: Sequence[Sequence[int]] | None = None,
-                 texts: Sequence[str] | None = None, stables: Sequence[int] | None = None,
-                 all_logits: bool = False, extra: dict[int, Sequence[int]] | None = None):
+    def catch_up(
+        self,
+        rows: Sequence[int],
+        ids: Sequence[Sequence[int]] | None = None,
+        texts: Sequence[str] | None = None,
+        stables: Sequence[int] | None = None,
+        all_logits: bool = False,
+        extra: dict[int, Sequence[int]] | None = None,
+    ):
         """Bring `rows` up to date with their continuation; return next-token logits of every row
         (and with all_logits, per row, the logits after each token fed now).
 
@@ -253,8 +272,11 @@ class TokenView:
         new, drop = [[] for _ in self.prompts], [0] * len(self.prompts)
         self.fed_from = {}  # row -> continuation index of the first token fed now (for all_logits)
         if self.by_text:  # every row's text tokenized with one tokenizer call
-            changed = TailTokenizer.update_all([self.tails[r] for r in rows], [texts[r] for r in rows],
-                                               [stables[r] for r in rows] if stables is not None else None)
+            changed = TailTokenizer.update_all(
+                [self.tails[r] for r in rows],
+                [texts[r] for r in rows],
+                [stables[r] for r in rows] if stables is not None else None,
+            )
         for k, r in enumerate(rows):
             want, first_new = (self.tails[r].ids, changed[k]) if self.by_text else (ids[r], self.synced[r])
             draft = extra.get(r) if extra else None
@@ -262,17 +284,23 @@ class TokenView:
             start = len(self.prompts[r])
             common = min(self.synced[r], first_new, len(have) - start)
             total = len(want) + (len(draft) if draft else 0)
-            while common < total and start + common < len(have) and have[start + common] == (
-                    want[common] if common < len(want) else draft[common - len(want)]):
+            while (
+                common < total
+                and start + common < len(have)
+                and have[start + common] == (want[common] if common < len(want) else draft[common - len(want)])
+            ):
                 common += 1
-            new[r] = list(want[common:]) + list(draft[max(0, common - len(want)):] if draft else [])
+            new[r] = list(want[common:]) + list(draft[max(0, common - len(want)) :] if draft else [])
             drop[r] = len(have) - start - common
             self.fed_from[r] = common
             self.synced[r] = len(want)
             self.longest = max(self.longest, start + total)
         if not any(new) and not any(drop):
-            return (self.stream.logits, [self.stream.logits[i:i] for i in range(len(new))]) if all_logits \
+            return (
+                (self.stream.logits, [self.stream.logits[i:i] for i in range(len(new))])
+                if all_logits
                 else self.stream.logits
+            )
         self.forward_passes += 1
         return self.stream.step(new, drop, all_logits=all_logits)
 
@@ -280,8 +308,9 @@ class TokenView:
         """`catch_up` every row of a decoding batch (`engine._Row`s): by their ids, or by their text."""
         every = range(len(rows))
         if self.by_text:
-            return self.catch_up(every, texts=[r.detok.text for r in rows],
-                                 stables=[r.detok.stable_length for r in rows])
+            return self.catch_up(
+                every, texts=[r.detok.text for r in rows], stables=[r.detok.stable_length for r in rows]
+            )
         return self.catch_up(every, ids=[r.ids for r in rows])
 
     def tensors(self) -> list[torch.Tensor]:
@@ -308,4 +337,4 @@ class TokenView:
 
     def continuation(self, row: int) -> list[int]:
         """The ids this model has read after its prompt (drafted tokens included)."""
-        return self.stream.tokens(row)[len(self.prompts[row]):]
+        return self.stream.tokens(row)[len(self.prompts[row]) :]

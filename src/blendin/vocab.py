@@ -9,6 +9,7 @@ Every id the guidance model treats as end-of-sequence maps to the base's EOS, so
 wins a step ends generation. The map (guidance id -> base id, -1 where the base has no such token)
 is built once per pair and cached on disk under `BLENDIN_CACHE_DIR/vocab/`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,8 +31,9 @@ _FORMAT_VERSION = 1
 @lru_cache(maxsize=1)
 def _byte_level_decoder() -> dict[str, int]:
     """Inverse of GPT-2's bytes_to_unicode: the printable character that stands for each byte."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars, extra = {}, 0
     for b in range(256):
         if b in printable:
@@ -88,10 +90,15 @@ def _role_ids(tokenizer, eos_ids=()) -> dict[str, set[int]]:
 def fingerprint(tokenizer, eos_ids=()) -> str:
     """A cheap identity of a tokenizer: size, decoder, special tokens and every 61st token."""
     n = len(tokenizer)
-    parts = [str(n), tokenizer.backend_tokenizer.decoder.__getstate__().decode("utf-8", "replace")
-             if tokenizer.backend_tokenizer.decoder is not None else "",
-             json.dumps(sorted(special_tokens(tokenizer).items())), json.dumps(sorted(eos_ids)),
-             "\x00".join(tokenizer.convert_ids_to_tokens(list(range(0, n, 61))))]
+    parts = [
+        str(n),
+        tokenizer.backend_tokenizer.decoder.__getstate__().decode("utf-8", "replace")
+        if tokenizer.backend_tokenizer.decoder is not None
+        else "",
+        json.dumps(sorted(special_tokens(tokenizer).items())),
+        json.dumps(sorted(eos_ids)),
+        "\x00".join(tokenizer.convert_ids_to_tokens(list(range(0, n, 61)))),
+    ]
     return hashlib.sha256("\x01".join(parts).encode()).hexdigest()
 
 
@@ -143,7 +150,8 @@ class VocabMap:
         if self._identity is None:
             g2b = self.guidance_to_base
             self._identity = g2b.shape[0] == self.base_size and bool(
-                (g2b == torch.arange(self.base_size, device=g2b.device)).all())
+                (g2b == torch.arange(self.base_size, device=g2b.device)).all()
+            )
         return self._identity
 
     def guidance_probs_on_base(self, guide_probs: torch.Tensor) -> torch.Tensor:
@@ -220,9 +228,15 @@ class VocabMap:
         mapped = int((g2b[:n_guidance] >= 0).sum())
         n_base = len(self.base_tokenizer)
         covered = int(torch.unique(g2b[g2b >= 0]).numel())
-        return {"identical_tokenizers": self.identical, "guidance_vocab": n_guidance, "base_vocab": n_base,
-                "guidance_tokens_mapped": mapped, "guidance_mapped_fraction": round(mapped / n_guidance, 4),
-                "base_tokens_covered": covered, "base_covered_fraction": round(covered / n_base, 4)}
+        return {
+            "identical_tokenizers": self.identical,
+            "guidance_vocab": n_guidance,
+            "base_vocab": n_base,
+            "guidance_tokens_mapped": mapped,
+            "guidance_mapped_fraction": round(mapped / n_guidance, 4),
+            "base_tokens_covered": covered,
+            "base_covered_fraction": round(covered / n_base, 4),
+        }
 
 
 def _single_byte_ids(tokenizer) -> dict[int, int]:
@@ -287,9 +301,16 @@ def build_vocab_map(base, guidance, cache_root: Path | None = None) -> VocabMap:
             if i < guidance.vocab_size and base_tok.eos_token_id is not None:
                 g2b[i] = base_tok.eos_token_id if i not in base.eos_ids else i
     else:
-        key = hashlib.sha256("|".join([
-            str(_FORMAT_VERSION), fingerprint(base_tok, base.eos_ids), fingerprint(guide_tok, guidance.eos_ids),
-            str(guidance.vocab_size)]).encode()).hexdigest()[:20]
+        key = hashlib.sha256(
+            "|".join(
+                [
+                    str(_FORMAT_VERSION),
+                    fingerprint(base_tok, base.eos_ids),
+                    fingerprint(guide_tok, guidance.eos_ids),
+                    str(guidance.vocab_size),
+                ]
+            ).encode()
+        ).hexdigest()[:20]
         path = (cache_root or cache_dir() / "vocab") / f"{key}.npy"
         if path.is_file():
             g2b = np.load(path)

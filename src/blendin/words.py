@@ -25,6 +25,7 @@ drafting for some rows while the base verifies or continues others, and all the 
 checked in one base forward pass (each word boundary's logits read from it), falling back to one
 pass per word where the base tokenization of a prefix is not a prefix of the whole draft's.
 """
+
 from __future__ import annotations
 
 import math
@@ -132,10 +133,17 @@ class WordNudgingDecoder:
         guide_prompts = [self.guidance.prompt_ids(p) for p in prompts]
         self.max_new_tokens, self.stop_strings = max_new_tokens, tuple(s for s in stop_strings if s)
         headroom = max_new_tokens + self.policy.draft_tokens + 64
-        self.base = TokenView(self.lead, by_text=True, use_cache=self.use_cache, headroom=headroom, clock=self.clock,
-                              role="lead")
-        self.guide = TokenView(self.guidance, by_text=True, use_cache=self.use_cache, headroom=2 * headroom,
-                               clock=self.clock, role="guidance")
+        self.base = TokenView(
+            self.lead, by_text=True, use_cache=self.use_cache, headroom=headroom, clock=self.clock, role="lead"
+        )
+        self.guide = TokenView(
+            self.guidance,
+            by_text=True,
+            use_cache=self.use_cache,
+            headroom=2 * headroom,
+            clock=self.clock,
+            role="guidance",
+        )
         self.rows: list[_WordRow] = []
         results = [None] * len(prompts)
 
@@ -153,8 +161,15 @@ class WordNudgingDecoder:
 
         syncs = SYNCS.count
         with on_device(self.lead.device):
-            schedule(len(prompts), [len(p) for p in base_prompts], batch_size, admit, self._tick,
-                     lambda: len(self.rows), done)
+            schedule(
+                len(prompts),
+                [len(p) for p in base_prompts],
+                batch_size,
+                admit,
+                self._tick,
+                lambda: len(self.rows),
+                done,
+            )
         add_stats(self.stats, self.base, self.guide, SYNCS.count - syncs)
         return results
 
@@ -173,8 +188,9 @@ class WordNudgingDecoder:
         drafting = [i for i, r in enumerate(rows) if r.phase == DRAFT]
         if drafting:
             self.stats["guidance_steps"] += 1
-            logits = self.guide.catch_up(drafting, texts=[r.text for r in rows],
-                                         extra={i: rows[i].draft for i in drafting})
+            logits = self.guide.catch_up(
+                drafting, texts=[r.text for r in rows], extra={i: rows[i].draft for i in drafting}
+            )
             tops = to_host(logits.argmax(-1))  # one copy for every drafting row
             for i in drafting:
                 self._draft(i, rows[i], int(tops[i]))
@@ -185,7 +201,7 @@ class WordNudgingDecoder:
             sizes = [len(per_row[i]) for i in reading]
             index = to_device(reading, torch.long, logits.device)
             both = _confidence(torch.cat([logits[index]] + [per_row[i] for i in reading]))
-            last, fed = both[:len(reading)], np.split(both[len(reading):], np.cumsum(sizes)[:-1])
+            last, fed = both[: len(reading)], np.split(both[len(reading) :], np.cumsum(sizes)[:-1])
             for k, i in enumerate(reading):
                 if rows[i].phase == VERIFY:
                     self._verify(i, rows[i], last[k], fed[k])
@@ -252,10 +268,10 @@ class WordNudgingDecoder:
         return bool(spelled) and (" " + next_word).encode("utf-8").startswith(spelled)
 
     def _accept(self, row: _WordRow, n_words: int) -> None:
-        self._nudge(row, " ".join(row.words[:max(1, n_words)]))
+        self._nudge(row, " ".join(row.words[: max(1, n_words)]))
         if row.finished:
             return
-        if len(row.nudges) >= self.policy.max_repeats and len(set(row.nudges[-self.policy.max_repeats:])) == 1:
+        if len(row.nudges) >= self.policy.max_repeats and len(set(row.nudges[-self.policy.max_repeats :])) == 1:
             return self._finish(row, "repeats")
         row.phase, row.first, row.cont_detok = CONTINUE, True, None
 
@@ -285,7 +301,7 @@ class WordNudgingDecoder:
 
     def _check_end(self, row: _WordRow) -> None:
         longest = max((len(s) for s in self.stop_strings), default=0)
-        recent = row.text[max(0, row.checked - longest + 1):] if self.stop_strings else ""
+        recent = row.text[max(0, row.checked - longest + 1) :] if self.stop_strings else ""
         row.checked = len(row.text)
         row.counter.update(row.text)
         if self.stop_strings and any(s in recent for s in self.stop_strings):
@@ -305,18 +321,46 @@ class WordNudgingDecoder:
         for step, (token, (start, end)) in enumerate(zip(ids, spans)):
             nudged = any(a <= start < b for a, b in row.spans)
             prob, top = row.facts.get(start, (math.nan, -1))
-            entry = dict(step=step, base_top_prob=prob, base_top_id=top, consulted=prob < self.policy.tau,
-                         applied=nudged, alpha=math.nan, blend_prob=math.nan,
-                         source=SOURCE_GUIDANCE if nudged else SOURCE_BASE, chosen_id=token, override=nudged,
-                         guide_top_id=-1, guide_top_prob=math.nan, base_prob_of_guide_top=math.nan, guide_top_rank=-1,
-                         guide_top_in_base_top_p=False, guide_top_spelled=False, base_top_p_size=-1,
-                         top100_overlap=math.nan, text_offset=end)
+            entry = dict(
+                step=step,
+                base_top_prob=prob,
+                base_top_id=top,
+                consulted=prob < self.policy.tau,
+                applied=nudged,
+                alpha=math.nan,
+                blend_prob=math.nan,
+                source=SOURCE_GUIDANCE if nudged else SOURCE_BASE,
+                chosen_id=token,
+                override=nudged,
+                guide_top_id=-1,
+                guide_top_prob=math.nan,
+                base_prob_of_guide_top=math.nan,
+                guide_top_rank=-1,
+                guide_top_in_base_top_p=False,
+                guide_top_spelled=False,
+                base_top_p_size=-1,
+                top100_overlap=math.nan,
+                text_offset=end,
+            )
             for key, value in entry.items():
                 trace[key].append(value)
         text = cut_at_stop(row.text, self.stop_strings) if row.stop_reason == "stop_string" else row.text
         ratio, nudge_words, words = word_ratio(row.nudges, text)
         n_applied = sum(trace["applied"])
-        return Generation(text, ids, len(ids), n_applied, n_applied, row.stop_reason, trace,
-                          n_consulted=sum(trace["consulted"]),
-                          extras={"word_intervention_rate": ratio, "n_nudge_words": nudge_words, "n_words": words,
-                                  "n_rounds": row.rounds, "nudges": row.nudges})
+        return Generation(
+            text,
+            ids,
+            len(ids),
+            n_applied,
+            n_applied,
+            row.stop_reason,
+            trace,
+            n_consulted=sum(trace["consulted"]),
+            extras={
+                "word_intervention_rate": ratio,
+                "n_nudge_words": nudge_words,
+                "n_words": words,
+                "n_rounds": row.rounds,
+                "nudges": row.nudges,
+            },
+        )
