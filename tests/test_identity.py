@@ -10,7 +10,7 @@ import torch
 
 from blendin.errors import ConfigError
 from blendin.identity import begin_session, session_summary
-from blendin.policies import make_policy
+from blendin.methods import make_policy
 
 FP32 = {"device": "cpu", "dtype": "torch.float32", "batch_size": 8, "torch_version": "t", "transformers_version": "x"}
 

@@ -11,7 +11,8 @@ import torch
 
 from blendin.errors import ConfigError
 from blendin.facts import add_guidance_facts, top_k_overlap, top_p_size
-from blendin.policies import SOURCE_BASE, SOURCE_BLEND, SOURCE_GUIDANCE, Step, make_policy
+from blendin.methods import make_policy
+from blendin.policies import SOURCE_BASE, SOURCE_BLEND, SOURCE_GUIDANCE, Step
 from blendin.vocab import VocabMap
 
 
@@ -246,7 +247,7 @@ def test_top_p_size_and_top_k_overlap_by_hand():
         ({"name": "blendin", "alpha": -1}, "method.alpha=-1.0 is out of range"),
         ({"name": "blendin", "top_k": 0}, "method.top_k=0 must be a positive integer"),
         ({"name": "cap", "cap": 2}, "method.cap=2.0 is out of range"),
-        ({"name": "cap", "mode": "soft"}, "method.mode='soft' must be latch"),
+        ({"name": "cap", "mode": "soft"}, "method.mode='soft' must be one of: latch"),
         ({"name": "cap", "warmup": -1}, "method.warmup=-1 must be a non-negative integer"),
         ({"name": "probe", "alpha": 0.5}, "method probe does not take method.alpha"),
         ({"name": "nudging", "alpha": 0.5}, "method nudging does not take method.alpha"),

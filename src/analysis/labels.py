@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from blendin import methods
+
 # Figure 2's column order (G M T A X J).
 BENCHMARKS = ["gsm8k", "mmlu", "truthfulqa", "arc_challenge", "xstest", "justeval_safe"]
 BENCHMARK_LABEL = {
@@ -17,21 +19,6 @@ BENCHMARK_LABEL = {
     "arc_challenge": "ARC-Challenge",
     "xstest": "XSTest",
     "justeval_safe": "JustEval-Safe",
-}
-
-METHOD_LABEL = {
-    "base": "Base",
-    "guidance": "Guid.",
-    "aligned": "Alig.",
-    "nudging": "NUDG.",
-    "blendin": "BlendIn",
-    "cap": "Cap",
-    "af": "AF",
-    "cc": "CC",
-    "af_cc": "AF+CC",
-    "nudging_words": "NUDG. (words)",
-    "probe": "probe",
-    "forced": "forced",
 }
 
 # Figure 2's row order: the 15 pairs of the paper.
@@ -72,7 +59,8 @@ def benchmark_label(name: str) -> str:
 
 
 def method_label(name: str) -> str:
-    return METHOD_LABEL.get(name, name)
+    """The label each method declares in `blendin.methods` (one home for a method)."""
+    return methods.label(name)
 
 
 def pair_short(name: str) -> str:

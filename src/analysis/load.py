@@ -32,6 +32,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
+from blendin.methods import REGISTRY
+
 RUN_COLUMNS = [
     "pair",
     "pair_label",
@@ -156,8 +158,9 @@ def _stop_strings(protocol: dict, config: dict) -> list:
 def _score_exclusion(metrics: dict) -> str:
     """Why a run's stored score must not be used as its benchmark's score ('' when it may)."""
     name = str(metrics.get("score_name") or "")
-    if metrics.get("method") == "forced":
-        return "teacher-forced run (the output is a given reference): no score"
+    spec = REGISTRY.get(metrics.get("method"))
+    if spec is not None and not spec.scored:
+        return f"{spec.summary}: no score (the output is given)"
     if metrics.get("benchmark") == "justeval_safe" and (
         metrics.get("judge") in (None, "", "none") or "refusal" in name.lower() or "safety" not in name.lower()
     ):
@@ -206,7 +209,7 @@ def run_row(run_dir: Path) -> dict:
     seed = metrics.get("seed", (config.get("benchmark") or {}).get("seed"))
     max_new_tokens = metrics.get("max_new_tokens", (config.get("benchmark") or {}).get("max_new_tokens"))
     judge = metrics.get("judge") or "none"
-    unit = metrics.get("intervention_unit") or ("word" if method == "nudging_words" else "token")
+    unit = metrics.get("intervention_unit") or (REGISTRY[method].unit if method in REGISTRY else "token")
     excluded = _score_exclusion({**metrics, "method": method})
     ci = metrics.get("ci95") or [None, None]
     key_protocol = {k: v for k, v in protocol.items() if k not in _METHOD_SPECIFIC_PROTOCOL_KEYS}

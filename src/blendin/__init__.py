@@ -7,17 +7,20 @@ pair = Pair(pair_spec({"name": "p", "base": {"source": "embedded:gemma-3-270m"},
 print(out.text, out.intervention_rate)
 """
 
-from .engine import Decoder, Generation
+from .engine import Generation, TokenDecoder
 from .errors import BlendinError, ConfigError, ModelLoadError, PromptError
+from .methods import METHODS, REGISTRY, Decoder, Method, make_policy
 from .models import LoadedModel, ModelSpec, load_model
 from .pair import Pair, PairSpec, pair_spec
-from .policies import METHODS, make_policy
 from .prompts import Prompt
 from .vocab import VocabMap, build_vocab_map
 
 __version__ = "0.1.0"
 __all__ = [
     "Decoder",
+    "TokenDecoder",
+    "Method",
+    "REGISTRY",
     "Generation",
     "BlendinError",
     "ConfigError",

@@ -35,6 +35,7 @@ import torch
 
 from .cli import call
 from .errors import ConfigError
+from .methods import REGISTRY
 from .prompts import Prompt
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,17 +52,11 @@ QUESTIONS = [
     "A train travels 60 miles in 1.5 hours. What is its average speed in miles per hour?",
     "If a rectangle is 7 cm long and 4 cm wide, what are its area and perimeter?",
 ]
-METHODS = {
-    "base": {"name": "base"},
-    "guidance": {"name": "guidance"},
-    "nudging": {"name": "nudging", "tau": 0.4},
-    "blendin": {"name": "blendin", "tau": 0.4, "alpha": "auto", "top_k": 100},
-    "blendin_full": {"name": "blendin", "tau": 0.4, "alpha": "auto", "top_k": None},
-    "cap": {"name": "cap", "tau": 0.4, "cap": 0.15},
-    "af_cc": {"name": "af_cc", "tau": 0.4, "agreement_k": 5},
-    "nudging_words": {"name": "nudging_words", "tau": 0.4},
-}
-DEFAULT_METHODS = [m for m in METHODS if m != "nudging_words"]  # word-level NUDGING ends at the guidance's EOS
+# Each registered method that decodes, at its registry defaults; plus BlendIn over the full vocabulary.
+METHODS = {name: {"name": name, **m.params} for name, m in REGISTRY.items() if m.decodes and name != "aligned"}
+METHODS["blendin_full"] = {**METHODS["blendin"], "top_k": None}
+# probe and af/cc cost what nudging costs; word-level NUDGING ends at the guidance's EOS, not at a fixed length
+DEFAULT_METHODS = ["base", "guidance", "nudging", "blendin", "blendin_full", "cap", "af_cc"]
 
 
 def prompts(n: int) -> list[Prompt]:
@@ -272,10 +267,11 @@ def bandwidth_fraction(pair, row: dict, items, length: int) -> float | None:
         return None
     batch = row["batch_size"]
     total = 0.0
-    for role, share in (("base", 1.0), ("guidance", row.get("steps_with_guidance", 0.0))):
-        if share <= 0 or (role == "guidance" and row["method"] == "base"):
+    roles = REGISTRY[METHODS[row["method"]]["name"]].roles if row["method"] in METHODS else ("base",)
+    for role, share in zip(roles, (1.0, row.get("steps_with_guidance", 0.0))):
+        if share <= 0:
             continue
-        loaded = pair.model(role if row["method"] != "guidance" else "guidance")
+        loaded = pair.model(role)
         prompt = sum(len(loaded.prompt_ids(p)) for p in items) / len(items)
         total += share * bytes_read_per_step(loaded, batch, prompt + length / 2)
     return round(total / (row["ms_per_step"] / 1000 * peak), 3)

@@ -12,9 +12,9 @@ from omegaconf import OmegaConf
 from .benchmarks import BENCHMARKS, COMMON_KEYS, benchmark_from_config, check_settings
 from .errors import ConfigError
 from .judges import make_judge
+from .methods import make_policy
 from .models import resolve_device, resolve_dtype
 from .pair import pair_spec
-from .policies import make_policy
 
 RUN_KEYS = {
     "results_dir",

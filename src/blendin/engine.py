@@ -149,7 +149,7 @@ def resolve_schedule(schedule: str, device: torch.device) -> str:
     return schedule
 
 
-class Decoder:
+class TokenDecoder:
     """Greedy decoding of `lead`, steered by `policy` with an optional guidance model.
 
     lead: the model that owns the output (the base for guided methods).
@@ -272,7 +272,7 @@ class _Batch:
     one flag first (is any row unsure?) on the steps that might need the guidance.
     """
 
-    def __init__(self, decoder: Decoder, max_new_tokens: int, stop_strings: tuple[str, ...]):
+    def __init__(self, decoder: TokenDecoder, max_new_tokens: int, stop_strings: tuple[str, ...]):
         self.d, self.max_new_tokens, self.stop_strings = decoder, max_new_tokens, stop_strings
         self.longest_stop = max((len(s) for s in stop_strings), default=0)
         # each stream plans its cache for the prompt + every new token (+ spelled and re-tokenized extras)

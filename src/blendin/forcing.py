@@ -25,6 +25,7 @@ branches that see only their shared prefix (a tree attention mask), so the guida
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -32,6 +33,7 @@ from .engine import TRACE_COLUMNS, Generation, check_generate_args
 from .errors import ConfigError
 from .facts import add_guidance_facts, rank_in
 from .policies import Blend, Step
+from .store import RunStore
 from .streams import attention_masks
 from .views import Detokenizer, TailTokenizer, _common_prefix_length
 
@@ -82,7 +84,8 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
 
 
 class ForcedDecoder:
-    """`Decoder`'s interface; `generate` takes the continuations to walk along."""
+    """Teacher forcing behind the `methods.Decoder` interface; `generate` also takes the continuations to walk along
+    (`methods.Method.inputs`)."""
 
     def __init__(self, base, policy: Forced, guidance, vocab):
         if guidance is None:
@@ -274,3 +277,31 @@ class ForcedDecoder:
         out = {k: v.tolist() for k, v in columns.items()}
         out["text_offset"] = [0] * n  # filled by the caller
         return out
+
+
+def references(cfg, samples) -> list[str]:
+    """What teacher forcing walks along: each sample's reference answer, or a stored run's outputs."""
+    source = cfg.method.get("source", "reference")
+    if source == "reference":
+        missing = [s.id for s in samples if s.reference is None]
+        if missing:
+            raise ConfigError(
+                f"benchmark {cfg.benchmark.name} has no reference answers to walk along "
+                f"(e.g. {missing[0]}). Fix: use gsm8k, truthfulqa, mmlu or arc_challenge, or "
+                "method.source=<a finished run directory> to walk along its outputs"
+            )
+        return [s.reference for s in samples]
+    stored = RunStore(Path(source))
+    if not stored.finished:
+        raise ConfigError(
+            f"method.source={source}: not a finished run directory (no metrics.json). Fix: give "
+            "results/runs/<pair>/<benchmark>/<run_name>"
+        )
+    outputs = {r["id"]: r["output"] for r in stored.samples()}
+    missing = [s.id for s in samples if s.id not in outputs]
+    if missing:
+        raise ConfigError(
+            f"method.source={source} has no output for {len(missing)} of these samples "
+            f"(e.g. {missing[0]}): use the same benchmark, subset and seed as that run"
+        )
+    return [outputs[s.id] for s in samples]

@@ -22,8 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from .checks import check_engine
 from .cli import call
 from .errors import ConfigError
+from .methods import make_policy
+from .methods import method as method_spec
 from .pair import Pair, pair_spec
-from .policies import make_policy
 from .prompts import Prompt
 
 
@@ -66,12 +67,12 @@ def check(cfg: DictConfig) -> None:
             f"{', '.join(SETTINGS)} (conf/generate.yaml)"
         )
     method = OmegaConf.to_container(cfg.method, resolve=True)
-    if method.get("name") == "forced":
-        raise ConfigError(
-            "method=forced walks a stored answer through both models; it has nothing to generate. "
-            "Fix: python -m blendin.run method=forced benchmark=gsm8k (see conf/method/forced.yaml)"
-        )
     make_policy(method)
+    if not method_spec(method["name"]).decodes:
+        raise ConfigError(
+            f"method={method['name']} needs each prompt's reference answer ({method_spec(method['name']).summary}); "
+            f"generate has only a prompt. Fix: python -m blendin.run method={method['name']} benchmark=gsm8k"
+        )
     check_engine(cfg.get("compile", "none"), cfg.get("guidance_schedule", "auto"), cfg.device)
 
 

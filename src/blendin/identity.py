@@ -24,8 +24,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError
+from .methods import method as method_spec
 from .models import resolve_device, resolve_dtype
-from .policies import SOLO_METHODS
 from .store import atomic_write_json
 
 SCORING_ONLY_KEYS = ("data_dir", "source", "refusal_classifier")  # never change which outputs are decoded
@@ -61,7 +61,8 @@ def run_name(cfg: DictConfig) -> str:
     method = plain(cfg.method)
     params = "".join(f"-{k}{v}" for k, v in method.items() if k != "name")
     pair = effective_pair(cfg)
-    roles = (method["name"],) if method["name"] in SOLO_METHODS else ("base", "guidance")
+    spec = method_spec(method["name"])
+    roles = spec.roles
     benchmark = {k: v for k, v in plain(cfg.benchmark).items() if k not in SCORING_ONLY_KEYS}
     shaping = {
         "pair": {role: pair.get(role) for role in roles},
@@ -85,6 +86,7 @@ def protocol_summary(cfg, judge=None) -> dict:
     """The settings behind a run's numbers, as the analysis labels them."""
     benchmark = plain(cfg.benchmark)
     method = plain(cfg.method)
+    spec = method_spec(method["name"])
     pair = effective_pair(cfg)
     summary = {
         "name": (plain(cfg.get("protocol")) or {}).get("name", "ours"),
@@ -92,10 +94,10 @@ def protocol_summary(cfg, judge=None) -> dict:
         "max_new_tokens": benchmark.get("max_new_tokens"),
         "subset_rule": benchmark.get("subset_rule", "seeded"),
         "split": benchmark.get("split", "test"),
-        "base_view": "text" if method["name"] == "nudging_words" else cfg.get("base_view", "ids"),
+        "base_view": "text" if spec.decoder == "words" else cfg.get("base_view", "ids"),
         "base_prompt": (pair.get("base") or {}).get("prompt_format", "plain"),
         "guidance_prompt": (pair.get("guidance") or {}).get("prompt_format", "chat"),
-        "intervention_unit": "word" if method["name"] == "nudging_words" else "token",
+        "intervention_unit": spec.unit,
         "judge": getattr(judge, "name", None),
     }
     for key in ("shuffle", "part", "refusal_classifier", "exclude_n"):

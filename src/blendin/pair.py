@@ -10,11 +10,14 @@ from dataclasses import dataclass
 
 from omegaconf import OmegaConf
 
-from .engine import Decoder
+from .engine import TokenDecoder
 from .errors import ConfigError
+from .forcing import ForcedDecoder
+from .methods import Decoder, make_policy
+from .methods import method as method_spec
 from .models import LoadedModel, ModelSpec, load_model
-from .policies import make_policy
 from .vocab import VocabMap, build_vocab_map
+from .words import WordNudgingDecoder
 
 
 @dataclass(frozen=True)
@@ -87,38 +90,29 @@ class Pair:
         guidance_schedule: str = "auto",
         compile: str = "none",
         overlap: bool | None = None,
-    ):
+    ) -> Decoder:
         """The decoder for a method config (dict or OmegaConf node with `name` and its parameters).
 
         base_view: "ids" (ours) or "text" (the base re-reads the tokenized text each step, as the
         reference code's servers did). Word-level NUDGING always works on text.
         guidance_schedule: when the guidance model runs (`engine.resolve_schedule`); outputs are the same.
         compile: how decode steps run (none, compile, cudagraphs; `streams.decode_forward`).
-        overlap: the host's work beside the next forward (`engine.Decoder`; None = on CUDA).
+        overlap: the host's work beside the next forward (`engine.TokenDecoder`; None = on CUDA).
         """
+        spec = method_spec(dict(method).get("name"))
         policy = make_policy(method)
-        if policy.name in ("base", "guidance", "aligned"):
-            return Decoder(
-                self.model(policy.name),
-                policy,
-                use_cache=use_cache,
-                base_view=base_view,
-                compile=compile,
-                overlap=overlap,
-            )
-        if policy.name == "forced":
-            from .forcing import ForcedDecoder
-
-            return ForcedDecoder(self.model("base"), policy, self.model("guidance"), self.vocab)
-        if policy.name == "nudging_words":
-            from .words import WordNudgingDecoder
-
-            return WordNudgingDecoder(self.model("base"), policy, self.model("guidance"), self.vocab, use_cache)
-        return Decoder(
-            self.model("base"),
+        lead = self.model(spec.roles[0])
+        guidance = None if spec.solo else self.model(spec.roles[1])
+        vocab = None if spec.solo else self.vocab
+        if spec.decoder == "forced":
+            return ForcedDecoder(lead, policy, guidance, vocab)
+        if spec.decoder == "words":
+            return WordNudgingDecoder(lead, policy, guidance, vocab, use_cache)
+        return TokenDecoder(
+            lead,
             policy,
-            self.model("guidance"),
-            self.vocab,
+            guidance,
+            vocab,
             use_cache=use_cache,
             base_view=base_view,
             guidance_schedule=guidance_schedule,

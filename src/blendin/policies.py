@@ -14,12 +14,9 @@ guidance token `g` that has no base equivalent (the engine spells its text with 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 
 import torch
-
-from .errors import ConfigError
 
 SOURCE_BASE, SOURCE_GUIDANCE, SOURCE_BLEND = 0, 1, 2
 SOURCE_NAMES = {SOURCE_BASE: "base", SOURCE_GUIDANCE: "guidance", SOURCE_BLEND: "blend"}
@@ -265,115 +262,3 @@ def _list_mass(candidates: torch.Tensor, ids: torch.Tensor, probs: torch.Tensor)
 def _joint_ids(guidance_ids: torch.Tensor, step: Step) -> torch.Tensor:
     mapped = step.vocab.guidance_to_base[guidance_ids]
     return torch.where(mapped >= 0, mapped, guidance_ids + step.base_size)
-
-
-METHODS = (
-    "base",
-    "guidance",
-    "aligned",
-    "nudging",
-    "blendin",
-    "cap",
-    "af",
-    "cc",
-    "af_cc",
-    "probe",
-    "nudging_words",
-    "forced",
-)
-SOLO_METHODS = ("base", "guidance", "aligned")
-
-
-def make_policy(method: dict):
-    """Build and validate the policy for a method config (a dict or OmegaConf node with `name`)."""
-    cfg = dict(method)
-    name = cfg.pop("name", None)
-    if name not in METHODS:
-        raise ConfigError(f"unknown method {name!r}. Available: {', '.join(METHODS)}")
-    if name in SOLO_METHODS:
-        _no_extra(name, cfg, ())
-        return Greedy(name=name)
-    tau = _number(cfg, "tau", 0.4, low=0.0)
-    if tau > 1:
-        warnings.warn(f"method.tau={tau} > 1: the guidance is consulted at every step", stacklevel=2)
-    if name == "nudging":
-        _no_extra(name, cfg, ("tau",))
-        return Nudging(tau=tau)
-    if name == "probe":
-        _no_extra(name, cfg, ("tau",))
-        return Probe(tau=tau)
-    if name == "nudging_words":
-        from .words import WordNudging
-
-        _no_extra(name, cfg, ("tau", "draft_tokens", "max_rounds", "max_repeats"))
-        return WordNudging(
-            tau=tau,
-            draft_tokens=_integer(cfg, "draft_tokens", 16),
-            max_rounds=_integer(cfg, "max_rounds", 150),
-            max_repeats=_integer(cfg, "max_repeats", 3),
-        )
-    if name == "forced":
-        from .forcing import Forced
-
-        _no_extra(name, cfg, ("tau", "lam", "top_k", "source"))
-        top_k = cfg.get("top_k", 100)
-        top_k = None if top_k in (None, "null", "none", "full") else _integer(cfg, "top_k", 100)
-        source = cfg.get("source", "reference")
-        if not isinstance(source, str) or not source:
-            raise ConfigError(f"method.source={source!r} must be reference or the directory of a finished run")
-        return Forced(tau=tau, lam=_number(cfg, "lam", 0.1, low=0.0), top_k=top_k, source=source)
-    if name == "cap":
-        _no_extra(name, cfg, ("tau", "cap", "mode", "warmup"))
-        mode = cfg.get("mode", "latch")
-        if mode not in ("latch", "running"):
-            raise ConfigError(
-                f"method.mode={mode!r} must be latch (the paper's: off for good once the rate "
-                "reaches the cap) or running (a throttle that lets guidance back in)"
-            )
-        warmup = cfg.get("warmup", 20)
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-            raise ConfigError(
-                f"method.warmup={warmup!r} must be a non-negative integer (tokens before the cap applies)"
-            )
-        return Capped(tau=tau, cap=_number(cfg, "cap", 0.15, low=0.0, high=1.0), mode=mode, warmup=warmup)
-    if name in ("af", "cc", "af_cc"):
-        _no_extra(name, cfg, ("tau", "agreement_k") if name != "cc" else ("tau",))
-        k = _integer(cfg, "agreement_k", 5) if name != "cc" else None
-        return Filtered(tau=tau, agreement_k=k, confidence=name != "af", name=name)
-    _no_extra(name, cfg, ("tau", "alpha", "lam", "top_k"))
-    alpha = cfg.get("alpha", "auto")
-    if alpha != "auto" and alpha is not None:
-        alpha = _number(cfg, "alpha", None, low=0.0, high=1.0)
-    else:
-        alpha = None
-    top_k = cfg.get("top_k", 100)
-    top_k = None if top_k in (None, "null", "none", "full") else _integer(cfg, "top_k", 100)
-    return Blend(tau=tau, alpha=alpha, lam=_number(cfg, "lam", 0.1, low=0.0), top_k=top_k)
-
-
-def _no_extra(name, cfg, allowed):
-    extra = sorted(set(cfg) - set(allowed))
-    if extra:
-        raise ConfigError(
-            f"method {name} does not take {', '.join('method.' + k for k in extra)}; "
-            f"it takes: {', '.join(allowed) or 'no parameters'}"
-        )
-
-
-def _number(cfg, key, default, low=None, high=None) -> float:
-    value = cfg.get(key, default)
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"method.{key}={value!r} is not a number") from None
-    if math.isnan(value) or (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ConfigError(f"method.{key}={value} is out of range: it must be {bounds}")
-    return value
-
-
-def _integer(cfg, key, default) -> int:
-    value = cfg.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"method.{key}={value!r} must be a positive integer")
-    return value

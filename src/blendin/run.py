@@ -27,7 +27,6 @@ from .benchmarks import Benchmark, benchmark_from_config
 from .checks import check_run_config
 from .cli import call
 from .data import REPO_ROOT
-from .errors import ConfigError
 from .identity import (
     begin_session,
     effective_pair,
@@ -42,8 +41,8 @@ from .identity import (
 )
 from .judges import make_judge
 from .memory import auto_batch_size, is_out_of_memory
+from .methods import method as method_spec
 from .pair import Pair, pair_spec
-from .policies import SOLO_METHODS
 from .scoring import mean
 from .store import RunStore, atomic_write_text
 from .sweep import run_job, sweeping
@@ -108,7 +107,7 @@ def execute(cfg: DictConfig, pair: Pair | None = None) -> dict:
 def _reuse(cfg: DictConfig, store: RunStore) -> str | None:
     """For a one-model run (base, guidance, aligned): copy the outputs of the same finished run
     stored under another pair that shares the model, instead of decoding them again."""
-    if cfg.method.name not in SOLO_METHODS:
+    if not method_spec(cfg.method.name).solo:
         return None
     same_run = f"*/{store.path.parent.name}/{store.path.name}/metrics.json"  # under any pair
     for metrics_path in sorted(store.path.parents[2].glob(same_run)):
@@ -140,6 +139,7 @@ def _decode(cfg, decoder, pending, store: RunStore, batch_size: int) -> None:
     from tqdm import tqdm
 
     method = cfg.method.name
+    spec = method_spec(method)
     stop = list(cfg.benchmark.get("stop") or [])
     bar = tqdm(total=len(pending), desc=f"{cfg.benchmark.name}/{method}", unit="sample", file=sys.stderr)
     totals = {"tokens": 0, "applied": 0, "start": time.perf_counter(), "last": time.perf_counter()}
@@ -166,7 +166,7 @@ def _decode(cfg, decoder, pending, store: RunStore, batch_size: int) -> None:
         )
 
     while todo:
-        extra = {"continuations": continuations(cfg, todo)} if method == "forced" else {}
+        extra = spec.inputs(cfg, todo) if spec.inputs else {}  # per-sample inputs besides prompts
         try:
             decoder.generate(
                 [s.prompt for s in todo],
@@ -205,34 +205,6 @@ def resolved_batch_size(cfg, decoder, samples, resuming: Path | None = None) -> 
     size = auto_batch_size(models, longest, cfg.benchmark.max_new_tokens)
     log.info("batch_size=auto: %d", size)
     return size
-
-
-def continuations(cfg, samples) -> list[str]:
-    """What teacher forcing walks along: each sample's reference answer, or a stored run's outputs."""
-    source = cfg.method.get("source", "reference")
-    if source == "reference":
-        missing = [s.id for s in samples if s.reference is None]
-        if missing:
-            raise ConfigError(
-                f"benchmark {cfg.benchmark.name} has no reference answers to walk along "
-                f"(e.g. {missing[0]}). Fix: use gsm8k, truthfulqa, mmlu or arc_challenge, or "
-                "method.source=<a finished run directory> to walk along its outputs"
-            )
-        return [s.reference for s in samples]
-    stored = RunStore(Path(source))
-    if not stored.finished:
-        raise ConfigError(
-            f"method.source={source}: not a finished run directory (no metrics.json). Fix: give "
-            "results/runs/<pair>/<benchmark>/<run_name>"
-        )
-    outputs = {r["id"]: r["output"] for r in stored.samples()}
-    missing = [s.id for s in samples if s.id not in outputs]
-    if missing:
-        raise ConfigError(
-            f"method.source={source} has no output for {len(missing)} of these samples "
-            f"(e.g. {missing[0]}): use the same benchmark, subset and seed as that run"
-        )
-    return [outputs[s.id] for s in samples]
 
 
 def _record(sample, gen, seconds: float, decoder) -> dict:
@@ -332,6 +304,7 @@ SUMMARY_KEYS = (
     "ci95",
     "intervention_rate",
     "override_rate",
+    "consult_rate",
     "tokens_per_s",
 )
 

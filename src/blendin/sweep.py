@@ -171,15 +171,29 @@ def report(records: list[dict], expected: int) -> str:
         if r["status"] == "failed":
             detail = f"error: {r['error'].splitlines()[0] if r['error'] else ''}"
         else:
-            summary = r.get("summary") or {}
-            detail = (
-                f"{summary.get('score_name')}={_fmt(summary.get('score'))} "
-                f"intervention={_fmt(summary.get('intervention_rate'))}"
-            )
+            detail = headline(r.get("summary") or {})
         lines.append(f"  [{r['status']:>7}] job {r['job']}: {own}: {detail}")
         if r["status"] != "failed" and r.get("run_dir"):
             lines.append(f"            {r['run_dir']}")
     return "\n".join(lines)
+
+
+def headline(summary: dict) -> str:
+    """A run's meaningful figures, as its method declares (`methods.Method.headline`): a probe never
+    lets the guidance act, so its consult rate is shown, not a zero intervention rate; a teacher-forced
+    run's output is given, so it has no score."""
+    from .methods import REGISTRY
+
+    spec = REGISTRY.get(summary.get("method"))
+    kind = spec.headline if spec else "score"
+    if kind == "none":
+        return "teacher forcing: no score (the output is the given reference)"
+    if kind == "consult_rate":
+        return f"consult_rate={_fmt(summary.get('consult_rate'))} (the guidance is asked, never followed)"
+    return (
+        f"{summary.get('score_name')}={_fmt(summary.get('score'))} "
+        f"intervention={_fmt(summary.get('intervention_rate'))}"
+    )
 
 
 def _fmt(value) -> str:

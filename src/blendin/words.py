@@ -110,7 +110,7 @@ class _WordRow:
 
 
 class WordNudgingDecoder:
-    """`Decoder`'s interface for word-level NUDGING (see module doc)."""
+    """Word-level NUDGING behind the `methods.Decoder` interface (see module doc)."""
 
     def __init__(self, base, policy: WordNudging, guidance, vocab, use_cache: bool = True):
         if guidance is None:

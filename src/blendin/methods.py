@@ -1,0 +1,245 @@
+"""Every decoding method, declared once.
+
+A `Method` says everything the rest of the harness needs to know about a method: its parameters and
+their checks (`policy` builds the validated policy from a method config), which models it uses, which
+decoder runs it, the unit its intervention rate counts, whether its runs have a score, which figure a
+sweep summary shows for it, and its display label. The config checks, the run identity, the runner,
+`generate`, the speed benchmark and the analysis labels all read this table; none of them tests a
+method's name.
+
+To add a method: write its policy (a class with `decide(step) -> Choice`, see `policies.py`), add a
+`Method` entry below and a `conf/method/<name>.yaml`. `tests/test_methods.py` shows a throwaway
+method registered and run end to end.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+from .errors import ConfigError
+from .policies import Blend, Capped, Filtered, Greedy, Nudging, Probe
+
+
+class Decoder(Protocol):
+    """What the runner, `generate` and the benchmark use of a decoder (token-level `engine.TokenDecoder`,
+    word-level `words.WordNudgingDecoder`, teacher forcing `forcing.ForcedDecoder`)."""
+
+    lead: Any  # the model that owns the output (a `models.LoadedModel`)
+    guidance: Any  # the guidance model, or None for a one-model method
+    vocab: Any  # the pair's `vocab.VocabMap`, or None
+    stats: dict  # counters of the last `generate` (`engine.new_stats`)
+
+    def generate(
+        self, prompts: Sequence, max_new_tokens: int = ..., stop_strings=..., batch_size: int = ..., on_batch=...
+    ) -> list: ...
+
+
+@dataclass(frozen=True)
+class Method:
+    """name: the config's `method.name`. params: the parameters it takes, with defaults (what
+    `conf/method/<name>.yaml` also lists). policy: checked parameters -> policy object. roles: the models
+    it uses, the lead (the one whose tokens form the output) first. decoder: token | words | forced.
+    unit: what its intervention rate counts (token or word). scored: False where the output is given
+    (teacher forcing), so a score means nothing. headline: the figure a sweep summary shows (score, or
+    consult_rate where interventions are off by design). inputs: extra per-sample inputs the decoder
+    needs besides prompts (teacher forcing's references), None for decoding methods."""
+
+    name: str
+    label: str
+    summary: str
+    params: dict = field(default_factory=dict)
+    policy: Callable[[dict], Any] = lambda cfg: None
+    roles: tuple = ("base", "guidance")
+    decoder: str = "token"
+    unit: str = "token"
+    scored: bool = True
+    headline: str = "score"
+    inputs: Callable | None = None
+
+    @property
+    def solo(self) -> bool:
+        """One model decodes alone (no guidance)."""
+        return len(self.roles) == 1
+
+    @property
+    def decodes(self) -> bool:
+        """It writes its own output from a prompt alone (teacher forcing walks a given one)."""
+        return self.inputs is None
+
+
+# ---- parameter checks: one message style for every method ---------------------------------------
+
+
+def number(cfg: dict, key: str, low=None, high=None) -> float:
+    value = cfg[key]
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"method.{key}={value!r} is not a number") from None
+    if math.isnan(value) or (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ConfigError(f"method.{key}={value} is out of range: it must be {bounds}")
+    return value
+
+
+def integer(cfg: dict, key: str, low: int = 1) -> int:
+    value = cfg[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        kind = "a positive" if low == 1 else "a non-negative"
+        raise ConfigError(f"method.{key}={value!r} must be {kind} integer")
+    return value
+
+
+def tau(cfg: dict) -> float:
+    value = number(cfg, "tau", low=0.0)
+    if value > 1:
+        warnings.warn(f"method.tau={value} > 1: the guidance is consulted at every step", stacklevel=3)
+    return value
+
+
+def top_k(cfg: dict) -> int | None:
+    """BlendIn's top-k union size; null / none / full = the full shared vocabulary."""
+    return None if cfg["top_k"] in (None, "null", "none", "full") else integer(cfg, "top_k")
+
+
+def choice(cfg: dict, key: str, allowed: dict) -> str:
+    """A value among `allowed` (value -> what it means), refused with every choice explained."""
+    if cfg[key] not in allowed:
+        options = "; ".join(f"{k} ({v})" for k, v in allowed.items())
+        raise ConfigError(f"method.{key}={cfg[key]!r} must be one of: {options}")
+    return cfg[key]
+
+
+def _alpha(cfg: dict) -> float | None:
+    return None if cfg["alpha"] in ("auto", None) else number(cfg, "alpha", low=0.0, high=1.0)
+
+
+def _blend(c: dict) -> Blend:
+    return Blend(tau=tau(c), alpha=_alpha(c), lam=number(c, "lam", low=0.0), top_k=top_k(c))
+
+
+def _capped(c: dict) -> Capped:
+    mode = choice(c, "mode", {"latch": "the paper's: off for good once the rate reaches the cap",
+                              "running": "a throttle that lets guidance back in"})  # fmt: skip
+    return Capped(tau=tau(c), cap=number(c, "cap", low=0.0, high=1.0), mode=mode, warmup=integer(c, "warmup", low=0))
+
+
+def _filtered(name: str, agreement: bool, confidence: bool) -> Callable[[dict], Filtered]:
+    def build(c: dict) -> Filtered:
+        k = integer(c, "agreement_k") if agreement else None
+        return Filtered(tau=tau(c), agreement_k=k, confidence=confidence, name=name)
+
+    return build
+
+
+def _word_nudging(c: dict):
+    from .words import WordNudging
+
+    return WordNudging(
+        tau=tau(c),
+        draft_tokens=integer(c, "draft_tokens"),
+        max_rounds=integer(c, "max_rounds"),
+        max_repeats=integer(c, "max_repeats"),
+    )
+
+
+def _forced(c: dict):
+    from .forcing import Forced
+
+    source = c["source"]
+    if not isinstance(source, str) or not source:
+        raise ConfigError(f"method.source={source!r} must be reference or the directory of a finished run")
+    return Forced(tau=tau(c), lam=number(c, "lam", low=0.0), top_k=top_k(c), source=source)
+
+
+def _references(cfg, samples) -> dict:
+    from .forcing import references
+
+    return {"continuations": references(cfg, samples)}
+
+
+GUIDED = {"tau": 0.4}
+BLEND = {"tau": 0.4, "alpha": "auto", "lam": 0.1, "top_k": 100}
+
+REGISTRY: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("base", "Base", "the base model alone, greedy", roles=("base",), policy=lambda c: Greedy("base")),
+        Method(
+            "guidance", "Guid.", "the guidance model alone, greedy", roles=("guidance",),
+            policy=lambda c: Greedy("guidance"),
+        ),
+        Method(
+            "aligned", "Alig.", "the base's aligned (instruct) sibling alone, greedy", roles=("aligned",),
+            policy=lambda c: Greedy("aligned"),
+        ),
+        Method(
+            "nudging", "NUDG.", "where the base is unsure (u < tau), take the guidance's top token",
+            GUIDED, lambda c: Nudging(tau=tau(c)),
+        ),
+        Method(
+            "blendin", "BlendIn", "where u < tau, the argmax of a confidence-weighted blend of both distributions",
+            BLEND, _blend,
+        ),
+        Method(
+            "cap", "Cap", "NUDGING with its intervention rate capped", {**GUIDED, "cap": 0.15, "mode": "latch",
+            "warmup": 20}, _capped,
+        ),
+        Method(
+            "af", "AF", "NUDGING, only where the guidance's token is in the base's top-k (agreement filter)",
+            {**GUIDED, "agreement_k": 5}, _filtered("af", agreement=True, confidence=False),
+        ),
+        Method(
+            "cc", "CC", "NUDGING, only where the guidance is more confident than the base (confidence check)",
+            GUIDED, _filtered("cc", agreement=False, confidence=True),
+        ),
+        Method(
+            "af_cc", "AF+CC", "NUDGING with both the agreement filter and the confidence check",
+            {**GUIDED, "agreement_k": 5}, _filtered("af_cc", agreement=True, confidence=True),
+        ),
+        Method(
+            "probe", "probe", "the base alone, recording what the guidance would have said where u < tau",
+            GUIDED, lambda c: Probe(tau=tau(c)), headline="consult_rate",
+        ),
+        Method(
+            "nudging_words", "NUDG. (words)", "NUDGING on words in rounds, as Fei et al. (2025) published it",
+            {**GUIDED, "draft_tokens": 16, "max_rounds": 150, "max_repeats": 3}, _word_nudging,
+            decoder="words", unit="word",
+        ),
+        Method(
+            "forced", "forced", "teacher forcing: walk both models along a known answer (no decoding)",
+            {**GUIDED, "lam": 0.1, "top_k": 100, "source": "reference"}, _forced,
+            decoder="forced", scored=False, headline="none", inputs=_references,
+        ),
+    )
+}  # fmt: skip
+METHODS = tuple(REGISTRY)
+
+
+def method(name) -> Method:
+    """The registered method `name`, or a ConfigError naming the ones there are."""
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown method {name!r}. Available: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def make_policy(cfg) -> Any:
+    """Check a method config (a dict or OmegaConf node with `name` and parameters) and build its policy.
+    Parameters left out take the registry's defaults; unknown ones are refused with the valid ones named."""
+    cfg = dict(cfg)
+    spec = method(cfg.pop("name", None))
+    extra = sorted(set(cfg) - set(spec.params))
+    if extra:
+        raise ConfigError(
+            f"method {spec.name} does not take {', '.join('method.' + k for k in extra)}; "
+            f"it takes: {', '.join(spec.params) or 'no parameters'}"
+        )
+    return spec.policy({**spec.params, **cfg})
+
+
+def label(name: str) -> str:
+    """The method's display label (figures and tables); an unregistered name shows as itself."""
+    return REGISTRY[name].label if name in REGISTRY else name
