@@ -99,7 +99,9 @@ def test_settings_and_methods_generate_cannot_use_are_refused_before_loading(mon
     monkeypatch.setattr(Pair, "model", lambda *a: pytest.fail("a model loaded"))
     with pytest.raises(ConfigError, match="blendin.generate has no setting temperature; its settings are pair"):
         generate.run(composed(["+temperature=0.7"]))  # Hydra's own hint after temperature=0.7 is refused
-    with pytest.raises(ConfigError, match="method=forced needs each prompt.s reference answer.*Fix: python -m blendin.run"):
+    with pytest.raises(
+        ConfigError, match="method=forced needs each prompt.s reference.*Fix: python -m blendin.run method=forced"
+    ):
         generate.run(composed(["method=forced"]))
     with pytest.raises(ConfigError, match="guidance_schedule='often'"):
         generate.run(composed(["guidance_schedule=often"]))
