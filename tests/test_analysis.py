@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 from scipy import stats as sps
 from synthetic_store import RATES, binary, build_store, write_run
 
-from analysis import calibration, heatmap, overlap, paper, paradox, report, select, stats, subset, tables
+from analysis import heatmap, overlap, paper, paradox, report, select, stats, subset, tables
 from analysis.load import load_runs, load_tokens, sample_scores, unfinished_runs
 
 
@@ -282,6 +283,12 @@ def test_paradox_known_answer(frame):
     assert any("n=full" in n and "left out" in n for n in notes)
 
 
+def test_paradox_points_carry_their_interval(frame):
+    points = paradox.compute_points(frame)
+    assert (points["ci_low"] <= points["score"]).all() and (points["score"] <= points["ci_high"]).all()
+    assert (points["n"] == 20).all()
+
+
 def test_paradox_fit_equals_scipy_on_the_same_points():
     rng = np.random.default_rng(7)
     rates = rng.uniform(0.05, 0.4, 9)
@@ -355,6 +362,16 @@ def test_heatmap_deltas_and_missing_cells(frame, tmp_path):
     write_out = heatmap.write.write_csv(cells, tmp_path / "figure2.csv")
     back = pd.read_csv(write_out)
     assert back[back["benchmark"] == "mmlu"]["delta"].isna().all()
+
+
+def test_heatmap_cells_carry_n_interval_and_why_missing(frame):
+    cells = heatmap.compute_cells(frame).set_index(["pair", "benchmark"])
+    gsm = cells.loc[("gemma1b_llama8b", "gsm8k")]
+    assert gsm["n"] == 20 and gsm["delta_ci_low"] < gsm["delta"] < gsm["delta_ci_high"]
+    assert gsm["base_run"] != gsm["guided_run"] and gsm["missing"] == ""
+    assert cells.loc[("qwen1.7b_llama8b", "justeval_safe"), "missing"] == "no judge"  # ran, but no safety score
+    assert cells.loc[("llama1b_llama8b", "justeval_safe"), "missing"] == "not run"
+    assert cells.loc[("qwen1.7b_llama8b", "mmlu"), "missing"] == "not run"
 
 
 # ---- Figure 4 / Table 4 ---------------------------------------------------------------------------
@@ -527,26 +544,21 @@ COMMANDS = {
     "overlap": (overlap.main, ["overlap.csv", "table4.csv", "figure4.png", "figure4.pdf"]),
     "tables": (tables.main, ["table1.csv", "table1.md", "table1.tex", "table6.tex"]),
     "subset": (subset.main, ["subset_vs_full.csv", "subset_vs_full.png"]),
-    "calibration": (calibration.main, ["calibration.csv", "calibration_summary.md"]),
-}
-
-
-@pytest.mark.parametrize("name", sorted(COMMANDS))
-def test_command_on_an_empty_results_folder(name, tmp_path, capsys):
-    command, files = COMMANDS[name]
-    assert command(["--results", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 0
-    for f in files:
-        if f.endswith(".csv") or f.endswith(".md") or f.endswith(".tex"):
-            assert (tmp_path / "out" / f).is_file(), f
-    out = capsys.readouterr().out
-    assert "note:" in out or "no runs" in out
+}  # calibration has nothing to compute on this store (no forced runs): tests/test_calibration.py
 
 
 def test_report_on_a_synthetic_store(store, tmp_path, capsys):
     analysis = tmp_path / "analysis"
+    analysis.mkdir()
+    (analysis / "calibration.csv").write_text("pair,benchmark\nold,run\n")  # left by an earlier run
     (store / "bench").mkdir(exist_ok=True)
     (store / "bench" / "speed-x.json").write_text(
-        json.dumps({"meta": {"pair": "a_b", "device": "cpu"}, "rows": [{"method": "base", "tokens_per_s": 8.5}]})
+        json.dumps(
+            {
+                "meta": {"pair": "a_b", "device": "cpu", "threads": 2, "created_at": "2026-11-23T11:27:33+00:00"},
+                "rows": [{"method": "base", "tokens_per_s": 8.5}],
+            }
+        )
     )
     assert report.main(["--results", str(store), "--out", str(tmp_path / "report"), "--analysis", str(analysis)]) == 0
     for files in (f for _, fs in COMMANDS.values() for f in fs):
@@ -554,6 +566,11 @@ def test_report_on_a_synthetic_store(store, tmp_path, capsys):
     md = (tmp_path / "report" / "report.md").read_text()
     html = (tmp_path / "report" / "index.html").read_text()
     for needle in (
+        "**How to read this page**",
+        "- **What was run:** 58 runs of 5 pairs",
+        "20-60 (median 20) items per run",
+        "not the paper's effects",
+        "REPRO_N=100 REPRO_TOKENS=512",
         "## Figure 2",
         "## Figure 3",
         "## Figure 4 and Table 4",
@@ -566,13 +583,25 @@ def test_report_on_a_synthetic_store(store, tmp_path, capsys):
         "without an LLM judge",
         "experiment=paper_fig2",
         "paper (published)",
-        "## Speed",
+        "`spelled_share`: share of consulted steps",  # raw column names are defined
+        "our protocol, 20 items (seed 0), 64 new tokens",  # the setting as a short line ...
+        "`protocol=ours, n=20, seed=0",  # ... with the full string below it
+        "## Stored results of other runs (not computed from this folder)",
+        "### Speed",
+        "made 2026-11-23 11:27 UTC; machine: cpu, threads 2",
         "tokens_per_s",
     ):
         assert needle in md, needle
-    assert "## Calibration" not in md and "## Diagnosis" not in md  # hooks render only when their files exist
-    assert '<img src="figures/figure2.png"' in html and "<table>" in html
+    assert md.index("How to read this page") < md.index("## Protocol settings")  # the box comes first
+    assert "(#stored-results-of-other-runs-not-computed-from-this-folder)" in md  # listed in the contents
+    assert "## Calibration" not in md and "Diagnosis" not in md  # calibration.csv is stale: not shown
+    assert (analysis / "calibration.csv").read_text() == "pair,benchmark\nold,run\n"  # ... nor destroyed
+    assert '<img src="figures/figure2.png"' in html and '<div class="scroll"><table>' in html
+    assert "<em>To Intervene or Not</em>" in html and "*To Intervene" not in html
+    for href in re.findall(r'href="([^"]+)"', html):  # every link stays inside the report folder
+        assert href.startswith("#") or (tmp_path / "report" / href).is_file(), href
     assert (tmp_path / "report" / "figures" / "figure3.png").is_file()
+    assert (tmp_path / "report" / "figures" / "figure3.pdf").is_file()
     assert "settings:" in capsys.readouterr().out
 
 
@@ -590,5 +619,5 @@ def test_optional_section_renders_csv_and_json(tmp_path):
         "Calibration", [tmp_path / "calibration_x.csv", tmp_path / "choice.json"], tmp_path
     )
     text = "\n".join(lines)
-    assert "## Calibration" in text and "| a_b | 0.100 |" in text and "trials" in text
+    assert "### Calibration" in text and "| a_b | 0.100 |" in text and "trials" in text
     assert report.render_optional_section("Nothing", [], tmp_path) == []

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
-from synthetic_store import forced_trace, synthetic_forced, write_forced_run
+from synthetic_store import forced_trace, synthetic_forced, write_forced_run, write_run
 
 from analysis import calibration, report, stats
 from analysis.load import load_runs
@@ -53,6 +53,13 @@ def test_ece_of_four_positions_in_two_bins_by_hand():
     # the resampled ECE with every sample drawn once is the ECE
     draws = calibration.ece_draws(np.ones((1, 2)), np.array([0, 0, 1, 1]), np.array(conf), np.array(hit))
     assert draws[0] == pytest.approx(0.25)
+
+
+def test_bias_corrected_ece_holds_its_estimate():
+    # the case: every resampled ECE lies above the plain one (0.042 with draws in [0.044, 0.121])
+    estimate, (low, high) = stats.bias_corrected(0.042, np.linspace(0.044, 0.121, 101), lower=0)
+    assert 0 <= low <= estimate <= high < 0.042
+    assert estimate == pytest.approx(max(0.0, 2 * 0.042 - np.linspace(0.044, 0.121, 101).mean()))
 
 
 def test_auroc_by_hand_by_scipy_and_by_resampled_counts():
@@ -272,13 +279,14 @@ def test_bootstrap_resamples_samples_not_tokens(tmp_path):
 # ---- the command and the report ------------------------------------------------------------------------
 
 
-def test_command_on_an_empty_store(tmp_path, capsys):
-    assert run_command(tmp_path / "empty", tmp_path / "out") == 0
-    out = capsys.readouterr().out
-    assert "note:" in out and "method=forced" in out
-    assert read(tmp_path / "out").empty
-    assert list(read(tmp_path / "out").columns) == calibration.COLUMNS
-    assert "No teacher-forced runs" in (tmp_path / "out" / "calibration_summary.md").read_text()
+def test_command_without_forced_runs_writes_nothing(tmp_path, capsys):
+    assert run_command(tmp_path / "empty", tmp_path / "out") == 2  # no such folder
+    assert "no such folder" in capsys.readouterr().err
+    write_run(tmp_path / "store", "llama1b_llama8b", "gsm8k", "base", [1.0, 0.0])  # a store without forced runs
+    assert run_command(tmp_path / "store", tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert "no teacher-forced run (method forced)" in err and "method=forced" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_command_on_a_synthetic_store_writes_every_output(synthetic):
@@ -307,6 +315,10 @@ def test_command_on_a_synthetic_store_writes_every_output(synthetic):
         "relpos=last third",
     } <= set(table["split"])
     assert ((table["ci_low"] <= table["value"] + 1e-9) | table["ci_low"].isna()).all()
+    assert ((table["ci_high"] >= table["value"] - 1e-9) | table["ci_high"].isna()).all()  # intervals hold it
+    ece = table[table["metric"].str.startswith("ece_")]
+    assert ece[ece["metric"].str.startswith("ece_bc_")]["ci_low"].notna().all()
+    assert ece[~ece["metric"].str.startswith("ece_bc_")]["ci_low"].isna().all()  # plain ECE: biased, no interval
     bins = pd.read_csv(out / "calibration_reliability.csv")
     cell = bins[(bins["pair"] == "qwen1.7b_llama8b") & (bins["benchmark"] == "gsm8k") & (bins["scope"] == "u<0.4")]
     assert cell[cell["model"] == "base"]["n_positions"].sum() == value(

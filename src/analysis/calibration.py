@@ -14,7 +14,9 @@ and over the positions where the base is unsure (u = base top-1 probability < ta
 
 - calibration of each model's top-1 probability as a predictor of "top-1 == reference": reliability
   bins and the expected calibration error (ECE, 10 equal-width bins over [0, 1]: the share-weighted
-  mean of |accuracy - mean confidence| per bin);
+  mean of |accuracy - mean confidence| per bin). ECE is biased upward when bins hold few positions,
+  and its resamples more so, so a percentile interval can miss it: `ece_*` is the plain ECE without an
+  interval, `ece_bc_*` the bootstrap bias-corrected ECE with its basic bootstrap interval;
 - accuracy (share of positions whose choice equals the reference token) of the base, the guidance,
   NUDGING's choice (= the guidance's top-1), BlendIn's choice under each weight (Eq. 3 "auto",
   Eq. 3 without the lambda term, the entropy weight H_b / (H_b + H_g), fixed 0.3 / 0.5 / 0.7) and
@@ -39,6 +41,7 @@ calibration_reliability.png/.pdf, calibration_alpha.png/.pdf and calibration_not
 
 from __future__ import annotations
 
+import functools
 import math
 import textwrap
 import unicodedata
@@ -49,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 from . import cli, labels, select, stats, write
-from .load import load_runs, load_samples, load_tokens
+from .load import load_samples, load_tokens
 
 TAU = 0.4
 N_BOOT = 2000
@@ -134,7 +137,7 @@ def token_kind(text: str, before: str = "") -> str:
     return "other"
 
 
-def sample_kinds(output: str, offsets) -> list[str]:
+def sample_kinds(output: str | None, offsets) -> list[str]:
     """Kinds of one answer's tokens: token i's text is output[offset[i-1]:offset[i]] (offset[-1] = 0)."""
     kinds, prev = [], 0
     for off in offsets:
@@ -223,7 +226,8 @@ def cells(runs: pd.DataFrame, notes: list | None = None) -> list[tuple[tuple, pd
     """((pair, benchmark, source), positions) per run, plus each pair's pool over its benchmarks
     (reference-answer runs, when the pair has more than one benchmark)."""
     notes = [] if notes is None else notes
-    out, by_pair = [], {}
+    out: list = []
+    by_pair: dict = {}
     for _, run in runs.iterrows():
         pos = load_positions(run)
         unknown = int((pos["kind"] == "unknown").sum())
@@ -322,18 +326,15 @@ def subset_rows(
     for model, conf_col, hit in (("base", "base_top_prob", base), ("guidance", "guide_top_prob", guide)):
         conf = pos[conf_col].to_numpy(float)
         ok = np.isfinite(conf)
-        rows.append(
-            _row(
-                key,
-                scope,
-                split,
-                f"ece_{model}",
-                stats.ece(conf[ok], hit[ok]),
-                stats.percentile_ci(ece_draws(weights, cluster[ok], conf[ok], hit[ok])),
-                ok.sum(),
-                len(np.unique(cluster[ok])),
-            )
-        )
+        # ECE is biased upward in small samples, and its resamples more so: their percentile interval can lie
+        # above the estimate. The plain ECE gets no interval; ece_bc_ is bias-corrected, with one that fits it.
+        plain = stats.ece(conf[ok], hit[ok])
+        corrected, interval = stats.bias_corrected(plain, ece_draws(weights, cluster[ok], conf[ok], hit[ok]), lower=0)
+        for metric, value, ci in (
+            (f"ece_{model}", plain, (math.nan, math.nan)),
+            (f"ece_bc_{model}", corrected, interval),
+        ):
+            rows.append(_row(key, scope, split, metric, value, ci, ok.sum(), len(np.unique(cluster[ok]))))
         if model == "guidance":
             draws = stats.ratio_draws(
                 weights, np.bincount(cluster[ok], conf[ok], n_clusters), np.bincount(cluster[ok], minlength=n_clusters)
@@ -562,7 +563,7 @@ def cell_verdict(table: pd.DataFrame, key, tau: float) -> tuple[str, dict]:
 def paragraph(table: pd.DataFrame, key, tau: float, pair_labels: dict) -> str:
     """The summary paragraph of one cell, every number read from `table`."""
     scope = scope_name(tau)
-    get = lambda split, metric: lookup(table, key, scope, split, metric)  # noqa: E731
+    get = functools.partial(lookup, table, key, scope)  # get(split, metric)
     name = _cell_name(key, pair_labels)
     acc = get("all", "acc_base")
     if acc["n_positions"] == 0:
@@ -655,8 +656,9 @@ def summary(table: pd.DataFrame, tau: float, pair_labels: dict | None = None, n_
         "containing 0.5: not shown; below: reversed; fewer than "
         f"{MIN_CASES} positions of one kind: not judged). Intervals: percentile bootstrap over samples "
         f"({n_boot} resamples), not tokens, because the tokens of one answer are correlated. ECE: 10 "
-        "equal-width bins of the top-1 probability over [0, 1]. Oracle: base or guidance right, the upper "
-        "bound of any per-token chooser between the two.",
+        "equal-width bins of the top-1 probability over [0, 1]; it is biased upward when bins hold few "
+        "positions (calibration.csv's `ece_bc_*` rows: bias-corrected by the bootstrap, with a 95% interval). "
+        "Oracle: base or guidance right, the upper bound of any per-token chooser between the two.",
         "",
     ]
     return "\n".join(lines)
@@ -668,7 +670,10 @@ def key_table(table: pd.DataFrame, tau: float, pair_labels: dict | None = None) 
     scope = scope_name(tau)
     acc_rows, blend_rows, auc_rows = [], [], []
     for key in cell_keys(table):
-        get = lambda metric, s=scope: lookup(table, key, s, "all", metric)  # noqa: E731
+
+        def get(metric, s=scope, key=key):
+            return lookup(table, key, s, "all", metric)
+
         name = _cell_name(key, pair_labels)
         n = get("acc_base")
         acc_rows.append(
@@ -744,6 +749,7 @@ def figure_keys(table: pd.DataFrame) -> list[tuple]:
 
 
 COLOURS = {"base": write.OKABE_ITO[0], "guidance": write.OKABE_ITO[1], "blend": write.OKABE_ITO[2], "oracle": "0.55"}
+MIN_BIN = 10  # a reliability bin with fewer positions than this is drawn hollow: its accuracy is a guess
 
 
 def plot_reliability(table: pd.DataFrame, bins: pd.DataFrame, tau: float, pair_labels: dict | None = None):
@@ -766,17 +772,27 @@ def plot_reliability(table: pd.DataFrame, bins: pd.DataFrame, tau: float, pair_l
                 ]
                 total = max(total, int(b["n_positions"].sum()))
                 e = lookup(table, key, scope, "all", f"ece_{model}")
+                bc = lookup(table, key, scope, "all", f"ece_bc_{model}")
                 size = 25 + 400 * b["n_positions"] / max(1, b["n_positions"].sum())
                 ax.plot(
                     b["mean_confidence"],
                     b["accuracy"],
                     color=COLOURS[model],
                     lw=1.6,
-                    label=f"{model}: ECE {write.fmt_ci(e['value'], e['ci_low'], e['ci_high'], 3)}",
+                    label=f"{model}: ECE {write.fmt(e['value'], 3)}, bias-corrected "
+                    f"{write.fmt_ci(bc['value'], bc['ci_low'], bc['ci_high'], 3)}",
                 )
-                ax.scatter(
-                    b["mean_confidence"], b["accuracy"], s=size, color=COLOURS[model], edgecolor="white", zorder=3
-                )
+                sparse = (b["n_positions"] < MIN_BIN).to_numpy()
+                for mask, face in ((~sparse, COLOURS[model]), (sparse, "white")):
+                    ax.scatter(
+                        b["mean_confidence"][mask],
+                        b["accuracy"][mask],
+                        s=size[mask],
+                        facecolor=face,
+                        edgecolor=COLOURS[model] if face == "white" else "white",
+                        lw=1.3,
+                        zorder=3,
+                    )
             ax.set_xlim(0, 1)
             ax.set_ylim(-0.02, 1.02)
             ax.set_xlabel("mean top-1 probability in the bin")
@@ -784,11 +800,13 @@ def plot_reliability(table: pd.DataFrame, bins: pd.DataFrame, tau: float, pair_l
             where = "all positions" if scope == "all" else f"positions with u < {tau:g}"
             ax.set_title(f"{_cell_name(key, pair_labels)}\n{where} (n = {total})", fontsize=11)
             ax.grid(alpha=0.25)
-            ax.legend(loc="upper left", frameon=False, fontsize=9)
+            ax.legend(loc="upper left", frameon=False, fontsize=8.5)
     fig.suptitle(
-        "Reliability of each model's top-1 probability (10 equal-width bins; marker area ~ positions "
-        "in the bin;\nbase confidence is below tau at u < tau by definition)",
-        fontsize=12,
+        "Reliability of each model's top-1 probability (10 equal-width bins; marker area ~ positions in the bin;\n"
+        f"hollow: fewer than {MIN_BIN} positions; base confidence is below tau at u < tau by definition;\n"
+        "ECE is biased upward with few positions per bin: the bias-corrected value and its 95% interval are "
+        "bootstrap estimates over samples)",
+        fontsize=11,
     )
     return fig
 
@@ -803,7 +821,7 @@ def plot_alpha(table: pd.DataFrame, tau: float, pair_labels: dict | None = None)
     centres = (edges[:-1] + edges[1:]) / 2
     fig, axes = plt.subplots(len(keys), 2, figsize=(13, 5.0 * len(keys)), squeeze=False, layout="constrained")
     for (left, right), key in zip(axes, keys):
-        get = lambda split, metric: lookup(table, key, scope, split, metric)  # noqa: E731
+        get = functools.partial(lookup, table, key, scope)  # get(split, metric)
         for metric, label, colour, style in (
             ("acc_oracle", "oracle (either right)", COLOURS["oracle"], ":"),
             ("acc_guidance", "guidance = NUDGING", COLOURS["guidance"], "-"),
@@ -868,35 +886,40 @@ def plot_alpha(table: pd.DataFrame, tau: float, pair_labels: dict | None = None)
 # ---- command ---------------------------------------------------------------------------------------------
 
 
+@cli.command("calibration")
 def main(argv=None) -> int:
     parser = cli.parser("calibration", __doc__)
     parser.add_argument("--tau", type=float, default=TAU, help=f"uncertainty threshold u < tau (default {TAU})")
-    parser.add_argument("--n-boot", type=int, default=N_BOOT, help=f"bootstrap resamples (default {N_BOOT})")
+    parser.add_argument(
+        "--n-boot", type=cli.positive_int, default=N_BOOT, help=f"bootstrap resamples (default {N_BOOT})"
+    )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     args = parser.parse_args(argv)
+    frame = cli.load(args)
+    cli.require(
+        select.filter_runs(frame[frame["method"] == "forced"], args.n, args.protocol),
+        "teacher-forced run (method forced)",
+        frame,
+        args,
+        f"Make them with: {MAKE_COMMAND}",
+    )
     notes: list[str] = []
     settings: list[str] = []
-    frame = load_runs(args.results)
     pair_labels = dict(zip(frame["pair"], frame["pair_label"]))
     table, bins = compute(frame, args.tau, args.n, args.protocol, args.n_boot, args.seed, notes, settings)
     out: Path = args.out
+    footer = textwrap.fill("Runs: " + select.with_short_settings("; ".join(settings), frame), 180)
+    figures = {
+        "calibration_reliability": plot_reliability(table, bins, args.tau, pair_labels),
+        "calibration_alpha": plot_alpha(table, args.tau, pair_labels),
+    }
     write.write_csv(table, out / "calibration.csv")
     write.write_csv(bins, out / "calibration_reliability.csv")
-    (out / "calibration_summary.md").write_text(summary(table, args.tau, pair_labels, args.n_boot), encoding="utf-8")
-    if table.empty:
-        notes.append(
-            f"no teacher-forced runs (method forced) under {args.results}/runs: nothing to calibrate. "
-            f"Make them with: {MAKE_COMMAND}"
-        )
-    else:
-        (out / "calibration_table.md").write_text(key_table(table, args.tau, pair_labels), encoding="utf-8")
-        footer = textwrap.fill("Runs: " + "; ".join(settings), 180)
-        for stem, fig in (
-            ("calibration_reliability", plot_reliability(table, bins, args.tau, pair_labels)),
-            ("calibration_alpha", plot_alpha(table, args.tau, pair_labels)),
-        ):
-            fig.text(0.01, -0.005, footer, fontsize=7, color="0.35", va="top")
-            write.save_figure(fig, out, stem)
+    write.write_text(out / "calibration_summary.md", summary(table, args.tau, pair_labels, args.n_boot))
+    write.write_text(out / "calibration_table.md", key_table(table, args.tau, pair_labels))
+    for stem, fig in figures.items():
+        fig.text(0.01, -0.005, footer, fontsize=7, color="0.35", va="top")
+        write.save_figure(fig, out, stem)
     write.write_notes(out, "calibration", "Calibration (teacher-forced runs)", settings, notes)
     write.report_notes("calibration", settings, notes)
     print(

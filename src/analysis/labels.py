@@ -99,7 +99,7 @@ def family_kind(pair: str) -> str:
     parts = pair.split("_")
     if len(parts) != 2:
         return "other"
-    families = [re.match(r"[a-z]+", p).group() if re.match(r"[a-z]+", p) else p for p in parts]
+    families = [m.group() if (m := re.match(r"[a-z]+", p)) else p for p in parts]
     return "within-family" if families[0] == families[1] else "cross-family"
 
 

@@ -158,7 +158,7 @@ def _stop_strings(protocol: dict, config: dict) -> list:
 def _score_exclusion(metrics: dict) -> str:
     """Why a run's stored score must not be used as its benchmark's score ('' when it may)."""
     name = str(metrics.get("score_name") or "")
-    spec = REGISTRY.get(metrics.get("method"))
+    spec = REGISTRY.get(metrics.get("method", ""))  # "": no method of that name
     if spec is not None and not spec.scored:
         return f"{spec.summary}: no score (the output is given)"
     if metrics.get("benchmark") == "justeval_safe" and (
@@ -294,7 +294,8 @@ def _run_dir(run) -> Path:
 
 
 def load_samples(run, prompts: bool = False) -> pd.DataFrame:
-    """samples.jsonl of one run (a frame row or a run directory) as a frame, one row per sample.
+    """samples.jsonl of one run (a frame row or a run directory) as a frame, one row per output: `id` the
+    item, `sample` the output's index among the item's (0 in greedy runs and runs stored before).
 
     Prompts are dropped unless asked for (they are most of the file). A torn last line is skipped."""
     path = _run_dir(run) / "samples.jsonl"
@@ -311,11 +312,13 @@ def load_samples(run, prompts: bool = False) -> pd.DataFrame:
     frame = pd.DataFrame.from_records(records)
     if "id" in frame:
         frame["id"] = frame["id"].astype(str)
+        frame["sample"] = frame["sample"].fillna(0).astype(int) if "sample" in frame else 0
     return frame
 
 
 def sample_scores(run) -> pd.Series:
-    """Per-sample scores of one run (a row of `load_runs`), indexed by sample id.
+    """Per-item scores of one run (a row of `load_runs`), indexed by sample id: with several outputs per
+    item (`decoding.samples`), the mean over them, so paired statistics and intervals resample items.
 
     All NaN when the run's score is excluded (e.g. JustEval-Safe without a judge), so that per-sample
     statistics can never use a refusal rate as a safety score."""
@@ -324,6 +327,8 @@ def sample_scores(run) -> pd.Series:
         return pd.Series(dtype=float, name="score")
     scores = pd.to_numeric(samples["score"], errors="coerce").astype(float)
     scores.index = pd.Index(samples["id"], name="id")
+    if samples["sample"].max() > 0:
+        scores = scores.groupby(level="id", sort=False).mean()
     if not isinstance(run, (str, Path)) and run.get("score_excluded"):
         scores[:] = np.nan
     return scores.rename("score")
@@ -335,6 +340,8 @@ OPTIONAL_TOKEN_COLUMNS = {
     "base_top_p_size": -1,
     "top100_overlap": np.nan,
     "text_offset": -1,
+    "sample": 0,  # the output's index among its item's (decoding.samples)
+    "sample_prob": np.nan,  # the drawn token's probability (NaN: greedy)
 }
 
 
@@ -346,7 +353,7 @@ def load_tokens(run, columns: list[str] | None = None) -> pd.DataFrame:
     path = _run_dir(run) / "tokens.parquet"
     if not path.is_file():
         return pd.DataFrame(columns=columns or ["sample_id", "step"])
-    present = set(pq.read_schema(path).names) if columns else None
+    present: set[str] = set(pq.read_schema(path).names) if columns else set()  # read only when needed
     wanted = None if columns is None else [c for c in columns if c in present or c not in OPTIONAL_TOKEN_COLUMNS]
     trace = pd.read_parquet(path, columns=wanted)
     for name, fill in OPTIONAL_TOKEN_COLUMNS.items():

@@ -11,10 +11,13 @@ with fewer than 3 points. Token-level (`nudging`) and word-level
 and its own figure. Points are coloured by guidance-minus-base score where both single-model runs
 exist in the same setting.
 
-Writes paradox_points.csv (pair, benchmark, method, tau, intervention_rate, score, base_score,
-run_dir, then unit, guidance_score, setting), paradox.csv (benchmark, method, unit, n_points,
+Each point carries the 95% interval of its score (the run's own, from metrics.json) as an error bar:
+at 12 items per run that bar is most of the axis. Writes paradox_points.csv (pair, benchmark,
+method, tau, intervention_rate, score, base_score, run_dir, then unit, guidance_score, setting,
+ci_low, ci_high, n), paradox.csv (benchmark, method, unit, n_points,
 pearson_r, pearson_p, r_ci95_low, r_ci95_high, spearman_rho, spearman_p, permutation_p),
-figure3.png/.pdf (token-level NUDGING; figure3_<method>.png for other methods) and paradox_notes.md.
+figure3.png/.pdf (token-level NUDGING; figure3_<method>.png for other methods; each only when it has
+points) and paradox_notes.md.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ import pandas as pd
 from matplotlib.colors import TwoSlopeNorm
 
 from . import cli, labels, select, stats, write
-from .load import load_runs
 
 POINT_COLUMNS = [
     "pair",
@@ -42,6 +44,9 @@ POINT_COLUMNS = [
     "unit",
     "guidance_score",
     "setting",
+    "ci_low",
+    "ci_high",
+    "n",
 ]
 FIT_COLUMNS = [
     "benchmark",
@@ -96,15 +101,19 @@ def compute_points(
             "unit": runs["intervention_unit"].values,
             "guidance_score": [guidance.get(k, math.nan) for k in keys],
             "setting": runs["setting"].values,
+            "ci_low": runs["ci_low"].values,
+            "ci_high": runs["ci_high"].values,
+            "n": runs["n_samples"].values,
         },
         columns=POINT_COLUMNS,
     )
     order = {b: i for i, b in enumerate(labels.order_benchmarks(points["benchmark"]))}
+
+    def benchmark_first(column: pd.Series) -> pd.Series:
+        return column.map(order) if column.name == "benchmark" else column
+
     return points.sort_values(
-        ["benchmark", "method", "pair", "tau"],
-        key=lambda c: c.map(order) if c.name == "benchmark" else c,
-        kind="stable",
-        ignore_index=True,
+        ["benchmark", "method", "pair", "tau"], key=benchmark_first, kind="stable", ignore_index=True
     )
 
 
@@ -157,6 +166,11 @@ def _panel(ax, group: pd.DataFrame, fit_row, norm, cmap):
     y = group["score"].to_numpy(float)
     gap = (group["guidance_score"] - group["base_score"]).to_numpy(float)
     has = np.isfinite(gap)
+    low, high = group["ci_low"].to_numpy(float), group["ci_high"].to_numpy(float)
+    bars = np.isfinite(low) & np.isfinite(high)
+    if bars.any():  # each point is one run's score: its own 95% interval
+        yerr = np.vstack([np.clip(y - low, 0, None), np.clip(high - y, 0, None)])[:, bars]
+        ax.errorbar(x[bars], y[bars], yerr=yerr, fmt="none", ecolor="0.55", elinewidth=1.2, capsize=3, zorder=2)
     ax.axvline(100 * THRESHOLD, color="0.4", ls="--", lw=1)
     ax.annotate(
         "20%",
@@ -230,12 +244,24 @@ def _panel(ax, group: pd.DataFrame, fit_row, norm, cmap):
     ax.set_xlim(left=0, right=max(25.0, x.max() * 1.2 if len(x) else 25.0))
     ax.margins(y=0.12)
     judged = group["benchmark"].isin(labels.JUDGE_SCALE_BENCHMARKS).any()
-    write.min_span(ax, y, 0.8 if judged else 0.2, 1.0 if judged else -0.02, 5.0 if judged else 1.02)
+    lower, upper = (1.0, 5.0) if judged else (-0.02, 1.02)
+    if len(group) < 3:  # no fit to show: the whole scale, so that one point is not magnified into a trend
+        ax.set_ylim(lower, upper)
+    else:
+        shown = np.concatenate([y, low[bars], high[bars]])
+        write.min_span(ax, shown, 0.8 if judged else 0.2, lower, upper)
     return sc
 
 
-def plot(points: pd.DataFrame, fits: pd.DataFrame, method: str = "nudging", unit: str = "token"):
-    """One panel per benchmark for one (method, unit): points, fit line, r and p, the 20% line."""
+def plot(
+    points: pd.DataFrame,
+    fits: pd.DataFrame,
+    method: str = "nudging",
+    unit: str = "token",
+    frame: pd.DataFrame | None = None,
+):
+    """One panel per benchmark for one (method, unit): points with their intervals, fit line, r and p, the 20%
+    line. `frame` (the runs) only turns the footer's settings into short lines."""
     pts = points[(points["method"] == method) & (points["unit"] == unit)]
     benchmarks = labels.order_benchmarks(pts["benchmark"])
     ncols = min(3, max(1, len(benchmarks)))
@@ -278,10 +304,14 @@ def plot(points: pd.DataFrame, fits: pd.DataFrame, method: str = "nudging", unit
             "triangles: no guidance or base run in the same setting)"
         )
     per = "one point per pair and τ" if pts.groupby("pair")["tau"].nunique().max() > 1 else "one point per pair"
+    n = sorted({int(v) for v in pts["n"] if np.isfinite(v)})
+    items = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}" if n else "?"
     fig.suptitle(
-        f"Figure 3: intervention rate vs score ({labels.method_label(method)}, {unit}-level rate); {per}", fontsize=13
+        f"Figure 3: intervention rate vs score ({labels.method_label(method)}, {unit}-level rate); {per}\n"
+        f"bars: each run's 95% interval ({items} items per run)",
+        fontsize=13,
     )
-    settings = select.short_settings([f"x: {s}" for s in pts["setting"]])
+    settings = select.short_settings([f"x: {s}" for s in pts["setting"]], frame)
     fig.text(
         0.01,
         -0.02,
@@ -293,32 +323,43 @@ def plot(points: pd.DataFrame, fits: pd.DataFrame, method: str = "nudging", unit
     return fig
 
 
+@cli.command("paradox")
 def main(argv=None) -> int:
     parser = cli.parser("paradox", __doc__)
-    parser.add_argument("--permutations", type=int, default=10_000, help="permutation budget (default 10000)")
+    parser.add_argument(
+        "--permutations", type=cli.positive_int, default=10_000, help="permutation budget (default 10000)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random permutations (default 0)")
     args = parser.parse_args(argv)
+    frame = cli.load(args)
     notes: list[str] = []
-    frame = load_runs(args.results)
     points = compute_points(frame, n=args.n, protocol=args.protocol, notes=notes)
+    cli.require(
+        points,
+        "NUDGING run (nudging or nudging_words) with a score and an intervention rate",
+        frame,
+        args,
+        "Run e.g. python -m blendin.run -m experiment=paper_fig2",
+    )
     fits = compute(frame, points=points, n_permutations=args.permutations, seed=args.seed, notes=notes)
     write.write_csv(points, args.out / "paradox_points.csv")
     write.write_csv(fits, args.out / "paradox.csv")
-    if points.empty:
-        notes.append(
-            f"no NUDGING runs with a score under {args.results}/runs: nothing to plot "
-            "(run e.g. python -m blendin.run -m experiment=paper_fig2)"
-        )
-    groups = sorted(set(zip(points["method"], points["unit"])) | {("nudging", "token")})  # figure3 always exists
-    for method, unit in groups:
+    for method, unit in sorted(set(zip(points["method"], points["unit"]))):
         stem = "figure3" if (method, unit) == ("nudging", "token") else f"figure3_{method}"
-        write.save_figure(plot(points, fits, method, unit), args.out, stem)
+        write.save_figure(plot(points, fits, method, unit, frame), args.out, stem)
     settings = sorted(
         set(f"{b}: {s}; unit: {u}" for b, s, u in zip(points["benchmark"], points["setting"], points["unit"]))
     )
     write.write_notes(args.out, "paradox", "Figure 3 (paradox)", settings, notes)
     write.report_notes("paradox", settings, notes)
-    print(f"[paradox] wrote {args.out / 'paradox.csv'} ({len(fits)} fits, {len(points)} points)")
+    fitted = int(fits["pearson_r"].notna().sum())
+    unfitted = (
+        f" ({len(fits) - fitted} with fewer than 3 points or constant values: no fit)" if fitted < len(fits) else ""
+    )
+    print(
+        f"[paradox] wrote {args.out / 'paradox.csv'}: {fitted} fit(s) of {len(fits)} benchmark group(s){unfitted}, "
+        f"{len(points)} points"
+    )
     return 0
 
 

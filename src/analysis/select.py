@@ -84,9 +84,8 @@ def in_chosen_settings(
         left_out = runs[~keep].assign(_key=keys[~keep])
         for (value, setting), left in left_out.groupby(["_key", "setting"], sort=True):
             used = runs[keep & (keys == value)]["setting"]
-            name = "/".join(value) if isinstance(value, tuple) else value
             notes.append(
-                f"{what}{name}: left out {len(left)} run(s) in another setting [{setting}]"
+                f"{what}{_name(value)}: left out {len(left)} run(s) in another setting [{setting}]"
                 f"; used [{used.iloc[0] if len(used) else 'none'}]"
             )
     return runs[keep]
@@ -107,14 +106,45 @@ def newest(runs: pd.DataFrame, keys: list[str], notes: list | None = None, what:
     return last.sort_index()
 
 
+def _name(value) -> str:
+    return "/".join(value) if isinstance(value, tuple) else value
+
+
 def describe_chosen(runs: pd.DataFrame, chosen: dict[str, str]) -> list[str]:
     """'benchmark: setting' lines for the settings `choose_settings` picked."""
     text = dict(zip(runs["setting_key"], runs["setting"]))
-    name = lambda v: "/".join(v) if isinstance(v, tuple) else v  # noqa: E731
-    return [f"{name(value)}: {text[key]}" for value, key in sorted(chosen.items())]
+    return [f"{_name(value)}: {text[key]}" for value, key in sorted(chosen.items())]
 
 
-def short_settings(lines: list[str]) -> str:
-    """The distinct settings of 'benchmark: setting' lines without their stop strings (for figure footers)."""
-    short = sorted({line.split(": ", 1)[-1].split(", stop=")[0] for line in lines})
+def setting_label(run) -> str:
+    """A run's setting as a short line for readers ('our protocol, 12 items (seed 0), 128 new tokens, stop
+    strings, no LLM judge'); the full `setting` string, protocol options included, goes to the notes."""
+    protocol = {"ours": "our protocol", "reference": "the paper's reference protocol"}.get(
+        run["protocol"], f"protocol {run['protocol']}"
+    )
+    items = "full test set" if str(run["n_spec"]) == "full" else f"{run['n_spec']} items (seed {run['seed']})"
+    split = "" if run["split"] == "test" else f", {run['split']} split"
+    stop = "stop strings" if run["stop"] not in ("", "[]") else "no stop strings"
+    judge = "no LLM judge" if run["judge"] in ("", "none", None) else f"judge {run['judge']}"
+    return f"{protocol}, {items}{split}, {run['max_new_tokens']} new tokens, {stop}, {judge}"
+
+
+def setting_labels(frame: pd.DataFrame | None) -> dict[str, str]:
+    """{full setting string: `setting_label`} of the runs of `frame`."""
+    return {} if frame is None or frame.empty else dict(zip(frame["setting"], frame.apply(setting_label, axis=1)))
+
+
+def with_short_settings(line: str, frame: pd.DataFrame | None) -> str:
+    """`line` with every full setting string of `frame`'s runs replaced by its short label (for figure footers)."""
+    for setting, label in setting_labels(frame).items():
+        line = line.replace(setting, label)
+    return line
+
+
+def short_settings(lines: list[str], frame: pd.DataFrame | None = None) -> str:
+    """The distinct settings of 'benchmark: setting' lines (for figure footers): as `setting_label` lines when
+    `frame` holds their runs, else without their stop strings."""
+    label = setting_labels(frame)
+    settings = {line.split(": ", 1)[-1] for line in lines}
+    short = sorted({label.get(s, s.split(", stop=")[0]) for s in settings})
     return "; ".join(short) if short else "no runs"

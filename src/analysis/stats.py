@@ -347,6 +347,23 @@ def auroc_draws(weights: np.ndarray, cluster, scores, labels, budget: int = 4_00
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
+def bias_corrected(estimate: float, draws, level: float = LEVEL, lower: float | None = None) -> tuple:
+    """(corrected estimate, (low, high)) of a biased statistic from its bootstrap draws: the estimate minus the
+    bootstrap bias (mean of draws - estimate), and the basic bootstrap interval (2 estimate - the upper and
+    lower percentiles of the draws), both clipped at `lower`. The percentile interval of a statistic biased
+    like ECE can lie entirely above the estimate; this interval holds the corrected estimate whenever the
+    draws' mean lies within their own central percentiles."""
+    draws = np.asarray(draws, float)
+    draws = draws[np.isfinite(draws)]
+    if len(draws) == 0 or not np.isfinite(estimate):
+        return math.nan, (math.nan, math.nan)
+    low, high = percentile_ci(draws, level)
+    values = np.array([2 * estimate - draws.mean(), 2 * estimate - high, 2 * estimate - low])
+    if lower is not None:
+        values = np.maximum(values, lower)
+    return float(values[0]), (float(values[1]), float(values[2]))
+
+
 def percentile_ci(draws, level: float = LEVEL) -> tuple[float, float]:
     """Percentile interval of bootstrap draws (NaN draws ignored; NaN when none is finite)."""
     draws = np.asarray(draws, float)

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from . import cli, labels, select, stats, write
-from .load import load_runs, load_samples, sample_scores
+from .load import load_samples, sample_scores
 
 COLUMNS = [
     "pair",
@@ -91,9 +91,14 @@ def compare(subset_run, full_run, draws: int = 10_000, seed: int = 0) -> dict:
         if len(shared)
         else pd.DataFrame(columns=["sub", "full"])
     )
-    right = lambda s: s.loc[shared] >= 1  # noqa: E731  (0/1 scores; on 1-5 scores 'right' is not defined)
+
+    def right(scores: pd.Series) -> pd.Series:  # 0/1 scores only; on 1-5 scores 'right' is not defined
+        return scores.loc[shared] >= 1
+
+    def pct(q: float) -> float:
+        return float(np.percentile(means, q)) if len(means) else math.nan
+
     binary = stats.is_binary(sub) and stats.is_binary(full)
-    pct = (lambda q: float(np.percentile(means, q))) if len(means) else (lambda q: math.nan)
     return {
         "pair": subset_run["pair"],
         "benchmark": subset_run["benchmark"],
@@ -192,16 +197,26 @@ def plot(table: pd.DataFrame):
     return fig
 
 
+@cli.command("subset")
 def main(argv=None) -> int:
     parser = cli.parser("subset", __doc__)
-    parser.add_argument("--draws", type=int, default=10_000, help="subset draws from each full run (default 10000)")
+    parser.add_argument(
+        "--draws", type=cli.positive_int, default=10_000, help="subset draws from each full run (default 10000)"
+    )
     args = parser.parse_args(argv)
+    frame = cli.load(args)
     notes: list[str] = []
-    frame = select.filter_runs(load_runs(args.results), None, args.protocol)
-    table = compute(frame, args.draws, n=args.n, notes=notes)
+    table = compute(select.filter_runs(frame, None, args.protocol), args.draws, n=args.n, notes=notes)
+    cli.require(
+        table,
+        "subset run with a full-set twin (same pair, benchmark, method, parameters and protocol)",
+        frame,
+        args,
+        "Run e.g. experiment=paper_table1 (n=100) and experiment=paper_table2 (full)",
+    )
     write.write_csv(table, args.out / "subset_vs_full.csv")
     write.save_figure(plot(table), args.out, "subset_vs_full")
-    settings = sorted(set(table["setting"])) if len(table) else []
+    settings = sorted(set(table["setting"]))
     write.write_notes(args.out, "subset", "Subset vs full set", settings, notes)
     write.report_notes("subset", settings, notes)
     print(f"[subset] wrote {args.out / 'subset_vs_full.csv'} ({len(table)} subset runs with a full-set twin)")

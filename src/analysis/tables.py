@@ -31,12 +31,13 @@ from __future__ import annotations
 import functools
 import math
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import pandas as pd
 
 from . import cli, labels, select, stats, write
-from .load import load_runs, sample_scores
+from .load import sample_scores
 
 CELL_COLUMNS = [
     "table",
@@ -73,7 +74,15 @@ TABLE1_COLUMNS = [
     "intervention_rate",
     "paired_p",
 ]
-DEFAULT_PARAMS = {"tau": 0.4, "alpha": "auto", "top_k": 100.0}
+
+
+class DefaultParams(TypedDict):
+    tau: float
+    alpha: str
+    top_k: float
+
+
+DEFAULT_PARAMS: DefaultParams = {"tau": 0.4, "alpha": "auto", "top_k": 100.0}
 
 
 @functools.lru_cache(maxsize=512)
@@ -183,6 +192,15 @@ def cell(run, reference, table: str, ci: str = "bootstrap", n_boot: int = 2000, 
     return out
 
 
+def has_any(*methods):
+    """A `keep` for grid_cells: the (pair, benchmark) rows with a run of one of `methods`."""
+
+    def keep(pair, benchmark, group) -> bool:
+        return bool(group["method"].isin(methods).any())
+
+    return keep
+
+
 def grid_cells(
     runs: pd.DataFrame, table: str, methods, ci="bootstrap", n_boot=2000, notes=None, keep=None
 ) -> pd.DataFrame:
@@ -241,8 +259,7 @@ T1_METHODS = ["base", "guidance", "aligned", "nudging", "blendin"]
 def table1(frame, ci="bootstrap", n_boot=2000, n=None, protocol=None, notes=None, settings=None):
     """(table1.csv frame, cells): every (pair, benchmark) with a NUDGING or BlendIn run."""
     runs = table_runs(frame, T1_METHODS, n=n, protocol=protocol, notes=notes, what="table 1: ")
-    has_guided = lambda pair, bench, group: group["method"].isin(["nudging", "blendin"]).any()  # noqa: E731
-    cells = grid_cells(runs, "table1", T1_METHODS, ci, n_boot, notes, keep=has_guided)
+    cells = grid_cells(runs, "table1", T1_METHODS, ci, n_boot, notes, keep=has_any("nudging", "blendin"))
     if settings is not None:
         settings += settings_of(cells, "table 1: ")
     rows = []
@@ -368,8 +385,7 @@ T3_METHODS = ["nudging", "cap", "blendin"]
 def table3(frame, ci="bootstrap", n_boot=2000, n=None, protocol=None, notes=None, settings=None):
     """GSM8K: NUDGING, cap, BlendIn for every pair with a cap run."""
     runs = table_runs(frame, T3_METHODS, benchmarks=["gsm8k"], n=n, protocol=protocol, notes=notes, what="table 3: ")
-    has_cap = lambda pair, bench, group: (group["method"] == "cap").any()  # noqa: E731
-    cells = grid_cells(runs, "table3", T3_METHODS, ci, n_boot, notes, keep=has_cap)
+    cells = grid_cells(runs, "table3", T3_METHODS, ci, n_boot, notes, keep=has_any("cap"))
     if settings is not None:
         settings += settings_of(cells, "table 3: ")
     rows = []
@@ -527,8 +543,7 @@ T6_METHODS = ["nudging", "af", "cc", "af_cc", "blendin"]
 def table6(frame, ci="bootstrap", n_boot=2000, n=None, protocol=None, notes=None, settings=None):
     """NUDGING, the discrete filters and BlendIn, for every (pair, benchmark) with a filter run."""
     runs = table_runs(frame, T6_METHODS, n=n, protocol=protocol, notes=notes, what="table 6: ")
-    has_filter = lambda pair, bench, group: group["method"].isin(["af", "cc", "af_cc"]).any()  # noqa: E731
-    cells = grid_cells(runs, "table6", T6_METHODS, ci, n_boot, notes, keep=has_filter)
+    cells = grid_cells(runs, "table6", T6_METHODS, ci, n_boot, notes, keep=has_any("af", "cc", "af_cc"))
     if settings is not None:
         settings += settings_of(cells, "table 6: ")
     rows = []
@@ -570,7 +585,7 @@ def table4_blocks(t4: pd.DataFrame):
     rows = []
     for benchmark in labels.order_benchmarks(t4["benchmark"]):
         part = t4[t4["benchmark"] == benchmark].set_index("metric")
-        row = {"Benchmark": labels.benchmark_label(benchmark)}
+        row: dict[str, str | int] = {"Benchmark": labels.benchmark_label(benchmark)}
         for metric, name in [("top50_overlap", "top-50"), ("top_p90_overlap", "top-p 0.9"), ("avg_rank", "avg. rank")]:
             row[f"{name} r"] = write.fmt(part["pearson_r"].get(metric, math.nan), 3)
             row[f"{name} p"] = write.fmt(part["pearson_p"].get(metric, math.nan), 3)
@@ -617,14 +632,15 @@ def _method_note(ci: str, n_boot: int) -> list[str]:
     ]
 
 
+@cli.command("tables")
 def main(argv=None) -> int:
     parser = cli.parser("tables", __doc__)
     parser.add_argument("--ci", choices=["bootstrap", "wald"], default="bootstrap", help="interval method")
-    parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    parser.add_argument("--n-boot", type=cli.positive_int, default=2000, help="bootstrap resamples (default 2000)")
     args = parser.parse_args(argv)
     out: Path = args.out
+    frame = cli.load(args)
     _scores.cache_clear()  # a run may have been re-scored since the last call in this process
-    frame = load_runs(args.results)
     notes: list[str] = []
     settings: list[str] = []
     common = dict(ci=args.ci, n_boot=args.n_boot, protocol=args.protocol, notes=notes, settings=settings)
@@ -634,42 +650,55 @@ def main(argv=None) -> int:
     t5 = table5(frame, n=args.n, **common)
     t6, c6 = table6(frame, n=args.n, **common)
     outputs = {
-        "table1": (t1, c1, lambda: table1_blocks(t1, c1)),
-        "table2": (t2, c2, lambda: table2_blocks(t2, c2)),
-        "table3": (t3, c3, lambda: table3_blocks(t3, c3)),
-        "table5": (t5, None, lambda: table5_blocks(t5)),
-        "table6": (t6, c6, lambda: table6_blocks(t6, c6)),
+        "table1": (t1, c1, functools.partial(table1_blocks, t1, c1)),
+        "table2": (t2, c2, functools.partial(table2_blocks, t2, c2)),
+        "table3": (t3, c3, functools.partial(table3_blocks, t3, c3)),
+        "table5": (t5, None, functools.partial(table5_blocks, t5)),
+        "table6": (t6, c6, functools.partial(table6_blocks, t6, c6)),
     }
+    written = {stem: len(table) for stem, (table, _, _) in outputs.items() if len(table)}
+    cli.require(
+        written,
+        "run for any of Tables 1, 2, 3, 5, 6 (" + "; ".join(MISSING_RUNS.values()) + ")",
+        frame,
+        args,
+    )
     method_notes = _method_note(args.ci, args.n_boot)
     for stem, (table, cells, blocks) in outputs.items():
+        if not len(table):  # nothing to show: keep whatever an earlier run wrote, and say so
+            notes.append(f"{stem}: {MISSING_RUNS[stem]} (not written)")
+            continue
         write.write_csv(table, out / f"{stem}.csv")
         if cells is not None:
             write.write_csv(cells, out / f"{stem}_cells.csv")
-        extra = [] if len(table) else [MISSING_RUNS[stem]]
-        if stem == "table1" and len(table):
+        extra = []
+        if stem == "table1":
             extra.append(
                 "Ours (+x%): BlendIn's change over NUDGING in percent of NUDGING's score, n/a when NUDGING's score is 0"
             )
         shown_notes = [method_notes[0], method_notes[-1]] if stem == "table5" else method_notes  # no paired test
         prefix = stem.replace("table", "table ") + ": "
         used = [f"setting of {line[len(prefix) :]}" for line in sorted(set(settings)) if line.startswith(prefix)]
-        write.write_table(blocks() if len(table) else [], out, stem, CAPTIONS[stem], extra + used + shown_notes)
-        if not len(table):
-            notes.append(f"{stem}: {MISSING_RUNS[stem]}")
+        write.write_table(blocks(), out, stem, CAPTIONS[stem], extra + used + shown_notes)
     if (out / "table4.csv").is_file():
         t4 = pd.read_csv(out / "table4.csv")
-        write.write_table(
-            table4_blocks(t4) if len(t4) else [],
-            out,
-            "table4",
-            CAPTIONS["table4"],
-            ["computed by python -m analysis.overlap (overlap.csv, table4.csv)"],
-        )
+        if len(t4):
+            write.write_table(
+                table4_blocks(t4),
+                out,
+                "table4",
+                CAPTIONS["table4"],
+                ["computed by python -m analysis.overlap (overlap.csv, table4.csv)"],
+            )
     else:
         notes.append("table4: written by python -m analysis.overlap (no table4.csv yet)")
     write.write_notes(out, "tables", "Tables 1, 2, 3, 5, 6", sorted(set(settings)), notes)
     write.report_notes("tables", sorted(set(settings)), notes)
-    print(f"[tables] wrote table1-6 (.csv, .md, .tex) under {out}")
+    print(
+        f"[tables] wrote under {out} (.csv, .md, .tex): "
+        + ", ".join(f"{stem} ({rows} rows)" for stem, rows in written.items())
+        + (f"; not written (no runs): {', '.join(s for s in outputs if s not in written)}" if len(written) < 5 else "")
+    )
     return 0
 
 

@@ -5,17 +5,23 @@ Missing values are written as missing: an empty CSV field, "n/a" in Markdown and
 
 from __future__ import annotations
 
+import contextlib
 import html
 import math
+import os
 import re
+import shutil
 from pathlib import Path
+from typing import Sequence
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+# Files only, no display. pyplot picks its backend lazily, on the first figure, so switching right after the
+# import (rather than matplotlib.use before it) costs nothing and keeps the imports first.
+plt.switch_backend("Agg")
 
 MISSING = "n/a"
 
@@ -87,11 +93,36 @@ def min_span(ax, values, span: float, lower: float | None = None, upper: float |
     ax.set_ylim(low, high)
 
 
-def write_csv(frame: pd.DataFrame, path: Path) -> Path:
+@contextlib.contextmanager
+def atomic(path: Path):
+    """Yield a temporary path beside `path` that replaces it in one step once written (os.replace): a reader
+    never sees half a file, and a write that fails leaves the file that was there untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False, na_rep="", float_format="%.6g")
-    return path
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> Path:
+    with atomic(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def copy_file(source: Path, target: Path) -> Path:
+    with atomic(target) as tmp:
+        shutil.copyfile(source, tmp)
+    return Path(target)
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    with atomic(path) as tmp:
+        frame.to_csv(tmp, index=False, na_rep="", float_format="%.6g")
+    return Path(path)
 
 
 def _cell(value) -> str:
@@ -169,7 +200,7 @@ def latex_table(frame: pd.DataFrame, caption: str = "", label: str = "") -> str:
 
 
 def write_table(
-    blocks: list[tuple[str, pd.DataFrame]], out: Path, stem: str, title: str, notes: list[str] = ()
+    blocks: list[tuple[str, pd.DataFrame]], out: Path, stem: str, title: str, notes: Sequence[str] = ()
 ) -> list[Path]:
     """Write `stem`.md and `stem`.tex: one titled block per (heading, display frame), notes below.
 
@@ -192,9 +223,7 @@ def write_table(
     if notes:
         md += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
         tex += [f"% note: {n}" for n in notes]
-    (out / f"{stem}.md").write_text("\n".join(md), encoding="utf-8")
-    (out / f"{stem}.tex").write_text("\n".join(tex) + "\n", encoding="utf-8")
-    return [out / f"{stem}.md", out / f"{stem}.tex"]
+    return [write_text(out / f"{stem}.md", "\n".join(md)), write_text(out / f"{stem}.tex", "\n".join(tex) + "\n")]
 
 
 def save_figure(fig, out: Path, stem: str) -> list[Path]:
@@ -202,9 +231,12 @@ def save_figure(fig, out: Path, stem: str) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
-    for path in paths:
-        fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        for path in paths:
+            with atomic(path) as tmp:
+                fig.savefig(tmp, format=path.suffix[1:], bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return paths
 
 
@@ -215,9 +247,7 @@ def write_notes(out: Path, stem: str, title: str, settings: list[str], notes: li
     lines = [f"# {title}: settings and notes", "", "Settings used:", ""]
     lines += [f"- {s}" for s in settings] or ["- (no runs)"]
     lines += ["", "Notes:", ""] + ([f"- {n}" for n in notes] or ["- none"])
-    path = out / f"{stem}_notes.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return write_text(out / f"{stem}_notes.md", "\n".join(lines) + "\n")
 
 
 def report_notes(name: str, settings: list[str], notes: list[str]) -> None:
@@ -232,22 +262,37 @@ def report_notes(name: str, settings: list[str], notes: list[str]) -> None:
 _HTML_STYLE = """<style>
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; max-width: 1180px; margin: 2em auto;
        padding: 0 1em; line-height: 1.45; color: #1a1a1a; }
-table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.88em; }
+.scroll { overflow-x: auto; max-width: 100%; margin: 0.6em 0 1.2em; }
+table { border-collapse: collapse; font-size: 0.88em; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; }
+td { max-width: 36em; overflow-wrap: break-word; }
 th { background: #f1f1f1; }
 tr:nth-child(even) td { background: #fafafa; }
 img { max-width: 100%; border: 1px solid #ddd; }
 figure { margin: 1em 0; } figcaption { font-size: 0.9em; color: #444; }
-code { background: #f4f4f4; padding: 0 3px; } details { margin: 0.5em 0 1em; }
+code { background: #f4f4f4; padding: 0 3px; overflow-wrap: anywhere; } details { margin: 0.5em 0 1em; }
 h1 { border-bottom: 2px solid #333; } h2 { border-bottom: 1px solid #aaa; margin-top: 2em; }
+.box { border: 2px solid #0072B2; background: #f3f8fc; border-radius: 6px; padding: 0.2em 1.2em; margin: 1em 0 1.5em; }
+.stored { border-left: 4px solid #E69F00; padding-left: 1em; }
 </style>"""
 
 
-def _inline(text: str) -> str:
-    text = html.escape(text, quote=False)
-    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+def anchor(heading: str) -> str:
+    """The id of a heading in the HTML page (and a link target in the contents)."""
+    return re.sub(r"[^a-z0-9]+", "-", heading.lower()).strip("-")
+
+
+def _inline_plain(text: str) -> str:
     text = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
+    text = re.sub(r"(?<![\w*])\*(?![\s*])([^*]+?)(?<!\s)\*(?![\w*])", r"<em>\1</em>", text)
+    text = re.sub(r"(?<![\w/])_(?![\s_])(.+?)(?<!\s)_(?![\w/])", r"<em>\1</em>", text)  # not snake_case
     return re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', text)
+
+
+def _inline(text: str) -> str:
+    """Code spans, **bold**, *italics* and [links](href); nothing is interpreted inside a code span."""
+    parts = re.split(r"`([^`]+)`", html.escape(text, quote=False))
+    return "".join(f"<code>{p}</code>" if i % 2 else _inline_plain(p) for i, p in enumerate(parts))
 
 
 def _split_row(line: str) -> list[str]:
@@ -257,7 +302,9 @@ def _split_row(line: str) -> list[str]:
 
 def markdown_to_html(text: str, title: str = "") -> str:
     """Headings, pipe tables, '- ' lists, '![caption](src)' images, raw HTML lines and paragraphs."""
-    out, para, lines, i = [], [], text.splitlines(), 0
+    out: list[str] = []
+    para: list[str] = []
+    lines, i = text.splitlines(), 0
 
     def flush():
         if para:
@@ -274,8 +321,7 @@ def markdown_to_html(text: str, title: str = "") -> str:
             flush()
             level = min(len(stripped) - len(stripped.lstrip("#")), 6)
             text_ = stripped[level:].strip()
-            anchor = re.sub(r"[^a-z0-9]+", "-", text_.lower()).strip("-")
-            out.append(f'<h{level} id="{anchor}">{_inline(text_)}</h{level}>')
+            out.append(f'<h{level} id="{anchor(text_)}">{_inline(text_)}</h{level}>')
         elif stripped.startswith("|"):
             flush()
             rows = []
@@ -283,11 +329,12 @@ def markdown_to_html(text: str, title: str = "") -> str:
                 rows.append(_split_row(lines[i]))
                 i += 1
             body = [r for r in rows[1:] if not all(set(c) <= set("-: ") for c in r)]
-            out.append(
-                "<table><thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in rows[0]) + "</tr></thead>"
-                "<tbody>"
+            out.append(  # wide tables scroll inside the page column instead of overflowing it
+                '<div class="scroll"><table><thead><tr>'
+                + "".join(f"<th>{_inline(c)}</th>" for c in rows[0])
+                + "</tr></thead><tbody>"
                 + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in body)
-                + "</tbody></table>"
+                + "</tbody></table></div>"
             )
             continue
         elif stripped.startswith("- "):

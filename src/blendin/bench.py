@@ -30,15 +30,18 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from .cli import call
+from .cli import CONF_DIR, call
 from .errors import ConfigError
 from .methods import REGISTRY
 from .prompts import Prompt
 
-ROOT = Path(__file__).resolve().parents[2]
+if TYPE_CHECKING:
+    from .engine import Generation
+
 SYSTEM = "Answer the question by walking through the reasoning steps."
 QUESTIONS = [
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
@@ -345,7 +348,7 @@ def _ratios(rows) -> list[dict]:
         ) or next((x for x in same if x["method"] == "base"), None)
         r["time_vs_hf_generate"] = round(per_token(r) / per_token(ref), 3) if ref else None
         r["time_vs_base"] = round(per_token(r) / per_token(base), 3) if base else None
-    by_method = {}
+    by_method: dict[tuple, list[dict]] = {}  # (method, variant, batch size) -> its rows
     for r in rows:
         by_method.setdefault((r["method"], r.get("variant"), r["batch_size"]), []).append(r)
     for group in by_method.values():  # per-token cost at the longest length vs the shortest
@@ -369,7 +372,7 @@ def ragged_rows(pair, cfg, benchmark_name, methods, batch_size, n, max_new_token
     rows = []
     for name in methods:
         decoder = pair.decoder(METHODS[name])
-        outs = []
+        outs: list[Generation] = []
 
         def ragged(warmup):
             got = decoder.generate(
@@ -523,7 +526,7 @@ def build_pair(args):
     from .pair import Pair, pair_spec
 
     overrides = [f"pair={args.pair}"] + ([f"benchmark={args.ragged}"] if args.ragged else [])
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         cfg = compose(config_name="config", overrides=overrides)
     if args.synthetic:
         from .synthetic import synthetic_pair
@@ -660,7 +663,7 @@ def main(argv=None) -> None:
         default=None,
         help="also time transformers' static-cache generate (compiled by transformers on a GPU; default: on a GPU)",
     )
-    parser.add_argument("--out", default=str(ROOT / "results" / "bench"))
+    parser.add_argument("--out", default="results/bench")
     args = parser.parse_args(argv)
     if args.batch_sizes is None:
         args.batch_sizes = [1, 32] if torch.cuda.is_available() and args.device != "cpu" else [1, 8]

@@ -18,6 +18,7 @@ Build a benchmark from its config node with `benchmark_from_config(cfg.benchmark
 
 from __future__ import annotations
 
+import collections
 import math
 import re
 from dataclasses import dataclass, field
@@ -152,6 +153,52 @@ def benchmark_from_config(settings) -> Benchmark:
 
 
 # ---------------------------------------------------------------- the benchmarks
+def _by_item(scored: list[dict]) -> dict[str, list[dict]]:
+    """Outputs grouped by item id, each group in sample-index order."""
+    groups: dict[str, list[dict]] = {}
+    for i, s in enumerate(scored):  # an output without an id is an item of its own
+        groups.setdefault(s.get("id", f"#{i}"), []).append(s)
+    return {k: sorted(v, key=lambda s: s.get("sample", 0)) for k, v in groups.items()}
+
+
+def item_scores(scored: list[dict]) -> list[float]:
+    """Each item's score: the mean over its scored outputs (one output per item: its score)."""
+    means = [mean([s["score"] for s in group if s["score"] is not None]) for group in _by_item(scored).values()]
+    return [m for m in means if m is not None]
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased pass@k estimate from n outputs of which c are right (Chen et al., 2021):
+    1 - C(n - c, k) / C(n, k), the chance that k outputs drawn without replacement hold a right one."""
+    return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def majority(group: list[dict]) -> dict:
+    """The output whose prediction most outputs share (ties: the earliest sample); unparseable
+    predictions do not vote, and an item with none keeps its first output."""
+    votes = collections.Counter(s["prediction"] for s in group if s.get("prediction") is not None)
+    if not votes:
+        return group[0]
+    top = max(votes.values())
+    return next(s for s in group if s.get("prediction") is not None and votes[s["prediction"]] == top)
+
+
+def repeated(scored: list[dict]) -> dict:
+    """pass@k for k = 1, 2, 5, 10, ... up to the outputs per item, and majority-vote accuracy with its
+    interval (both per item, so the interval resamples items). Scores are right (1) or wrong (0)."""
+    groups = [g for g in _by_item(scored).values() if all(s["score"] is not None for s in g)]
+    n = min(len(g) for g in groups) if groups else 0
+    ks = sorted({k for k in (1, 2, 5, 10, 20, 50, 100, n) if 1 <= k <= n})
+    passes = {str(k): mean([pass_at_k(len(g), sum(s["score"] >= 1 for s in g), k) for g in groups]) for k in ks}
+    voted = [float(majority(g)["score"]) for g in groups]
+    return {
+        "pass_at_k": passes,
+        "majority_score": mean(voted),
+        "majority_ci95": list(bootstrap_ci(voted)),
+        "n_items_repeated": len(groups),
+    }
+
+
 class Benchmark:
     """Base class: subclasses define `name`, `SPLITS`, `HUB`, `local_rows`, `to_samples` and `score`."""
 
@@ -161,6 +208,8 @@ class Benchmark:
     system = REASONING_SYSTEM
     stop = ("\nQuestion:",)  # the base model starting a new question ends the answer
     score_name = "accuracy"
+    # several outputs per item can be pooled by majority vote of their predictions (a number, a letter)
+    VOTES = False
     SPLITS: dict[str, str] = {"test": "the test set"}  # split name -> what it is (for messages)
     HUB: dict[str, tuple[str, str | None, str]] = {}  # split name -> (hub repo, config, hub split)
     OPTIONS: dict = {}  # benchmark-specific settings and their defaults (also config keys)
@@ -246,17 +295,22 @@ class Benchmark:
         raise NotImplementedError
 
     def summarize(self, scored: list[dict]) -> dict:
-        """Benchmark metrics from per-sample scores (score, score_name, ci95 and extras)."""
+        """Benchmark metrics from per-output scores (score, score_name, ci95 and extras). With several
+        outputs per item (`decoding.samples`), an item's score is the mean over its outputs and the
+        interval resamples items, not outputs; `repeated` adds pass@k and the majority vote."""
+        items = item_scores(scored)
         values = [s["score"] for s in scored if s["score"] is not None]
         summary = {
-            "score": mean(values),
+            "score": mean(items),
             "score_name": self.score_name,
-            "ci95": list(bootstrap_ci(values)),
+            "ci95": list(bootstrap_ci(items)),
             "n_scored": len(values),
             "n_unparseable": sum(s.get("prediction") is None for s in scored),
             # outputs the rules read one way where a careful reader might read them another
             "n_ambiguous": sum(bool(s.get("ambiguous")) for s in scored),
         }
+        if self.VOTES and max((s.get("sample", 0) for s in scored), default=0) > 0:
+            summary.update(repeated(scored))
         return summary
 
     def _prompt(self, text: str, prefix: str = "Question: ") -> Prompt:
@@ -264,6 +318,7 @@ class Benchmark:
 
 
 class GSM8K(Benchmark):
+    VOTES = True
     name = "gsm8k"
     score_name = "accuracy (last number)"
     SPLITS = {"test": "1319 problems", "train": "7473 problems; ids gsm8k-train-<i>"}
@@ -307,6 +362,8 @@ class GSM8K(Benchmark):
 
 class MultipleChoice(Benchmark):
     """Letter extraction by rule; an optional judge decides equivalence as the paper's did."""
+
+    VOTES = True
 
     def _mc_sample(self, sid: str, user_text: str, options: list[str], gold: str, meta: dict | None = None):
         return Sample(
@@ -433,6 +490,7 @@ class TruthfulQA(MultipleChoice):
     name = "truthfulqa"
     HUB = {"test": ("truthfulqa/truthful_qa", "multiple_choice", "validation")}  # its only split
     OPTIONS = {"shuffle": True}
+    shuffle: bool  # each option is an attribute, set by Benchmark.__init__
 
     def local_rows(self):
         # read with json, not datasets: mc1_targets maps option text -> 0/1, a different set of keys per
@@ -470,6 +528,7 @@ class RefusalScored(Benchmark):
     system = SAFETY_SYSTEM
     stop = ("\nInstruction:",)
     OPTIONS = {"refusal_classifier": DEFAULT_REFUSAL_CLASSIFIER}
+    refusal_classifier: str  # each option is an attribute, set by Benchmark.__init__
 
     def refusal(self, output: str, unsafe: bool | None) -> tuple[bool, bool]:
         """(refusal?, might a careful reader read it otherwise?) by this benchmark's classifier, told
@@ -494,6 +553,7 @@ class XSTest(RefusalScored):
     score_name = "accuracy"
     HUB = {"test": ("walledai/XSTest", None, "test")}
     OPTIONS = {"part": "all", "refusal_classifier": DEFAULT_REFUSAL_CLASSIFIER}
+    part: str
 
     def local_rows(self):
         return D.local_csv_rows([self._local("xstest/xstest_prompts.csv")], self.name)[0]

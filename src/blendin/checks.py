@@ -13,8 +13,10 @@ from .benchmarks import BENCHMARKS, COMMON_KEYS, benchmark_from_config, check_se
 from .errors import ConfigError
 from .judges import make_judge
 from .methods import make_policy
+from .methods import method as method_spec
 from .models import resolve_device, resolve_dtype
 from .pair import pair_spec
+from .sampling import Sampling, sampling_from
 
 RUN_KEYS = {
     "results_dir",
@@ -31,6 +33,7 @@ RUN_KEYS = {
     "base_view",
     "compile",
     "guidance_schedule",
+    "decoding",
 }
 PROTOCOL_KEYS = {"name", "plain_guidance"}
 PAIR_KEYS = {"name", "label", "base", "guidance", "aligned"}
@@ -70,9 +73,22 @@ def check_run_config(cfg) -> None:
             "Fix: set pair.aligned.source (or model@pair.aligned=<name>) to the base model's "
             "instruct sibling"
         )
+    check_decoding(plain.get("decoding"), method.get("name"))
     make_judge(plain.get("judge"))
     check_logger(plain.get("logger"))
     check_protocol(plain.get("protocol"), plain.get("base_view", "ids"))
+
+
+def check_decoding(decoding, method_name) -> Sampling:
+    """The `decoding` settings, and a method that can sample where they ask for sampling."""
+    sampling = sampling_from(decoding)
+    if not sampling.greedy and not method_spec(method_name).samples:
+        raise ConfigError(
+            f"method {method_name} decodes greedily only ({method_spec(method_name).summary}); "
+            f"decoding.temperature={sampling.temperature} asks it to sample. Fix: decoding=greedy, or a "
+            "token-level method (nudging, blendin, ...)"
+        )
+    return sampling
 
 
 def check_engine(compile, schedule, device) -> None:

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
+
+# The configs ship inside the package, so an installed wheel finds them (the checkout's conf/ links here).
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 def setup_logging() -> None:

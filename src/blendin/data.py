@@ -109,7 +109,7 @@ def local_csv_rows(files: list[Path], benchmark: str, columns: list[str] | None 
     `columns`: the names of a header-less file's columns; None = the first file's own header line.
     """
     header = columns is None
-    if header:
+    if columns is None:
         with open(files[0], encoding="utf-8-sig", newline="") as fh:
             columns = next(csv.reader(fh), [])
     datasets = _import_datasets(benchmark)
@@ -235,6 +235,7 @@ def select(n_total: int, n=None, seed: int = 0, rule: str = "seeded", exclude_n:
     kind, k = parse_n(n)
     if kind == "all":
         return pool
+    assert k is not None, "parse_n gives a count for head and random"
     if kind == "head":
         return pool[:k]
     return [pool[i] for i in random_subset(len(pool), k, seed, rule)]

@@ -28,6 +28,7 @@ import logging
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig
@@ -80,7 +81,7 @@ def summarize(run_path: Path, tokenizer, line: float) -> dict:
     consulted = trace[trace["consulted"]]
     kinds = consulted["base_top_id"].map(lambda t: token_kind(tokenizer.decode([int(t)])))
     disagree = consulted["guide_top_id"] != consulted["base_top_id"]
-    by_kind = []
+    by_kind: list[dict[str, Any]] = []
     for kind in KINDS:
         mask = kinds == kind
         if mask.any():
@@ -112,7 +113,7 @@ def summarize(run_path: Path, tokenizer, line: float) -> dict:
 
 def stored_gain(results: Path, pair: str, benchmark: str) -> dict | None:
     """NUDGING minus base score of the pair's stored runs on this benchmark (same n and settings), if any."""
-    runs = {}
+    runs: dict[tuple, dict[tuple, dict]] = {}  # (n, max_new_tokens, protocol) -> (method, tau) -> metrics
     for path in sorted((results / "runs" / pair / benchmark).glob("*/metrics.json")):
         m = json.loads(path.read_text())
         if m.get("method") in ("base", "nudging") and m.get("score") is not None and m.get("split", "test") == "test":
@@ -187,7 +188,7 @@ def diagnose(cfg: DictConfig) -> dict:
         raise ConfigError("benchmarks=[] is empty: name at least one, e.g. benchmarks=[gsm8k,xstest]")
     results = Path(cfg.results_dir)
     rows, started = {}, time.perf_counter()
-    pair_name = None
+    pair_name: str | None = None
     for name in benchmarks:
         overrides = pair_overrides() + [
             f"benchmark={name}",
@@ -208,6 +209,7 @@ def diagnose(cfg: DictConfig) -> dict:
         row["wall_time_s"] = round(time.perf_counter() - t0, 1)
         row["stored_gain"] = stored_gain(results, pair_name, name)
         rows[name] = row
+    assert pair_name is not None, "benchmarks is not empty, so a run has named the pair"
     report = {
         "pair": pair_name,
         "observe_with": cfg.observe_with,
@@ -228,7 +230,7 @@ def diagnose(cfg: DictConfig) -> dict:
     return report
 
 
-@hydra.main(version_base=None, config_path="../../conf", config_name="diagnose")
+@hydra.main(version_base=None, config_path="conf", config_name="diagnose")
 def main(cfg: DictConfig) -> None:
     call(diagnose, cfg)
 

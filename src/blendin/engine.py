@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -24,8 +24,9 @@ import torch
 
 from .errors import ConfigError
 from .facts import add_guidance_facts, top_p_size
-from .policies import Greedy, Step
+from .policies import SOURCE_BASE, Greedy, Step
 from .prompts import Prompt
+from .sampling import Sampling, sample, stream_key, uniforms
 from .streams import check_compile
 from .transfer import SYNCS, Clock, PendingCopy, on_device, to_device, to_host
 from .views import Detokenizer, TokenView
@@ -50,6 +51,7 @@ TRACE_COLUMNS = (
     "base_top_p_size",
     "top100_overlap",
     "text_offset",
+    "sample_prob",
 )
 BASE_VIEWS = ("ids", "text")
 
@@ -175,9 +177,11 @@ class TokenDecoder:
         guidance_schedule: str = "auto",
         compile: str = "none",
         overlap: bool | None = None,
+        sampling: Sampling | None = None,
     ):
         self.lead, self.guidance, self.vocab = lead, guidance, vocab
         self.policy = policy or Greedy()
+        self.sampling = sampling or Sampling()
         self.use_cache = use_cache
         if base_view not in BASE_VIEWS:
             raise ConfigError(f"base_view={base_view!r} must be one of {', '.join(BASE_VIEWS)}")
@@ -202,13 +206,18 @@ class TokenDecoder:
         stop_strings: Sequence[str] = (),
         batch_size: int = 8,
         on_batch: Callable[[list[int], list[Generation]], None] | None = None,
+        keys: Sequence[int] | None = None,
     ) -> list[Generation]:
         """Decode every prompt; outputs keep input order.
 
         on_batch(indices, generations) is called whenever rows finish (indices into `prompts`), so a
         caller can store finished samples as they come.
+        keys: when sampling, each prompt's random stream (`sampling.stream_key` of its sample id and
+        index); by default the stream of the prompt's position under the decoding seed.
         """
         check_generate_args(max_new_tokens, batch_size)
+        if keys is None:
+            keys = [stream_key(self.sampling.seed, str(i), 0) for i in range(len(prompts))]
         lead_ids = [self.lead.prompt_ids(p) for p in prompts]
         guide_ids = [self.guidance.prompt_ids(p) for p in prompts] if self.guidance is not None else None
         batch = _Batch(self, max_new_tokens, tuple(s for s in stop_strings if s))
@@ -228,18 +237,24 @@ class TokenDecoder:
                 [len(p) for p in lead_ids],
                 batch_size,
                 lambda idx: batch.admit(
-                    idx, [lead_ids[i] for i in idx], [guide_ids[i] for i in idx] if guide_ids else None
+                    idx,
+                    [lead_ids[i] for i in idx],
+                    [guide_ids[i] for i in idx] if guide_ids else None,
+                    [keys[i] for i in idx],
                 ),
                 batch.step,
                 lambda: len(batch.rows),
                 done,
             )
         add_stats(self.stats, batch.lead, batch.guide, SYNCS.count - syncs)
-        return results
+        finished = [r for r in results if r is not None]
+        assert len(finished) == len(prompts), "every prompt was decoded"
+        return finished
 
 
 # The columns of the one packed copy a step makes to the host (float64 holds every id and float32 exactly).
 PACKED = (
+    "sample_prob",
     "base_top_prob",
     "base_top_id",
     "consulted",
@@ -300,15 +315,25 @@ class _Batch:
         self.side = torch.cuda.Stream(decoder.lead.device) if decoder.lead.device.type == "cuda" else None
         self.rows: list[_Row] = []
         self.counts: torch.Tensor | None = None  # [rows, 3] on the device: steps, applied, latched
+        self.keys: torch.Tensor | None = None  # [rows] int64 on the device: each row's random stream
 
-    def admit(self, indices: list[int], lead_prompts: list[list[int]], guide_prompts: list[list[int]] | None) -> None:
+    def admit(
+        self,
+        indices: list[int],
+        lead_prompts: list[list[int]],
+        guide_prompts: list[list[int]] | None,
+        keys: list[int],
+    ) -> None:
         self.lead.admit(lead_prompts)
         if self.guide is not None:
+            assert guide_prompts is not None, "a pair with a guidance model renders guidance prompts"
             self.guide.admit(guide_prompts)
         tokenizer = self.d.lead.tokenizer
         self.rows += [_Row(i, Detokenizer(tokenizer, p[-1:])) for i, p in zip(indices, lead_prompts)]
         fresh = torch.zeros((len(indices), 3), dtype=torch.long, device=self.d.lead.device)
         self.counts = fresh if self.counts is None or not len(self.counts) else torch.cat([self.counts, fresh])
+        new_keys = to_device(keys, torch.long, self.d.lead.device)
+        self.keys = new_keys if self.keys is None or not len(self.keys) else torch.cat([self.keys, new_keys])
 
     @torch.inference_mode()
     def step(self) -> list["_Row"]:
@@ -317,6 +342,8 @@ class _Batch:
         d.stats["steps"] += 1
         started = time.perf_counter()
         guidance_before = self.guide.forward_passes if self.guide is not None else 0
+        counts, keys = self.counts, self.keys
+        assert counts is not None and keys is not None, "rows were admitted before the first step"
         lead_logits = self.lead.logits
         probs = torch.softmax(lead_logits, dim=-1)
         top_prob, top_id = probs.max(-1)
@@ -326,10 +353,10 @@ class _Batch:
             base_top_prob=top_prob,
             base_top_id=top_id,
             consulted=consulted,
-            n_steps=self.counts[:, 0],
-            n_applied=self.counts[:, 1],
+            n_steps=counts[:, 0],
+            n_applied=counts[:, 1],
             vocab=d.vocab,
-            latched=self.counts[:, 2].bool(),
+            latched=counts[:, 2].bool(),
         )
         guide_logits = None
         if self.guide is not None and d.policy.tau > 0:
@@ -337,13 +364,17 @@ class _Batch:
                 guide_logits = self.guide_logits
             elif to_host(consulted.any()):  # lazy: catch the guidance up only when some row needs it
                 guide_logits = self._guidance_logits()
+        policy = d.policy if guide_logits is not None else Greedy()  # no row uncertain: the base keeps every step
         if guide_logits is not None:
             add_guidance_facts(step, torch.softmax(guide_logits, dim=-1), exact=False)
-            choice = d.policy.decide(step)
-        else:  # no row is uncertain: every method keeps the base's own token
-            choice = Greedy().decide(step)
-        packed = self._pack(step, choice)
-        self.counts = self.counts + torch.stack(
+        choice = policy.decide(step)
+        sample_prob = None
+        if not d.sampling.greedy:  # draw from the distribution the rule chose (blendin.sampling)
+            u = uniforms(keys, counts[:, 0])
+            token, sample_prob = sample(step, choice, policy, d.sampling, u)
+            choice = replace(choice, token=token)
+        packed = self._pack(step, choice, sample_prob)
+        counts = self.counts = counts + torch.stack(
             [
                 torch.ones_like(choice.applied, dtype=torch.long),
                 choice.applied.long(),
@@ -351,7 +382,7 @@ class _Batch:
             ],
             1,
         )
-        self.counts[:, 2].clamp_(max=1)
+        counts[:, 2].clamp_(max=1)
         copy = PendingCopy(packed)
         if d.overlap:
             self._speculate(choice.token)
@@ -367,7 +398,8 @@ class _Batch:
             if self.guide is not None:
                 self.guide.select(keep)
             self.rows = [self.rows[i] for i in keep]
-            self.counts = self.counts[to_device(keep, torch.long, self.counts.device)]
+            kept = to_device(keep, torch.long, counts.device)
+            self.counts, self.keys = counts[kept], keys[kept]
         if self.rows:
             self._feed()
         d.clock.seconds["step"] = d.clock.seconds.get("step", 0.0) + time.perf_counter() - started
@@ -375,7 +407,7 @@ class _Batch:
             d.stats["guidance_steps"] += 1
         return finished
 
-    def _pack(self, step: Step, choice) -> torch.Tensor:
+    def _pack(self, step: Step, choice, sample_prob: torch.Tensor | None) -> torch.Tensor:
         """Every per-row fact the host needs from this step, as one [rows, PACKED] float64 table."""
         consulted = step.consulted
         rows = consulted.shape[0]
@@ -392,8 +424,11 @@ class _Batch:
             "joint": choice.token,
             "latch": choice.latch if choice.latch is not None else torch.zeros_like(consulted),
         }
+        if sample_prob is not None:
+            columns["sample_prob"] = sample_prob
         if step.guide_top_id is not None:
             size = step.base_size
+            assert step.guide_top_joint is not None, "set with guide_top_id (facts.add_guidance_facts)"
             mapped_top = torch.where(step.guide_top_joint < size, step.guide_top_joint, -1)
             columns.update(
                 {
@@ -436,8 +471,12 @@ class _Batch:
         if self.d.vocab is not None:
             spelled = self.d.vocab.first_base_ids((token - size).clamp_min(0))
             ids = torch.where(token < size, token, torch.where(spelled >= 0, spelled, self.d.lead.pad_id))
-        guide_too = self._every_step() and not self.guide.by_text  # one tokenizer: the guidance reads the same ids
-        self._beside((lambda: self.guide.speculate(ids)) if guide_too else None, lambda: self.lead.speculate(ids))
+        guide_too = (
+            self._every_step() and not self.guidance_view.by_text
+        )  # one tokenizer: the guidance reads the same ids
+        self._beside(
+            (lambda: self.guidance_view.speculate(ids)) if guide_too else None, lambda: self.lead.speculate(ids)
+        )
         self.speculated_guide = guide_too
 
     def _commit(self, values) -> None:
@@ -449,7 +488,13 @@ class _Batch:
             ids.append(first if first >= 0 else pad)
         self.lead.commit(ids)
         if self.speculated_guide:
-            self.guide.commit(ids)
+            self.guidance_view.commit(ids)
+
+    @property
+    def guidance_view(self) -> TokenView:
+        """The guidance's view, for the code paths that run only when the pair has a guidance model."""
+        assert self.guide is not None, "a solo method has no guidance view"
+        return self.guide
 
     def _every_step(self) -> bool:
         return self.guide is not None and self.d.schedule == "every" and self.d.policy.tau > 0
@@ -457,16 +502,16 @@ class _Batch:
     @property
     def guide_logits(self) -> torch.Tensor:
         """The every-step schedule: the guidance already read this step's tokens in `_feed`."""
-        return self.guide.logits
+        return self.guidance_view.logits
 
     def _guidance_logits(self) -> torch.Tensor:
-        return self.guide.follow(self.rows)
+        return self.guidance_view.follow(self.rows)
 
     def _feed(self) -> None:
         """Bring the lead (and, on the every-step schedule, the guidance) up to date with every row."""
         every_step = self._every_step()
         self._beside(
-            (lambda: self.guide.follow(self.rows)) if every_step else None, lambda: self.lead.follow(self.rows)
+            (lambda: self.guidance_view.follow(self.rows)) if every_step else None, lambda: self.lead.follow(self.rows)
         )
 
     def _beside(self, guidance_work, lead_work) -> None:
@@ -478,13 +523,13 @@ class _Batch:
             lead_work()
             return
         main = torch.cuda.current_stream(self.side.device)
-        held = self.guide.tensors()  # made on the main stream: not freed (and reused) while the side reads them
+        held = self.guidance_view.tensors()  # made on the main stream: not freed (and reused) while the side reads them
         self.side.wait_stream(main)
         with torch.cuda.stream(self.side):
             guidance_work()
         lead_work()
         main.wait_stream(self.side)
-        for tensor in self.guide.tensors():  # made on the side stream, read on the main one from now on
+        for tensor in self.guidance_view.tensors():  # made on the side stream, read on the main one from now on
             tensor.record_stream(main)
         del held
 
@@ -519,7 +564,8 @@ class _Row:
     """Book-keeping of one row while it decodes: its tokens, text and one packed trace row per step."""
 
     def __init__(self, index: int, detok: Detokenizer):
-        self.index, self.detok, self.ids = index, detok, []
+        self.index, self.detok = index, detok
+        self.ids: list[int] = []
         self.n_steps = 0
         self.finished, self.stop_reason = False, ""
         self.facts: list = []  # per step: the packed row (numpy), the chosen joint id, the text length
@@ -544,7 +590,11 @@ class _Row:
                     column.astype(bool) if name in _BOOLS else column.astype(np.int64) if name in _INTS else column
                 ).tolist()
         trace["chosen_id"] = [j if j < base_size else -1 for j in joints]
-        trace["override"] = [j != b for j, b in zip(joints, trace["base_top_id"])]
+        # the output differs from the base's own top token because the rule handed the step on (a token
+        # sampled from the base's distribution is the base's choice, whatever it is)
+        trace["override"] = [
+            j != b and s != SOURCE_BASE for j, b, s in zip(joints, trace["base_top_id"], trace["source"])
+        ]
         trace["text_offset"] = [t for _, _, t in self.facts]
         trace = {name: trace[name] for name in TRACE_COLUMNS}
         n_applied = sum(trace["applied"])

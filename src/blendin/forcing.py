@@ -24,6 +24,7 @@ branches that see only their shared prefix (a tree attention mask), so the guida
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,10 +111,19 @@ class ForcedDecoder:
         return self._twins
 
     def generate(
-        self, prompts, continuations, max_new_tokens: int = 512, batch_size: int = 8, on_batch=None, stop_strings=()
-    ):
+        self,
+        prompts,
+        max_new_tokens: int = 512,
+        stop_strings=(),
+        batch_size: int = 8,
+        on_batch=None,
+        keys=None,  # unused: nothing is sampled, the continuation is given
+        *,
+        continuations: Sequence[str | list[int]] | None = None,
+    ) -> list[Generation]:
+        """`methods.Decoder.generate`, walking along `continuations` (one per prompt: a text or base ids)."""
         check_generate_args(max_new_tokens, batch_size)
-        if len(continuations) != len(prompts):
+        if continuations is None or len(continuations) != len(prompts):
             raise ConfigError("teacher forcing needs one continuation per prompt")
         results = []
         for start in range(0, len(prompts), batch_size):
@@ -129,9 +139,12 @@ class ForcedDecoder:
         """continuation: a text (walked as the base tokenizes it) or the base's token ids themselves."""
         base, guide = self.lead, self.guidance
         base_prompt, guide_prompt = base.prompt_ids(prompt), guide.prompt_ids(prompt)
+        ids: list[int]
         if isinstance(continuation, str):
-            continuation = base.tokenizer(continuation, add_special_tokens=False)["input_ids"]
-        ref = list(continuation)[:max_new_tokens]
+            ids = base.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        else:
+            ids = continuation
+        ref = list(ids)[:max_new_tokens]
         if not ref:
             return Generation("", [], 0, 0, 0, "eos", {c: [] for c in TRACE_COLUMNS + FORCED_COLUMNS})
         detok = Detokenizer(base.tokenizer, base_prompt[-1:])
@@ -142,7 +155,7 @@ class ForcedDecoder:
         self.stats["steps"] += len(ref)
         base_logits = self._base_logits(base_prompt, ref)
         guide_logits = self._guidance_logits(guide_prompt, ref, texts, stables)
-        trace = {c: [] for c in TRACE_COLUMNS + FORCED_COLUMNS}
+        trace: dict[str, list] = {c: [] for c in TRACE_COLUMNS + FORCED_COLUMNS}
         for lo in range(0, len(ref), CHUNK):
             hi = min(len(ref), lo + CHUNK)
             rows = self._facts(base_logits[lo:hi], guide_logits[lo:hi], torch.tensor(ref[lo:hi]), lo)
@@ -239,6 +252,7 @@ class ForcedDecoder:
         }
         nan = torch.full_like(top_prob, float("nan"))
         minus = torch.full_like(top_id, -1)
+        assert step.guide_top_joint is not None, "add_guidance_facts has set it"
         mapped_top = torch.where(step.guide_top_joint < step.base_size, step.guide_top_joint, minus)
         columns = {
             "step": torch.arange(first_step, first_step + n),
@@ -247,6 +261,7 @@ class ForcedDecoder:
             "consulted": top_prob < policy.tau,
             "applied": torch.zeros(n, dtype=torch.bool),
             "blend_prob": nan,
+            "sample_prob": nan,  # the reference is given, not sampled
             "source": zeros,
             "chosen_id": ref,
             "override": ref != top_id,
@@ -305,3 +320,17 @@ def references(cfg, samples) -> list[str]:
             f"(e.g. {missing[0]}): use the same benchmark, subset and seed as that run"
         )
     return [outputs[s.id] for s in samples]
+
+
+def guidance_reads(base_tokenizer, guidance_tokenizer, anchor: list[int], ref: list[int]) -> list[list[int]]:
+    """What a guidance model with its own tokenizer reads along a base continuation `ref`, as decoding
+    shows it: its tokenization of the text before each reference token (decoded after `anchor`, the
+    base's last prompt token). `ForcedDecoder` walks the same texts; `blendin.likelihood` scores with them."""
+    detok, tail = Detokenizer(base_tokenizer, anchor), TailTokenizer(guidance_tokenizer)
+    reads, text, stable = [], "", 0
+    for i in range(len(ref)):
+        if i:
+            text, stable = detok.push([ref[i - 1]]), detok.stable_length
+        tail.update(text, stable)
+        reads.append(list(tail.ids))
+    return reads

@@ -11,6 +11,7 @@ a file (`prompt_file=PATH`) or pipe it in (`prompt=-` reads standard input).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -19,13 +20,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .checks import check_engine
+from .checks import check_decoding, check_engine
 from .cli import call
 from .errors import ConfigError
 from .methods import make_policy
 from .methods import method as method_spec
 from .pair import Pair, pair_spec
 from .prompts import Prompt
+from .sampling import sampling_from, stream_key
 
 
 def prompt_text(cfg: DictConfig) -> str:
@@ -54,6 +56,7 @@ SETTINGS = (
     "base_view",
     "guidance_schedule",
     "compile",
+    "decoding",
 )
 
 
@@ -68,6 +71,7 @@ def check(cfg: DictConfig) -> None:
         )
     method = OmegaConf.to_container(cfg.method, resolve=True)
     make_policy(method)
+    check_decoding(cfg.get("decoding"), method["name"])
     if not method_spec(method["name"]).decodes:
         raise ConfigError(
             f"method={method['name']} needs each prompt's reference answer ({method_spec(method['name']).summary}); "
@@ -84,6 +88,7 @@ def run(cfg: DictConfig) -> dict:
         raise ConfigError(f"max_new_tokens={cfg.max_new_tokens!r} must be a positive integer")
     pair = Pair(pair_spec(cfg.pair), device=cfg.device, dtype=cfg.dtype)
     method = OmegaConf.to_container(cfg.method, resolve=True)
+    sampling = sampling_from(cfg.get("decoding"))
     started = time.perf_counter()
     decoder = pair.decoder(
         method,
@@ -91,11 +96,20 @@ def run(cfg: DictConfig) -> dict:
         base_view=cfg.get("base_view", "ids"),
         guidance_schedule=cfg.get("guidance_schedule", "auto"),
         compile=cfg.get("compile", "none"),
+        sampling=sampling,
     )
     loaded = time.perf_counter()
-    [gen] = decoder.generate([prompt], max_new_tokens=cfg.max_new_tokens, stop_strings=list(cfg.stop or []))
+    # decoding.samples outputs of the one prompt, each with its own random stream (sample index k)
+    keys = [stream_key(sampling.seed, "prompt", k) for k in range(sampling.samples)]
+    gens = decoder.generate(
+        [prompt] * sampling.samples, max_new_tokens=cfg.max_new_tokens, stop_strings=list(cfg.stop or []), keys=keys
+    )
     elapsed = time.perf_counter() - loaded
-    print(gen.text)
+    for k, gen in enumerate(gens):
+        if sampling.samples > 1:
+            print(f"--- sample {k}")
+        print(gen.text)
+    gen = gens[0]
     stats = {
         "pair": pair.spec.name,
         "method": method["name"],
@@ -106,7 +120,8 @@ def run(cfg: DictConfig) -> dict:
         "intervention_rate": round(gen.intervention_rate, 4),
         "override_rate": round(gen.override_rate, 4),
         "stop_reason": gen.stop_reason,
-        "tokens_per_s": round(gen.n_tokens / elapsed, 2) if elapsed > 0 else None,
+        "decoding": "greedy" if sampling.greedy else dataclasses.asdict(sampling),
+        "tokens_per_s": round(sum(g.n_tokens for g in gens) / elapsed, 2) if elapsed > 0 else None,
         "decode_s": round(elapsed, 3),
         "load_s": round(loaded - started, 3),
         "device": str(decoder.lead.device),
@@ -116,7 +131,7 @@ def run(cfg: DictConfig) -> dict:
     return stats
 
 
-@hydra.main(version_base=None, config_path="../../conf", config_name="generate")
+@hydra.main(version_base=None, config_path="conf", config_name="generate")
 def _hydra_main(cfg: DictConfig) -> None:
     print(json.dumps(call(run, cfg)), flush=True)
 

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -26,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from .errors import ConfigError
 from .methods import method as method_spec
 from .models import resolve_device, resolve_dtype
+from .sampling import Sampling, sampling_from
 from .store import atomic_write_json
 
 SCORING_ONLY_KEYS = ("data_dir", "source", "refusal_classifier")  # never change which outputs are decoded
@@ -72,10 +74,22 @@ def run_name(cfg: DictConfig) -> str:
     }
     if cfg.get("base_view", "ids") != "ids":  # left out at its default so that older run names stay valid
         shaping["base_view"] = cfg.base_view
+    sampling = sampling_from(cfg.get("decoding"))
+    if not sampling.greedy:  # greedy runs keep the names they had before sampling existed
+        shaping["decoding"] = dataclasses.asdict(sampling)
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:8]
     subset = str(cfg.benchmark.n).replace(":", "")
     split = "" if cfg.benchmark.get("split", "test") == "test" else f"-{cfg.benchmark.split}"
-    return f"{method['name']}{params}-n{subset}{split}-s{cfg.benchmark.seed}-{digest}".replace("/", "_")
+    drawn = "" if sampling.greedy else f"-{decoding_label(sampling)}"
+    return f"{method['name']}{params}{drawn}-n{subset}{split}-s{cfg.benchmark.seed}-{digest}".replace("/", "_")
+
+
+def decoding_label(sampling: Sampling) -> str:
+    """Sampling settings in a few characters: t0.7-p0.95-k40-x5-seed0 (p, k only when set)."""
+    parts = [f"t{sampling.temperature:g}"]
+    parts += [f"p{sampling.top_p:g}"] if sampling.top_p < 1 else []
+    parts += [f"k{sampling.top_k}"] if sampling.top_k else []
+    return "-".join(parts + [f"x{sampling.samples}", f"seed{sampling.seed}"])
 
 
 def run_dir(cfg: DictConfig) -> Path:
@@ -100,6 +114,9 @@ def protocol_summary(cfg, judge=None) -> dict:
         "intervention_unit": spec.unit,
         "judge": getattr(judge, "name", None),
     }
+    sampling = sampling_from(cfg.get("decoding"))
+    if not sampling.greedy:  # absent for greedy runs, as in runs stored before sampling existed
+        summary["decoding"] = decoding_label(sampling)
     for key in ("shuffle", "part", "refusal_classifier", "exclude_n"):
         if key in benchmark:
             summary[key] = benchmark[key]

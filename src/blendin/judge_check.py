@@ -45,6 +45,7 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .cli import CONF_DIR
 from .errors import ConfigError
 from .judges import SAFETY_RUBRICS, judge_safety, justeval_judgements, justeval_template, make_judge
 from .store import atomic_write_json, atomic_write_text
@@ -52,7 +53,7 @@ from .store import atomic_write_json, atomic_write_text
 SCORES = (1, 2, 3, 4, 5)
 RULE_OF_THUMB = {"exact": 0.80, "within_1": 0.95, "spearman": 0.60}
 DEFAULT_OUT = Path("results") / "judge_check"
-_JUDGE_CONFIGS = Path(__file__).resolve().parents[2] / "conf" / "judge"
+_JUDGE_CONFIGS = CONF_DIR / "judge"
 
 
 # ---------------------------------------------------------------- the reference items

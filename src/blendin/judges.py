@@ -28,8 +28,12 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import BlendinError, ConfigError
+
+if TYPE_CHECKING:
+    from .models import LoadedModel
 
 
 class JudgeError(BlendinError, RuntimeError):
@@ -109,7 +113,7 @@ class LocalJudge:
         self.spec = ModelSpec(source, prompt_format="chat")
         self.device, self.dtype, self.max_tokens = device, dtype, max_tokens
         self.safety_rubric, self.xstest_question = safety_rubric, xstest_question  # what it is asked
-        self._model = None
+        self._model: LoadedModel | None = None  # loaded on the first question
         self.name = f"local:{source}"
 
     def chat(self, messages: list[dict]) -> str:

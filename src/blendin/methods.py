@@ -33,8 +33,16 @@ class Decoder(Protocol):
     stats: dict  # counters of the last `generate` (`engine.new_stats`)
 
     def generate(
-        self, prompts: Sequence, max_new_tokens: int = ..., stop_strings=..., batch_size: int = ..., on_batch=...
-    ) -> list: ...
+        self,
+        prompts: Sequence,
+        max_new_tokens: int = ...,
+        stop_strings=...,
+        batch_size: int = ...,
+        on_batch=...,
+        keys: Sequence[int] | None = ...,
+    ) -> list:
+        """One `engine.Generation` per prompt, in order; on_batch(indices, generations) as rows finish;
+        keys: each prompt's random stream when sampling (`sampling.stream_key`)."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +53,8 @@ class Method:
     unit: what its intervention rate counts (token or word). scored: False where the output is given
     (teacher forcing), so a score means nothing. headline: the figure a sweep summary shows (score, or
     consult_rate where interventions are off by design). inputs: extra per-sample inputs the decoder
-    needs besides prompts (teacher forcing's references), None for decoding methods."""
+    needs besides prompts (teacher forcing's references), None for decoding methods. samples: whether
+    it can sample (`blendin.sampling`) rather than only decode greedily."""
 
     name: str
     label: str
@@ -58,6 +67,7 @@ class Method:
     scored: bool = True
     headline: str = "score"
     inputs: Callable | None = None
+    samples: bool = True  # it can sample from its distribution (`decoding.temperature` > 0)
 
     @property
     def solo(self) -> bool:
@@ -207,12 +217,12 @@ REGISTRY: dict[str, Method] = {
         Method(
             "nudging_words", "NUDG. (words)", "NUDGING on words in rounds, as Fei et al. (2025) published it",
             {**GUIDED, "draft_tokens": 16, "max_rounds": 150, "max_repeats": 3}, _word_nudging,
-            decoder="words", unit="word",
+            decoder="words", unit="word", samples=False,
         ),
         Method(
             "forced", "forced", "teacher forcing: walk both models along a known answer (no decoding)",
             {**GUIDED, "lam": 0.1, "top_k": 100, "source": "reference"}, _forced,
-            decoder="forced", scored=False, headline="none", inputs=_references,
+            decoder="forced", scored=False, headline="none", inputs=_references, samples=False,
         ),
     )
 }  # fmt: skip

@@ -13,14 +13,19 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from . import embedded
 from .errors import ConfigError, ModelLoadError
 from .prompts import render_ids, render_text
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +82,7 @@ class LoadedModel:
 
     spec: ModelSpec
     model: torch.nn.Module
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     eos_ids: frozenset[int] = field(default_factory=frozenset)
 
     @property
@@ -189,9 +194,10 @@ def _resolve_location(spec: ModelSpec) -> tuple[str, dict]:
             "such as meta-llama/Llama-3.1-8B"
         )
     kwargs = {"revision": spec.revision} if spec.revision else {}
-    if spec.gguf_file:  # a GGUF file inside a hub repository: convert once, like a local one
-        key = f"{Path(spec.gguf_file).stem}-{_short_hash(f'{source}:{spec.revision}')}"
-        return str(_converted(key, lambda: (source, spec.gguf_file, kwargs))), {}
+    gguf_file = spec.gguf_file
+    if gguf_file:  # a GGUF file inside a hub repository: convert once, like a local one
+        key = f"{Path(gguf_file).stem}-{_short_hash(f'{source}:{spec.revision}')}"
+        return str(_converted(key, lambda: (source, gguf_file, kwargs))), {}
     return source, kwargs
 
 
@@ -199,7 +205,7 @@ def _split(path: Path) -> tuple[str, str, dict]:
     return str(path.parent), path.name, {}
 
 
-def _converted(key: str, gguf: callable) -> Path:
+def _converted(key: str, gguf: Callable[[], tuple[str, str, dict]]) -> Path:
     """Directory holding the dequantized copy of a GGUF model, written atomically on first use.
 
     `gguf()` returns (directory or hub id, gguf file name, extra kwargs); it is only called when

@@ -16,6 +16,7 @@ from .forcing import ForcedDecoder
 from .methods import Decoder, make_policy
 from .methods import method as method_spec
 from .models import LoadedModel, ModelSpec, load_model
+from .sampling import Sampling
 from .vocab import VocabMap, build_vocab_map
 from .words import WordNudgingDecoder
 
@@ -90,6 +91,7 @@ class Pair:
         guidance_schedule: str = "auto",
         compile: str = "none",
         overlap: bool | None = None,
+        sampling: Sampling | None = None,
     ) -> Decoder:
         """The decoder for a method config (dict or OmegaConf node with `name` and its parameters).
 
@@ -98,6 +100,7 @@ class Pair:
         guidance_schedule: when the guidance model runs (`engine.resolve_schedule`); outputs are the same.
         compile: how decode steps run (none, compile, cudagraphs; `streams.decode_forward`).
         overlap: the host's work beside the next forward (`engine.TokenDecoder`; None = on CUDA).
+        sampling: the `decoding` settings (`sampling.Sampling`); None = greedy.
         """
         spec = method_spec(dict(method).get("name"))
         policy = make_policy(method)
@@ -118,4 +121,5 @@ class Pair:
             guidance_schedule=guidance_schedule,
             compile=compile,
             overlap=overlap,
+            sampling=sampling,
         )

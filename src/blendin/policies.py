@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .vocab import VocabMap
+
 SOURCE_BASE, SOURCE_GUIDANCE, SOURCE_BLEND = 0, 1, 2
 SOURCE_NAMES = {SOURCE_BASE: "base", SOURCE_GUIDANCE: "guidance", SOURCE_BLEND: "blend"}
 
@@ -39,7 +41,7 @@ class Step:
     guide_top_rank: torch.Tensor | None = None  # 1-based rank in the base distribution, -1 if unmapped
     base_prob_of_guide_top: torch.Tensor | None = None  # P_b(t_g), 0 if unmapped
     guide_top_in_base_top_p: torch.Tensor | None = None  # t_g inside the base's top-p (0.9) set
-    vocab: object | None = None  # VocabMap
+    vocab: VocabMap | None = None
     latched: torch.Tensor | None = None  # bool: the cap latch has switched guidance off for this row
     # trace-only facts (see blendin.facts): where the suggestion sits in the base distribution
     located_rank: torch.Tensor | None = None
@@ -58,6 +60,7 @@ class Step:
         """The k most probable tokens (probabilities, ids) of the "base" or "guide" distribution, sorted.
         Computed once per step, as wide as the widest use (the base's top-p facts look at 256)."""
         probs = self.base_probs if which == "base" else self.guide_probs
+        assert probs is not None, "the guidance's distribution is read only on steps that have it"
         k = min(k, probs.shape[-1])
         if which not in self._tops or self._tops[which][0].shape[-1] < k:
             self._tops[which] = probs.topk(min(max(k, 256 if which == "base" else k), probs.shape[-1]), dim=-1)
@@ -168,7 +171,9 @@ class Filtered:
     def decide(self, step: Step) -> Choice:
         accept = step.consulted.clone()
         if self.agreement_k is not None:
-            accept &= (step.guide_top_rank >= 1) & (step.guide_top_rank <= self.agreement_k)
+            rank = step.guide_top_rank
+            assert rank is not None, "a policy decides with guidance facts (facts.add_guidance_facts)"
+            accept &= (rank >= 1) & (rank <= self.agreement_k)
         if self.confidence:
             accept &= step.guide_top_prob > step.base_top_prob
         return _choose(step, accept)
@@ -205,6 +210,15 @@ class Blend:
             torch.where(consulted, prob, nan),
         )
 
+    def distribution(self, step: Step) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The blend as a distribution to sample from: (candidate joint ids or None for the base
+        vocabulary's columns, probabilities), each token once, summing to 1 per row."""
+        if self.top_k is None:
+            return None, _full_blend(step.base_probs, step.guide_probs, step, self)[0]
+        candidates, blended, _, total = _top_k_blend(step.base_probs, step.guide_probs, step, self)
+        once = torch.where(_first_copies(candidates), blended, torch.zeros_like(blended))
+        return candidates, once / total.unsqueeze(-1).clamp_min(1e-30)
+
     def weight(self, p_base_top, p_guide_top, p_base_of_guide_top) -> torch.Tensor:
         if self.alpha is not None:
             return torch.full_like(p_base_top, float(self.alpha))
@@ -214,24 +228,38 @@ class Blend:
 
 def _blend_full(pb, pg, step: Step, policy: Blend):
     """Blend over the shared vocabulary (base ids some guidance token maps to), renormalized."""
+    blended, alpha = _full_blend(pb, pg, step, policy)
+    prob, token = blended.max(-1)
+    return token, alpha, prob
+
+
+def _full_blend(pb, pg, step: Step, policy: Blend) -> tuple[torch.Tensor, torch.Tensor]:
+    """The blended distribution over the base vocabulary [R, Vb] (0 off the shared vocabulary), and alpha."""
     vocab = step.vocab
+    assert vocab is not None, "a blend needs the pair's vocabulary map"
     pg_on_base = vocab.guidance_probs_on_base(pg)
     shared = vocab.shared_base_mask
     alpha = policy.weight(step.base_top_prob, step.guide_top_prob, step.base_prob_of_guide_top)
     a = alpha.unsqueeze(-1)
     blended = a * pg_on_base + (1 - a) * pb * shared
-    blended = blended / blended.sum(-1, keepdim=True).clamp_min(1e-30)
-    prob, token = blended.max(-1)
-    return token, alpha, prob
+    return blended / blended.sum(-1, keepdim=True).clamp_min(1e-30), alpha
 
 
 def _blend_top_k(pb, pg, step: Step, policy: Blend):
     """Blend the union of both top-k lists, keyed by token (joint ids), as the reference does."""
+    candidates, blended, alpha, total = _top_k_blend(pb, pg, step, policy)
+    prob, best = blended.max(-1, keepdim=True)
+    return candidates.gather(-1, best).squeeze(-1), alpha, prob.squeeze(-1) / total.clamp_min(1e-30)
+
+
+def _top_k_blend(pb, pg, step: Step, policy: Blend):
+    """The union's candidates [R, kb + kg] (joint ids; a token in both lists appears twice), each one's
+    blended mass, alpha, and the union's total mass."""
     k_b = min(policy.top_k, pb.shape[-1])
     k_g = min(policy.top_k, pg.shape[-1])
     base_p, base_ids = step.top("base", k_b)
     guide_p, guide_gids = step.top("guide", k_g)
-    guide_ids = _joint_ids(guide_gids, step)
+    guide_ids = joint_ids(guide_gids, step)
     candidates = torch.cat([base_ids, guide_ids], dim=-1)  # [R, kb + kg]
     # P_b and P_g of each candidate, 0 where the candidate is not in that model's list
     p_base = _list_mass(candidates, base_ids, base_p)
@@ -243,8 +271,16 @@ def _blend_top_k(pb, pg, step: Step, policy: Blend):
     blended = a * p_guide + (1 - a) * p_base
     # total mass over the union: each list's probabilities count once, whatever the overlap
     total = a.squeeze(-1) * guide_p.sum(-1) + (1 - a.squeeze(-1)) * base_p.sum(-1)
-    prob, best = blended.max(-1, keepdim=True)
-    return candidates.gather(-1, best).squeeze(-1), alpha, prob.squeeze(-1) / total.clamp_min(1e-30)
+    return candidates, blended, alpha, total
+
+
+def _first_copies(ids: torch.Tensor) -> torch.Tensor:
+    """True at the first occurrence of each id in its row."""
+    order = ids.argsort(dim=-1, stable=True)
+    sorted_ids = ids.gather(-1, order)
+    first = torch.ones_like(sorted_ids, dtype=torch.bool)
+    first[:, 1:] = sorted_ids[:, 1:] != sorted_ids[:, :-1]
+    return torch.zeros_like(first).scatter(-1, order, first)
 
 
 def _list_mass(candidates: torch.Tensor, ids: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
@@ -259,6 +295,7 @@ def _list_mass(candidates: torch.Tensor, ids: torch.Tensor, probs: torch.Tensor)
     return torch.where(sorted_ids.gather(-1, at) == candidates, merged.gather(-1, at), torch.zeros_like(merged[:, :1]))
 
 
-def _joint_ids(guidance_ids: torch.Tensor, step: Step) -> torch.Tensor:
+def joint_ids(guidance_ids: torch.Tensor, step: Step) -> torch.Tensor:
+    assert step.vocab is not None, "guidance ids map to base ids through the pair's vocabulary map"
     mapped = step.vocab.guidance_to_base[guidance_ids]
     return torch.where(mapped >= 0, mapped, guidance_ids + step.base_size)

@@ -14,13 +14,14 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .cli import call
+from .cli import CONF_DIR, call
 from .errors import ConfigError
 from .judges import make_judge
 from .run import finish, load_benchmark
-from .store import RunStore
+from .sampling import sampling_from
+from .store import RunStore, output_key
 
-_JUDGES = Path(__file__).resolve().parents[2] / "conf" / "judge"
+_JUDGES = CONF_DIR / "judge"
 
 
 def rescore(run_dir: Path, judge_cfg: dict | None = None) -> dict:
@@ -30,18 +31,19 @@ def rescore(run_dir: Path, judge_cfg: dict | None = None) -> dict:
         raise ConfigError(f"{store.path} is not a run directory (no config.yaml)")
     cfg = OmegaConf.load(config_path)
     benchmark = load_benchmark(cfg.benchmark)
-    stored = {r["id"] for r in store.samples()}
-    wanted = benchmark.samples(cfg.benchmark.n)
-    samples = [s for s in wanted if s.id in stored]
-    missing = len(wanted) - len(samples)
+    stored = {output_key(r) for r in store.samples()}
+    per_item = sampling_from(cfg.get("decoding")).samples
+    wanted = [(s, k) for s in benchmark.samples(cfg.benchmark.n) for k in range(per_item)]
+    outputs = [(s, k) for s, k in wanted if (s.id, k) in stored]
+    missing = len(wanted) - len(outputs)
     if missing:
-        raise ConfigError(f"{store.path} lacks {missing} decoded samples: finish it with its blendin.run command first")
+        raise ConfigError(f"{store.path} lacks {missing} decoded outputs: finish it with its blendin.run command first")
     if judge_cfg is not None:
         cfg.judge = judge_cfg
     previous = json.loads(store.metrics_path.read_text()) if store.finished else {}
     with store.lock():
         return finish(
-            store, benchmark, samples, make_judge(cfg.get("judge")), cfg, reused_from=previous.get("reused_from")
+            store, benchmark, outputs, make_judge(cfg.get("judge")), cfg, reused_from=previous.get("reused_from")
         )
 
 

@@ -10,9 +10,11 @@ Config: conf/config.yaml.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import logging
+import math
 import subprocess
 import sys
 import time
@@ -43,8 +45,9 @@ from .judges import make_judge
 from .memory import auto_batch_size, is_out_of_memory
 from .methods import method as method_spec
 from .pair import Pair, pair_spec
+from .sampling import Sampling, sampling_from, stream_key
 from .scoring import mean
-from .store import RunStore, atomic_write_text
+from .store import RunStore, atomic_write_text, output_key
 from .sweep import run_job, sweeping
 from .tracking import log_run
 
@@ -74,18 +77,21 @@ def execute(cfg: DictConfig, pair: Pair | None = None) -> dict:
         if cfg.force:
             store.reset()
         atomic_write_text(store.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        done = {r["id"] for r in store.samples()}
+        sampling = sampling_from(cfg.get("decoding"))
+        outputs = [(s, k) for s in samples for k in range(sampling.samples)]  # k: the sample index of an item
+        done = {output_key(r) for r in store.samples()}
         store.prune_parts(done)
-        pending = [s for s in samples if s.id not in done]
+        pending = [(s, k) for s, k in outputs if (s.id, k) not in done]
         reused = _reuse(cfg, store) if pending and not done else None
         if pending and not reused:
-            log.info("%s: %d of %d samples to decode -> %s", store.path.name, len(pending), len(samples), store.path)
+            log.info("%s: %d of %d samples to decode -> %s", store.path.name, len(pending), len(outputs), store.path)
             pair = pair or shared_pair(cfg)
             decoder = pair.decoder(
                 OmegaConf.to_container(cfg.method, resolve=True),
                 base_view=cfg.get("base_view", "ids"),
                 guidance_schedule=cfg.get("guidance_schedule", "auto"),
                 compile=cfg.get("compile", "none"),
+                sampling=sampling,
             )
             rendered = [
                 (
@@ -94,12 +100,12 @@ def execute(cfg: DictConfig, pair: Pair | None = None) -> dict:
                 )
                 for s in samples
             ]
-            batch_size = resolved_batch_size(cfg, decoder, pending, store.path if done else None)
+            batch_size = resolved_batch_size(cfg, decoder, [s for s, _ in pending], store.path if done else None)
             begin_session(
                 store.path, prompts_digest(rendered), dict(environment(cfg), batch_size=batch_size), resuming=bool(done)
             )
-            _decode(cfg, decoder, pending, store, batch_size)
-        metrics = finish(store, benchmark, samples, judge, cfg, reused_from=reused)
+            _decode(cfg, decoder, pending, store, batch_size, sampling)
+        metrics = finish(store, benchmark, outputs, judge, cfg, reused_from=reused)
     log_run(cfg, metrics, store.samples(), store.path)
     return metrics
 
@@ -133,9 +139,11 @@ def shared_pair(cfg: DictConfig) -> Pair:
     return _PAIRS[key]
 
 
-def _decode(cfg, decoder, pending, store: RunStore, batch_size: int) -> None:
-    """Decode `pending`, storing samples as batches finish. Out of GPU memory, halve the batch and go on
-    with the samples not yet stored (the new batch size is recorded as a session of the run)."""
+def _decode(cfg, decoder, pending, store: RunStore, batch_size: int, sampling: Sampling) -> None:
+    """Decode `pending` (sample, sample index) pairs, storing outputs as batches finish. Out of GPU memory,
+    halve the batch and go on with the outputs not yet stored (the new batch size is recorded as a
+    session of the run). Each output's random stream is keyed by (seed, sample id, index), never by
+    its place in a batch."""
     from tqdm import tqdm
 
     method = cfg.method.name
@@ -151,11 +159,12 @@ def _decode(cfg, decoder, pending, store: RunStore, batch_size: int) -> None:
         totals["last"] = now
         records, trace = [], {}
         for i, gen in zip(indices, generations):
-            sample = todo[i]
-            records.append(_record(sample, gen, seconds, decoder))
+            sample, k = todo[i]
+            records.append(_record(sample, k, gen, seconds, decoder))
+            trace.setdefault("sample_id", []).extend([sample.id] * gen.n_tokens)
+            trace.setdefault("sample", []).extend([k] * gen.n_tokens)
             for key, values in gen.trace.items():
                 trace.setdefault(key, []).extend(values)
-            trace.setdefault("sample_id", []).extend([sample.id] * gen.n_tokens)
             totals["tokens"] += gen.n_tokens
             totals["applied"] += gen.n_applied
         store.append(records, trace)
@@ -166,10 +175,11 @@ def _decode(cfg, decoder, pending, store: RunStore, batch_size: int) -> None:
         )
 
     while todo:
-        extra = spec.inputs(cfg, todo) if spec.inputs else {}  # per-sample inputs besides prompts
+        extra = spec.inputs(cfg, [s for s, _ in todo]) if spec.inputs else {}  # per-sample inputs besides prompts
         try:
             decoder.generate(
-                [s.prompt for s in todo],
+                [s.prompt for s, _ in todo],
+                keys=[stream_key(sampling.seed, s.id, k) for s, k in todo],
                 max_new_tokens=cfg.benchmark.max_new_tokens,
                 stop_strings=stop,
                 batch_size=batch_size,
@@ -184,8 +194,8 @@ def _decode(cfg, decoder, pending, store: RunStore, batch_size: int) -> None:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        stored = {r["id"] for r in store.samples()}
-        todo = [s for s in todo if s.id not in stored]
+        stored = {output_key(r) for r in store.samples()}
+        todo = [(s, k) for s, k in todo if (s.id, k) not in stored]
         batch_size //= 2
         log.warning("out of memory: batch size halved to %d; %d samples left", batch_size, len(todo))
         record_session(store.path, dict(environment(cfg), batch_size=batch_size, after="out of memory"))
@@ -207,10 +217,12 @@ def resolved_batch_size(cfg, decoder, samples, resuming: Path | None = None) -> 
     return size
 
 
-def _record(sample, gen, seconds: float, decoder) -> dict:
+def _record(sample, k: int, gen, seconds: float, decoder) -> dict:
     guidance = decoder.guidance
+    drawn = [p for p in gen.trace.get("sample_prob", []) if p == p]  # NaN where nothing was sampled
     return {
         "id": sample.id,
+        "sample": k,
         "prompt_base": decoder.lead.prompt_text(sample.prompt),
         "prompt_guidance": guidance.prompt_text(sample.prompt) if guidance else None,
         "output": gen.text,
@@ -223,16 +235,19 @@ def _record(sample, gen, seconds: float, decoder) -> dict:
         "override_rate": gen.override_rate,
         "consult_rate": gen.consult_rate,
         **gen.extras,
+        # the output's log-probability under the distributions it was drawn from (tempered, filtered)
+        "log_prob": sum(math.log(p) for p in drawn) if drawn and len(drawn) == gen.n_tokens else None,
         "gen_seconds": seconds,
     }
 
 
-def finish(store: RunStore, benchmark: Benchmark, samples, judge, cfg, reused_from: str | None = None) -> dict:
-    """Score the stored outputs (rule-based or judge) and write the final files."""
-    by_id = {r["id"]: r for r in store.samples()}
+def finish(store: RunStore, benchmark: Benchmark, outputs, judge, cfg, reused_from: str | None = None) -> dict:
+    """Score every stored output (rule-based or judge) and write the final files. outputs: the run's
+    (sample, sample index) pairs, in order."""
+    by_key = {output_key(r): r for r in store.samples()}
     records = []
-    for sample in samples:
-        record = dict(by_id[sample.id])
+    for sample, k in outputs:
+        record = {"id": sample.id, "sample": k, **by_key[(sample.id, k)]}
         for key in [k for k in record if k.startswith("judge_")] + ["prediction", "score"]:
             record.pop(key, None)
         record.update(gold=sample.gold, **benchmark.score(sample, record["output"], judge))
@@ -257,7 +272,9 @@ def finish(store: RunStore, benchmark: Benchmark, samples, judge, cfg, reused_fr
         "alpha": method.get("alpha"),
         "top_k": method.get("top_k"),
         "method_params": method,
-        "n_samples": len(records),
+        "n_samples": len({r["id"] for r in records}),  # benchmark items
+        "samples_per_item": max(r["sample"] for r in records) + 1 if records else 1,
+        "decoding": dataclasses.asdict(sampling_from(cfg.get("decoding"))),
         "n_spec": str(cfg.benchmark.n),
         "split": cfg.benchmark.get("split", "test"),
         "seed": cfg.benchmark.seed,
@@ -309,12 +326,13 @@ SUMMARY_KEYS = (
 )
 
 
-@hydra.main(version_base=None, config_path="../../conf", config_name="config")
+@hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict | None:
     if sweeping():  # one job of a multirun: a failure is recorded and reported at the end, not raised
         return run_job(cfg, execute, run_dir, SUMMARY_KEYS)
     metrics = call(execute, cfg)
     print(json.dumps({k: metrics.get(k) for k in SUMMARY_KEYS}))
+    return None
 
 
 if __name__ == "__main__":

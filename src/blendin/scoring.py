@@ -115,7 +115,7 @@ def choice_detail(output: str, options: list[str]) -> tuple[str | None, bool]:
     bare = re.fullmatch(rf"\s*\(?({_LETTER})\)?[.)]?\s*", output)
     if bare:
         return (bare.group(1) if bare.group(1) in letters else None), False
-    labelled = [m.groups("") for line in lines if (m := _OPTION_LINE.match(line))]
+    labelled = [(m.group(1), m.group(2) or "") for line in lines if (m := _OPTION_LINE.match(line))]
     if len({letter for letter, _ in labelled}) == 1 and labelled[0][0] in letters:
         return _checked(*labelled[0], options), False
     plain = [line for line in lines if not _OPTION_LINE.match(line)]
@@ -224,7 +224,7 @@ def _opens_list(letter: str, following: list[str]) -> bool:
     """Whether a stated letter is the first of a list: the next line starts with the next letter, as
     in "Answer: A. 20" followed by "B. 21", or "Answer:" over lines "A", "B", "C"."""
     label = _LETTER_LINE.match(next((line for line in following if line.strip()), ""))
-    return bool(label) and ord(label.group(1)) == ord(letter) + 1
+    return label is not None and ord(label.group(1)) == ord(letter) + 1
 
 
 def _checked(letter: str, rest: str, options: list[str]) -> str | None:

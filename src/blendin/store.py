@@ -45,6 +45,18 @@ def _write_parquet(frame, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def output_key(record: dict) -> tuple[str, int]:
+    """An output's key: (sample id, sample index); index 0 for greedy runs and runs stored before
+    outputs had one."""
+    return record["id"], int(record.get("sample", 0))
+
+
+def trace_keys(frame) -> list[tuple[str, int]]:
+    """The output key of each row of a per-token trace."""
+    index = frame["sample"] if "sample" in frame else [0] * len(frame)
+    return list(zip(frame["sample_id"], (int(i) for i in index)))
+
+
 class RunStore:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -106,12 +118,14 @@ class RunStore:
                 fh.truncate(good_bytes)
         return records
 
-    def prune_parts(self, done: set[str]) -> None:
-        """Drop trace parts of batches whose samples were not all recorded (killed in between)."""
+    def prune_parts(self, done: set[tuple[str, int]]) -> None:
+        """Drop trace parts of batches whose outputs were not all recorded (killed in between). `done`
+        holds (sample id, sample index) pairs (`output_key`)."""
         import pandas as pd
 
         for part in sorted(self.parts.glob("tokens-*.parquet")) if self.parts.is_dir() else []:
-            if not set(pd.read_parquet(part, columns=["sample_id"])["sample_id"]) <= done:
+            frame = pd.read_parquet(part)
+            if not set(trace_keys(frame)) <= done:
                 part.unlink()
 
     def append(self, records: list[dict], trace_rows: dict[str, list]) -> None:
@@ -119,7 +133,8 @@ class RunStore:
         import pandas as pd
 
         self.parts.mkdir(parents=True, exist_ok=True)
-        _write_parquet(pd.DataFrame(trace_rows), self.parts / f"tokens-{records[0]['id']}.parquet")
+        first = records[0]
+        _write_parquet(pd.DataFrame(trace_rows), self.parts / f"tokens-{first['id']}-{first.get('sample', 0)}.parquet")
         with open(self.samples_path, "a", encoding="utf-8") as fh:
             fh.write(_jsonl(records))
             fh.flush()
@@ -138,15 +153,17 @@ class RunStore:
         import pandas as pd
 
         atomic_write_text(self.samples_path, _jsonl(records))
-        order = {r["id"]: i for i, r in enumerate(records)}
+        order = {output_key(r): i for i, r in enumerate(records)}
         parts = sorted(self.parts.glob("tokens-*.parquet")) if self.parts.is_dir() else []
         frames = [pd.read_parquet(p) for p in parts]
-        tokens = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"sample_id": [], "step": []})
-        tokens = tokens[tokens["sample_id"].isin(order)].drop_duplicates(["sample_id", "step"])
-        # sample order, then step: the file does not depend on how the samples were batched
-        tokens = tokens.sort_values(
-            ["sample_id", "step"], key=lambda col: col.map(order) if col.name == "sample_id" else col, kind="stable"
-        ).reset_index(drop=True)
+        empty: dict[str, list] = {"sample_id": [], "sample": [], "step": []}
+        tokens = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(empty)
+        if "sample" not in tokens:  # parts written before outputs had an index: all index 0
+            tokens.insert(1, "sample", 0)
+        position = pd.Series(trace_keys(tokens), index=tokens.index).map(order)
+        tokens = tokens[position.notna()].assign(_order=position).drop_duplicates(["sample_id", "sample", "step"])
+        # output order, then step: the file does not depend on how the outputs were batched
+        tokens = tokens.sort_values(["_order", "step"], kind="stable").drop(columns="_order").reset_index(drop=True)
         _write_parquet(tokens, self.path / "tokens.parquet")
         atomic_write_json(self.metrics_path, metrics)
         shutil.rmtree(self.parts, ignore_errors=True)

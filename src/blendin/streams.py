@@ -160,6 +160,8 @@ class RowLayer(DynamicLayer):
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
+        # layers are created by a forward, and `CachedStream._forward` sets the columns before each one
+        assert self.owner.key_columns is not None, "no forward has set the key columns yet"
         return self.owner.key_columns.shape[0]
 
     def relayout(
@@ -221,6 +223,8 @@ class RowCache(Cache):
 
 class CachedStream:
     """One model + one batched KV cache over ragged rows (see module doc)."""
+
+    logits: torch.Tensor | None  # each row's next-token logits [B, V]; None until a token was fed (`start`)
 
     def __init__(self, model, pad_id: int, headroom: int = 256, clock=None, role: str = "model", compile: str = "none"):
         """headroom: columns planned beyond the longest prompt; clock: a `transfer.Clock` that times
@@ -286,7 +290,10 @@ class CachedStream:
         counts = [len(n) for n in new]
         queries = max(counts, default=0)
         if queries == 0:
-            return (self.logits, [self.logits[i:i, :] for i in range(len(new))]) if all_logits else self.logits
+            if not all_logits:
+                return self.logits
+            assert self.logits is not None, "per-row logits need a fed token (prompts are not empty)"
+            return self.logits, [self.logits[i:i, :] for i in range(len(new))]
         lengths = [len(r) for r in self.rows]
         self._reserve(max(lengths) + queries)
         # One host-to-device copy: each row's new tokens right-aligned in the chunk (so the chunk's
@@ -370,6 +377,7 @@ class CachedStream:
             return
         self.rows = [self.rows[i] for i in keep]
         index = to_device(keep, torch.long, self.device)
+        assert self.logits is not None, "the stream has rows, so it was fed"
         self.logits = self.logits[index]
         self.cache.relayout(index, max(len(r) for r in self.rows), self.cache.capacity)
 

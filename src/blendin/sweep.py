@@ -66,7 +66,7 @@ def run_job(cfg: DictConfig, execute, run_dir, summary_keys) -> dict:
 
 
 # Set by SweepReport when a sweep starts in this process (the basic launcher); elsewhere jobs know only their number.
-_SWEEP = {"total": None, "started": None}
+_SWEEP: dict[str, float | None] = {"total": None, "started": None}  # runs, time.monotonic() at the start
 
 
 def progress_line(job: int) -> str:
@@ -93,7 +93,7 @@ def _share_cpu_threads(launcher) -> None:
     threads = launcher.get("cpus_per_task")
     if "joblib" in str(launcher.get("_target_", "")).lower():
         n_jobs = launcher.get("n_jobs") or 1
-        n_jobs = os.cpu_count() if n_jobs < 0 else n_jobs
+        n_jobs = (os.cpu_count() or 1) if n_jobs < 0 else n_jobs
         threads = max(1, (os.cpu_count() or 1) // n_jobs)
     if threads:
         torch.set_num_threads(int(threads))
@@ -184,7 +184,7 @@ def headline(summary: dict) -> str:
     run's output is given, so it has no score."""
     from .methods import REGISTRY
 
-    spec = REGISTRY.get(summary.get("method"))
+    spec = REGISTRY.get(summary.get("method", ""))  # "": no method of that name
     kind = spec.headline if spec else "score"
     if kind == "none":
         return "teacher forcing: no score (the output is the given reference)"

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Any
 
 import torch
 
 from .models import LoadedModel, ModelSpec, _eos_ids, resolve_device, resolve_dtype
 
 # The published configs (hub config.json files), reduced to what shapes the compute.
-CONFIGS = {
+CONFIGS: dict[str, dict[str, Any]] = {  # name -> the model kind and its transformers config settings
     "llama-3.1-8b": dict(
         kind="llama",
         vocab_size=128256,

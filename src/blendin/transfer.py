@@ -76,7 +76,7 @@ class Clock:
     def __init__(self, device: torch.device, enabled: bool = False):
         self.cuda, self.enabled = device.type == "cuda", enabled
         self.seconds: dict[str, float] = {}
-        self._pending: list[tuple[str, object, object]] = []
+        self._pending: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
 
     def start(self):
         if not self.enabled:

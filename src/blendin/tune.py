@@ -174,7 +174,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-@hydra.main(version_base=None, config_path="../../conf", config_name="tune")
+@hydra.main(version_base=None, config_path="conf", config_name="tune")
 def main(cfg: DictConfig) -> None:
     call(tune, cfg)
 

@@ -98,7 +98,10 @@ class TailTokenizer:
 
     def __init__(self, tokenizer, context: int = 6, check: int = 3):
         self.tokenizer, self.context, self.check = tokenizer, context, check
-        self.text, self.ids, self.starts, self.ends = "", [], [], []
+        self.text = ""
+        self.ids: list[int] = []
+        self.starts: list[int] = []  # character offset of each token in `text`
+        self.ends: list[int] = []
 
     def update(self, text: str, stable: int | None = None) -> int:
         """Tokenize the new `text`, whose first `stable` characters equal the old text's; return the
@@ -110,7 +113,7 @@ class TailTokenizer:
         tails: Sequence["TailTokenizer"], texts: Sequence[str], stables: Sequence[int | None] | None = None
     ) -> list[int]:
         """`update` of many TailTokenizers of one tokenizer, with one batched tokenizer call."""
-        firsts: list[int | None] = [None] * len(tails)
+        firsts: dict[int, int] = {}  # tail index -> its first changed id (every tail gets one)
         plans, windows = [], []
         for k, (tail, text) in enumerate(zip(tails, texts)):
             if text == tail.text:
@@ -131,7 +134,7 @@ class TailTokenizer:
                     firsts[k] = tails[k]._set(texts[k], merged, first)
             for k, enc in zip(redo, _tokenize_many(tails[0].tokenizer, [texts[k] for k in redo]) if redo else []):
                 firsts[k] = tails[k]._set(texts[k], tails[k]._merge(texts[k], 0, 0, enc), 0)
-        return firsts
+        return [firsts[k] for k in range(len(tails))]
 
     def peek(self, text: str, stable: int | None = None) -> list[int]:
         """tokenizer(text) ids without changing the state (e.g. for a prefix of the current text)."""
@@ -269,28 +272,35 @@ class TokenView:
         row r's continuation. extra[r]: tokens to read after it (a draft being written, one token
         more each call); what the stream already holds of them is kept.
         """
-        new, drop = [[] for _ in self.prompts], [0] * len(self.prompts)
+        new: list[list[int]] = [[] for _ in self.prompts]
+        drop = [0] * len(self.prompts)
         self.fed_from = {}  # row -> continuation index of the first token fed now (for all_logits)
         if self.by_text:  # every row's text tokenized with one tokenizer call
+            assert texts is not None, "a view by text reads the continuations as texts"
             changed = TailTokenizer.update_all(
                 [self.tails[r] for r in rows],
                 [texts[r] for r in rows],
                 [stables[r] for r in rows] if stables is not None else None,
             )
         for k, r in enumerate(rows):
-            want, first_new = (self.tails[r].ids, changed[k]) if self.by_text else (ids[r], self.synced[r])
-            draft = extra.get(r) if extra else None
+            want: Sequence[int]
+            if self.by_text:
+                want, first_new = self.tails[r].ids, changed[k]
+            else:
+                assert ids is not None, "a view by ids reads the continuations as ids"
+                want, first_new = ids[r], self.synced[r]
+            draft: Sequence[int] = extra.get(r, ()) if extra else ()  # empty: no draft
             have = self.stream.tokens(r)
             start = len(self.prompts[r])
             common = min(self.synced[r], first_new, len(have) - start)
-            total = len(want) + (len(draft) if draft else 0)
+            total = len(want) + len(draft)
             while (
                 common < total
                 and start + common < len(have)
                 and have[start + common] == (want[common] if common < len(want) else draft[common - len(want)])
             ):
                 common += 1
-            new[r] = list(want[common:]) + list(draft[max(0, common - len(want)) :] if draft else [])
+            new[r] = list(want[common:]) + list(draft[max(0, common - len(want)) :])
             drop[r] = len(have) - start - common
             self.fed_from[r] = common
             self.synced[r] = len(want)
@@ -329,7 +339,7 @@ class TokenView:
     def append(self, rows: Sequence[int], tokens: Sequence[Sequence[int]]) -> torch.Tensor:
         """Feed extra tokens to `rows` beyond their continuation (a draft); the next `catch_up`
         keeps those that the continuation turns out to contain and crops the rest."""
-        new = [[] for _ in self.prompts]
+        new: list[list[int]] = [[] for _ in self.prompts]
         for r, toks in zip(rows, tokens):
             new[r] = list(toks)
         self.forward_passes += 1

@@ -20,9 +20,13 @@ import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 _FORMAT_VERSION = 1
@@ -109,16 +113,17 @@ class VocabMap:
     guidance_to_base: torch.Tensor  # [guidance model vocab size] long
     base_size: int
     identical: bool  # same tokenizer: ids mean the same thing, no re-tokenization needed
-    base_tokenizer: object = field(repr=False)
-    guidance_tokenizer: object = field(repr=False)
-    _guidance_bytes: list | None = field(default=None, repr=False)
-    _base_byte_ids: dict | None = field(default=None, repr=False)
+    # the tokenizers: None in a map built by hand (tests), which then spells nothing
+    base_tokenizer: PreTrainedTokenizerBase | None = field(repr=False)
+    guidance_tokenizer: PreTrainedTokenizerBase | None = field(repr=False)
+    _guidance_bytes: list[bytes | None] | None = field(default=None, repr=False)
+    _base_byte_ids: dict[int, int] | None = field(default=None, repr=False)
     _identity: bool | None = field(default=None, repr=False)
     _first_table: torch.Tensor | None = field(default=None, repr=False)
-    _first_host: list | None = field(default=None, repr=False)
+    _first_host: list[int] | None = field(default=None, repr=False)
     _shared: torch.Tensor | None = field(default=None, repr=False)
-    _mapped: tuple | None = field(default=None, repr=False)
-    _spelled: dict = field(default_factory=dict, repr=False)
+    _mapped: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+    _spelled: dict[int, list[int]] = field(default_factory=dict, repr=False)
 
     def to(self, device) -> "VocabMap":
         self.guidance_to_base = self.guidance_to_base.to(device)
@@ -164,6 +169,7 @@ class VocabMap:
             return guide_probs
         if self._mapped is None:
             self.prepare()
+        assert self._mapped is not None, "prepare() builds it for a map that is not the identity"
         keep, twins = self._mapped  # guidance ids with a twin, and their twins
         out = torch.zeros(guide_probs.shape[0], self.base_size, dtype=guide_probs.dtype, device=guide_probs.device)
         return out.scatter_add_(1, twins.unsqueeze(0).expand(guide_probs.shape[0], -1), guide_probs[:, keep])
@@ -186,6 +192,7 @@ class VocabMap:
         """`first_base_ids` of one id, read on the host (same table)."""
         if self._first_host is None:
             self.prepare()
+        assert self._first_host is not None, "prepare() builds it (first_base_ids)"
         return self._first_host[guidance_id]
 
     def base_ids_for_guidance_token(self, guidance_id: int) -> list[int]:
@@ -196,10 +203,11 @@ class VocabMap:
 
     def spell(self, guidance_ids: list[int]) -> list[list[int]]:
         """`base_ids_for_guidance_token` of many tokens, with one call of the base tokenizer."""
-        if self._guidance_bytes is None:
+        if self._guidance_bytes is None or self._base_byte_ids is None:  # built together, on first use
             self._guidance_bytes = token_bytes(self.guidance_tokenizer)
             self._base_byte_ids = _single_byte_ids(self.base_tokenizer)
-        out: list[list[int] | None] = []
+        assert self.guidance_tokenizer is not None and self.base_tokenizer is not None, "token_bytes read them"
+        out: list[list[int]] = []
         texts, where = [], []
         for g in guidance_ids:
             data = self._guidance_bytes[g] if g < len(self._guidance_bytes) else None
@@ -212,7 +220,7 @@ class VocabMap:
                     out.append([self._base_byte_ids[b] for b in data])
                     continue
                 text = data.decode("utf-8", "replace")
-            out.append(None)
+            out.append([])  # filled in below, from one call of the base tokenizer
             texts.append(text)
             where.append(len(out) - 1)
         if texts:
@@ -223,6 +231,7 @@ class VocabMap:
 
     def stats(self) -> dict:
         """Overlap of the two vocabularies (what users quote when choosing a pair)."""
+        assert self.guidance_tokenizer is not None and self.base_tokenizer is not None, "the stats need the tokenizers"
         g2b = self.guidance_to_base
         n_guidance = min(len(self.guidance_tokenizer), g2b.shape[0])
         mapped = int((g2b[:n_guidance] >= 0).sum())

@@ -95,7 +95,9 @@ class _WordRow:
         self.draft_anchor: list[int] = []
         self.words: list[str] = []
         self.verify_at, self.single = 1, False
-        self.first, self.cont_detok, self.cont_from = True, None, ""
+        self.first = True
+        self.cont_detok: Detokenizer | None = None  # decodes the base's own tokens while it continues
+        self.cont_from = ""
         self.nudges: list[str] = []
         self.spans: list[tuple[int, int]] = []
         self.facts: dict[int, tuple[float, int]] = {}  # text offset -> base (top prob, top id) there
@@ -116,18 +118,21 @@ class WordNudgingDecoder:
         if guidance is None:
             raise ConfigError("method nudging_words needs a guidance model")
         self.lead, self.policy, self.guidance, self.vocab, self.use_cache = base, policy, guidance, vocab, use_cache
-        self._base_bytes = None
+        self._base_bytes: list[bytes | None] | None = None
         self.bulk_verify = True  # False checks each word in its own pass (the fallback; tests use it)
         self.stats = new_stats()
         self.clock = Clock(base.device)
 
     @property
-    def base_bytes(self) -> list:
+    def base_bytes(self) -> list[bytes | None]:
         if self._base_bytes is None:
             self._base_bytes = token_bytes(self.lead.tokenizer)
         return self._base_bytes
 
-    def generate(self, prompts, max_new_tokens: int = 256, stop_strings=(), batch_size: int = 8, on_batch=None):
+    def generate(
+        self, prompts, max_new_tokens: int = 256, stop_strings=(), batch_size: int = 8, on_batch=None, keys=None
+    ):
+        # keys (random streams) are unused: word-level NUDGING decodes greedily (`methods.Method.samples`)
         check_generate_args(max_new_tokens, batch_size)
         base_prompts = [self.lead.prompt_ids(p) for p in prompts]
         guide_prompts = [self.guidance.prompt_ids(p) for p in prompts]
@@ -265,7 +270,7 @@ class WordNudgingDecoder:
         if prob >= self.policy.tau:
             return True
         spelled = self.base_bytes[top] if top < len(self.base_bytes) else None
-        return bool(spelled) and (" " + next_word).encode("utf-8").startswith(spelled)
+        return bool(spelled and (" " + next_word).encode("utf-8").startswith(spelled))
 
     def _accept(self, row: _WordRow, n_words: int) -> None:
         self._nudge(row, " ".join(row.words[: max(1, n_words)]))
@@ -317,7 +322,7 @@ class WordNudgingDecoder:
         """The output, its base tokens, and a per-token trace built from the text's base tokenization."""
         enc = self.lead.tokenizer(row.text, add_special_tokens=False, return_offsets_mapping=True)
         ids, spans = list(enc["input_ids"]), enc["offset_mapping"]
-        trace = {c: [] for c in TRACE_COLUMNS}
+        trace: dict[str, list] = {c: [] for c in TRACE_COLUMNS}
         for step, (token, (start, end)) in enumerate(zip(ids, spans)):
             nudged = any(a <= start < b for a, b in row.spans)
             prob, top = row.facts.get(start, (math.nan, -1))
@@ -341,6 +346,7 @@ class WordNudgingDecoder:
                 base_top_p_size=-1,
                 top100_overlap=math.nan,
                 text_offset=end,
+                sample_prob=math.nan,  # word-level NUDGING decodes greedily
             )
             for key, value in entry.items():
                 trace[key].append(value)
