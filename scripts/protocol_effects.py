@@ -131,8 +131,11 @@ def main(argv=None) -> None:
         "| difference (A / B) | benchmark | score A | score B | B - A | McNemar p | intervention A | intervention B |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.3f}"
+
     for r in rows:
-        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         delta = None if r["score_a"] is None or r["score_b"] is None else r["score_b"] - r["score_a"]
         unit = " (word)" if r["unit_b"] == "word" else ""
         lines.append(

@@ -42,7 +42,10 @@ def table(runs: list[dict]) -> str:
         "override | tok/s |",
         "|---|---|---|---|---:|---:|---:|---|---|---:|---:|---:|",
     ]
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.3f}"
+
     for m in sorted(runs, key=lambda m: (m["pair"], m["benchmark"], m["method"], json.dumps(m["method_params"]))):
         params = ", ".join(f"{k}={v}" for k, v in m["method_params"].items() if k != "name") or "-"
         ci = "-" if m["ci95"][0] is None else f"[{m['ci95'][0]:.2f}, {m['ci95'][1]:.2f}]"

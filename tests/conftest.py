@@ -17,7 +17,10 @@ import os
 import pytest
 import torch
 
+# Read when huggingface_hub and datasets are imported; conftest is imported before any test module
+# (test_benchmarks.py, test_judge_check.py), so no test reaches for the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 CORPUS = [

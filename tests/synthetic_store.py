@@ -346,7 +346,10 @@ def synthetic_forced(
         else:
             alpha = rng.uniform(0, 1, n_tokens)
         entropy = rng.uniform(0, 1, n_tokens)
-        pick = lambda a: np.where(a > 0.5, guide, base)  # noqa: E731
+
+        def pick(a):
+            return np.where(a > 0.5, guide, base)
+
         pieces = [PIECES[j % len(PIECES)] for j in range(n_tokens)]
         sid = f"{prefix}{i:03d}"
         frame, output = forced_trace(

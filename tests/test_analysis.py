@@ -516,7 +516,10 @@ def test_paper_values_transcription():
         "table5": 21,
         "table3": 16,
     }
-    get = lambda **kw: values[np.logical_and.reduce([values[k] == v for k, v in kw.items()])]["value"].tolist()  # noqa
+
+    def get(**kw):
+        return values[np.logical_and.reduce([values[k] == v for k, v in kw.items()])]["value"].tolist()
+
     assert get(artefact="table1", pair="qwen1.7b_llama8b", benchmark="gsm8k", method="blendin") == [0.31]
     assert get(artefact="figure2", pair="qwen1.7b_qwen8b", benchmark="arc_challenge") == [-0.73]
     assert get(artefact="table4", benchmark="xstest", metric="top50_pearson_r") == [0.047]

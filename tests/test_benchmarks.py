@@ -1,27 +1,23 @@
 """The six benchmarks on the shared data: counts, ids, splits, subsets, prompts, references, and gold
 answers scoring full marks; local files and hub-shaped rows giving the same samples.
 
-These read ../shared/data (or $BLENDIN_DATA_DIR) in place and skip when it is absent. Offline.
+These read ../shared/data (or $BLENDIN_DATA_DIR) in place and skip when it is absent. Offline
+(tests/conftest.py sets HF_DATASETS_OFFLINE and HF_HUB_OFFLINE before `datasets` is imported).
 """
 
 from __future__ import annotations
 
-import os
+import collections
+import csv
+import json
+import math
+import random
 
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # before `datasets` is imported: never reach for the network
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import numpy as np
+import pytest
 
-import collections  # noqa: E402
-import csv  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import random  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import blendin.data as D  # noqa: E402
-from blendin.benchmarks import (  # noqa: E402
+import blendin.data as D
+from blendin.benchmarks import (
     BENCHMARKS,
     DEFAULT_REFUSAL_CLASSIFIER,
     TRUTHFULQA_CLOSING,
@@ -30,11 +26,11 @@ from blendin.benchmarks import (  # noqa: E402
     gsm8k_reference,
     refusal_classifiers,
 )
-from blendin.checks import BENCHMARK_KEYS, check_benchmark  # noqa: E402
-from blendin.data import DataError, data_dir  # noqa: E402
-from blendin.errors import ConfigError  # noqa: E402
-from blendin.prompts import plain_text  # noqa: E402
-from blendin.scoring import LETTERS  # noqa: E402
+from blendin.checks import BENCHMARK_KEYS, check_benchmark
+from blendin.data import DataError, data_dir
+from blendin.errors import ConfigError
+from blendin.prompts import plain_text
+from blendin.scoring import LETTERS
 
 pytestmark = pytest.mark.skipif(not data_dir().exists(), reason="no benchmark data directory")
 DATA = data_dir()

@@ -85,7 +85,9 @@ def test_auroc_by_hand_by_scipy_and_by_resampled_counts():
 
 
 def test_verdict_wording_follows_the_interval():
-    row = lambda lo, hi: dict(value=(lo + hi) / 2, ci_low=lo, ci_high=hi)  # noqa: E731
+    def row(lo, hi):
+        return dict(value=(lo + hi) / 2, ci_low=lo, ci_high=hi)
+
     assert calibration.verdict(row(0.55, 0.7), 20, 20) == "held"
     assert calibration.verdict(row(0.45, 0.6), 20, 20) == "not shown"
     assert calibration.verdict(row(0.2, 0.45), 20, 20) == "reversed"

@@ -5,18 +5,14 @@ command end to end against a stub OpenAI-compatible server (http.server in a thr
 from __future__ import annotations
 
 import json
-import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import pytest
 
-import pytest  # noqa: E402
-
-from blendin import judge_check as jc  # noqa: E402
-from blendin.data import DataError, data_dir  # noqa: E402
-from blendin.judges import (  # noqa: E402
+from blendin import judge_check as jc
+from blendin.data import DataError, data_dir
+from blendin.judges import (
     JUSTEVAL_JUDGEMENTS,
     judge_safety,
     justeval_judgements,

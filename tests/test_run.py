@@ -139,7 +139,10 @@ def test_an_interrupted_run_resumes_and_ends_like_an_uninterrupted_one(model_dir
     with open(path / "samples.jsonl", "a") as fh:  # and a line torn by the kill
         fh.write('{"id": "truthfulqa-9", "outp')
     execute(cut)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "gen_seconds"} for r in rows]  # noqa: E731
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "gen_seconds"} for r in rows]
+
     assert strip(read_samples(path)) == strip(read_samples(run_dir(whole)))
     assert pd.read_parquet(path / "tokens.parquet").equals(pd.read_parquet(run_dir(whole) / "tokens.parquet"))
 

@@ -123,7 +123,10 @@ def test_tune_follows_appendix_a4_on_held_out_items(model_dirs, tmp_path):
     chosen = max(trials, key=lambda t: t["score"])
     assert (report["choice"]["alpha"], report["choice"]["tau"]) == (chosen["alpha"], chosen["tau"])
     assert "outside the 4-item test subset" in report["validation"]
-    ids = lambda run: {json.loads(l)["id"] for l in (Path(run) / "samples.jsonl").read_text().splitlines()}  # noqa
+
+    def ids(run):
+        return {json.loads(line)["id"] for line in (Path(run) / "samples.jsonl").read_text().splitlines()}
+
     validation = set().union(*(ids(t["run_dir"]) for t in trials))
     test = ids(report["test"]["chosen"]["run_dir"])
     assert len(test) == 4 and not validation & test, "tuning never touches test items"

@@ -353,7 +353,10 @@ def test_filters_change_what_is_shown(browser, page):
     from selenium.webdriver.support.ui import Select
 
     open_page(browser, page)
-    shown = lambda: [a.get_attribute("data-id") for a in browser.find_elements("css selector", "article.item")]  # noqa: E731
+
+    def shown():
+        return [a.get_attribute("data-id") for a in browser.find_elements("css selector", "article.item")]
+
     assert shown() == IDS
     Select(browser.find_element("id", "f-outcome")).select_by_value("wrong")  # wrong under BlendIn
     wait_for_items(browser, 1)

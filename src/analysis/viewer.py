@@ -235,7 +235,10 @@ def _sample_trace(steps: pd.DataFrame, output: str) -> dict:
         pieces, tail = token_pieces(output, offsets)
     else:  # an older run without text_offset: the page shows the chosen token ids instead
         pieces, tail = [None] * len(steps), output
-    ints = lambda name: [int(v) for v in steps[name]]  # noqa: E731
+
+    def ints(name: str) -> list[int]:
+        return [int(v) for v in steps[name]]
+
     return {
         "p": pieces,
         "tail": tail,

@@ -81,7 +81,11 @@ def sampling_from(cfg) -> Sampling:
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             bad(key, f"must be an integer >= {low}")
     if s.greedy and s.samples > 1:
-        bad("samples", "needs decoding.temperature > 0: greedy decoding gives the same output every time")
+        bad(
+            "samples",
+            "needs decoding.temperature > 0: greedy decoding gives the same output every time. "
+            "Fix: decoding=sample, or decoding.temperature=0.7",
+        )
     if s.greedy and (s.top_p < 1 or s.top_k > 0):
         bad("temperature", "is 0 (greedy), so top_p and top_k would do nothing: set a temperature to sample")
     return s
