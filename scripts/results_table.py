@@ -6,7 +6,8 @@
 
 One row per run (pair, benchmark, method and its parameters, subset), with the score, its 95%
 bootstrap interval, the intervention and override rates and the decoding speed, all read from the
-files the runs stored.
+files the runs stored. Runs with several sampled outputs per item (`decoding.samples`) get a second
+table: mean accuracy over samples, pass@1, pass@k and majority-vote accuracy.
 """
 
 from __future__ import annotations
@@ -57,6 +58,38 @@ def table(runs: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _ci(pair) -> str:
+    return "-" if not pair or pair[0] is None else f"[{pair[0]:.2f}, {pair[1]:.2f}]"
+
+
+def sampled_table(runs: list[dict]) -> str:
+    """Runs with several sampled outputs per item: the mean score over outputs, pass@k and the
+    majority vote, each interval resampling items."""
+    out = [
+        "| pair | benchmark | method | decoding | items x samples | max tokens | accuracy (mean over samples) | "
+        "pass@1 | pass@k | majority vote | intervention |",
+        "|---|---|---|---|---|---:|---|---:|---|---|---:|",
+    ]
+    for m in sorted(runs, key=lambda m: (m["pair"], m["benchmark"], m["method"], json.dumps(m["method_params"]))):
+        k = m["samples_per_item"]
+        d = m["decoding"]
+        drawn = f"T={d['temperature']:g}" + (f", top-p {d['top_p']:g}" if d["top_p"] < 1 else "")
+        drawn += (f", top-k {d['top_k']}" if d["top_k"] else "") + f", seed {d['seed']}"
+        passes = m.get("pass_at_k") or {}
+        majority = m.get("majority_score")
+        out.append(
+            f"| {m['pair']} | {m['benchmark']} | {m['method']} | {drawn} | {m['n_samples']} x {k} | "
+            f"{m.get('max_new_tokens', '-')} | {_fmt(m['score'])} {_ci(m['ci95'])} | {_fmt(passes.get('1'))} | "
+            f"{_fmt(passes.get(str(k)))} (k={k}) | {_fmt(majority)} {_ci(m.get('majority_ci95'))} | "
+            f"{_fmt(m['intervention_rate'])} |"
+        )
+    return "\n".join(out)
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=Path("results"))
@@ -64,7 +97,11 @@ def main(argv=None) -> None:
     parser.add_argument("--sweep", help="a multirun folder (results/multirun/<time>) or 'latest'")
     args = parser.parse_args(argv)
     runs = sweep_rows(args.results, args.sweep) if args.sweep else rows(args.results, args.pair)
-    print(table(runs) if runs else f"no finished runs under {args.results}/runs/")
+    if not runs:
+        raise SystemExit(f"error: no finished runs under {args.results}/runs/")
+    sampled = [m for m in runs if m.get("samples_per_item", 1) > 1]
+    greedy = [m for m in runs if m.get("samples_per_item", 1) == 1]
+    print("\n\n".join(t for t in (table(greedy) if greedy else "", sampled_table(sampled) if sampled else "") if t))
 
 
 if __name__ == "__main__":

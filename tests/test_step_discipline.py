@@ -14,6 +14,7 @@ from test_engine import GUIDED, MAX_NEW
 
 from blendin import engine
 from blendin.prompts import Prompt
+from blendin.sampling import Sampling
 from blendin.transfer import SYNCS
 
 READS = ("item", "tolist", "__bool__", "nonzero", "__int__", "__float__", "__index__")
@@ -53,12 +54,18 @@ def counted_steps():
         engine._Batch.step = original_step
 
 
-@pytest.mark.parametrize("overlap", [False, True], ids=["plain", "overlap"])
+@pytest.mark.parametrize(
+    "overlap, sampling",
+    [(False, None), (True, None), (True, Sampling(temperature=0.8, top_p=0.9))],
+    ids=["plain", "overlap", "overlap-sampled"],
+)
 @pytest.mark.parametrize("kind", ["shared", "cross"])
 @pytest.mark.parametrize("method", [{"name": "base"}] + GUIDED, ids=lambda m: f"{m['name']}-{m.get('top_k', '')}")
-def test_a_decode_step_copies_to_the_host_once_and_reads_nothing_else(kind, method, overlap, shared_pair, cross_pair):
+def test_a_decode_step_copies_to_the_host_once_and_reads_nothing_else(
+    kind, method, overlap, sampling, shared_pair, cross_pair
+):
     pair = shared_pair if kind == "shared" else cross_pair
-    decoder = pair.decoder(method, guidance_schedule="every", overlap=overlap)
+    decoder = pair.decoder(method, guidance_schedule="every", overlap=overlap, sampling=sampling)
     with counted_steps() as (counts, reads):
         decoder.generate([Prompt(p) for p in PROMPTS], max_new_tokens=MAX_NEW, batch_size=3)
     assert len(counts) >= MAX_NEW
@@ -79,9 +86,15 @@ def test_the_lazy_schedule_reads_one_flag_more():
 def test_every_guidance_schedule_gives_the_same_outputs_and_traces(kind, shared_pair, cross_pair):
     pair = shared_pair if kind == "shared" else cross_pair
     prompts = [Prompt(p) for p in PROMPTS]
-    for method in GUIDED + [{"name": "probe", "tau": 0.4}]:
-        lazy = pair.decoder(method, guidance_schedule="lazy").generate(prompts, max_new_tokens=MAX_NEW, batch_size=3)
-        every = pair.decoder(method, guidance_schedule="every").generate(prompts, max_new_tokens=MAX_NEW, batch_size=3)
+    for method, drawn in [(m, None) for m in GUIDED + [{"name": "probe", "tau": 0.4}]] + [
+        (GUIDED[0], Sampling(temperature=1.0, seed=2))  # a sampled run draws the same tokens under both schedules
+    ]:
+        lazy, every = (
+            pair.decoder(method, guidance_schedule=schedule, sampling=drawn).generate(
+                prompts, max_new_tokens=MAX_NEW, batch_size=3
+            )
+            for schedule in ("lazy", "every")
+        )
         for a, b in zip(lazy, every):
             assert a.token_ids == b.token_ids, method
             for column in ("applied", "guide_top_id", "guide_top_rank", "base_top_p_size"):
@@ -146,8 +159,9 @@ def test_feeding_the_chosen_tokens_before_the_host_reads_them_changes_nothing(ki
     pair = shared_pair if kind == "shared" else cross_pair
     prompts = [Prompt(p) for p in PROMPTS]
     for method in [{"name": "base"}] + GUIDED + [{"name": "probe", "tau": 0.4}]:
-        plain = pair.decoder(method, guidance_schedule=schedule, overlap=False)
-        ahead = pair.decoder(method, guidance_schedule=schedule, overlap=True)
+        drawn = Sampling(temperature=1.0, seed=5) if method["name"] == "blendin" else None  # sampled tokens too
+        plain = pair.decoder(method, guidance_schedule=schedule, overlap=False, sampling=drawn)
+        ahead = pair.decoder(method, guidance_schedule=schedule, overlap=True, sampling=drawn)
         expected = plain.generate(prompts, max_new_tokens=MAX_NEW, stop_strings=["e."], batch_size=3)
         got = ahead.generate(prompts, max_new_tokens=MAX_NEW, stop_strings=["e."], batch_size=3)
         assert [o.token_ids for o in got] == [o.token_ids for o in expected], method
