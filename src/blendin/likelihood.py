@@ -1,0 +1,277 @@
+"""Log-likelihoods under a decoding method's own next-token distribution, by teacher forcing.
+
+Both models are walked along a given continuation (as `forcing.py` does) and, at each position, the
+method's distribution is read off the two next-token distributions (`method_logprob`, the one place
+that defines it):
+
+- base, guidance, aligned (one model alone): that model's own distribution, on its own tokens;
+- nudging, af, cc, af_cc: where the method takes the guidance's token (the base is unsure, u < tau,
+  and for the filters the suggestion passes them), the guidance's distribution moved onto base tokens;
+  elsewhere the base's;
+- blendin: where u < tau, the renormalised blend whose argmax BlendIn emits (`policies.Blend`, the same
+  weight alpha and the same top-k union or shared vocabulary); elsewhere the base's;
+- probe: the base's (it never applies the guidance).
+
+For guided methods the continuation is the base's tokens. The guidance's probability of a base token
+is that of its guidance twin (the guidance token with the same bytes; the sum where several guidance
+tokens share one twin, as with end-of-turn ids). A base token with no twin has guidance probability 0,
+so where the method uses the guidance alone its log-probability is -inf; the blend gives it the base's
+share only. Such zeros (and tokens outside the blend's candidates) get `score`'s floor, if one is
+given (docs/lm_eval.md). With a shared tokenizer the guidance reads the base's ids; with two tokenizers it reads
+its own tokenization of the text before each position, as in decoding (`forcing.guidance_reads`).
+
+Continuations that share a context are scored in one forward pass per model: the context once, each
+continuation a branch after it (a tree attention mask, `streams.attention_masks`), several contexts
+per batch (left-padded so that every scored position sits at the end of its row).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .facts import add_guidance_facts
+from .forcing import guidance_reads
+from .policies import SOURCE_BLEND, SOURCE_GUIDANCE, Step
+from .streams import attention_masks
+from .views import _common_prefix_length
+
+CHUNK = 64  # positions whose full distributions are held at once (262k-token vocabularies are large)
+NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One continuation to score: the lead's ids before it and its own ids (base ids for a guided
+    method), and for a guided method what the guidance reads before it."""
+
+    context: tuple[int, ...]
+    continuation: tuple[int, ...]
+    guide_context: tuple[int, ...] | None = None
+
+
+# ---- the method's distribution at a position -------------------------------------------------------
+
+
+def method_logprob(policy, base_logp, ref, guide_logp=None, vocab=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The method's log-probability of each reference token, and the token the method itself would
+    choose there (joint ids, as `Choice.token`), at n positions.
+
+    base_logp [n, Vb] and guide_logp [n, Vg]: each model's log-probabilities after what it read; ref [n]
+    base ids. guide_logp None: the lead model alone (base, guidance, aligned). The choice is the policy's
+    own `decide`, so `is_greedy` follows exactly what decoding would emit along the reference.
+    """
+    pb = base_logp.exp()
+    top_prob, top_id = pb.max(-1)
+    base_ref = base_logp.gather(-1, ref[:, None]).squeeze(-1)
+    consulted = top_prob < getattr(policy, "tau", 0.0)
+    if guide_logp is None or not bool(consulted.any()):
+        return base_ref, top_id
+    zeros = torch.zeros_like(top_id)
+    step = Step(pb, top_prob, top_id, consulted, zeros, zeros, vocab=vocab)
+    pg = guide_logp.exp()
+    add_guidance_facts(step, pg)
+    choice = policy.decide(step)
+    nudged = choice.applied & (choice.source == SOURCE_GUIDANCE)
+    logp = torch.where(nudged, twin_logprob(guide_logp, ref, vocab), base_ref)
+    blended = choice.applied & (choice.source == SOURCE_BLEND)
+    if bool(blended.any()):
+        blend = _blend_logprob(policy, step, vocab, choice.alpha, ref, base_ref, guide_logp, pg)
+        logp = torch.where(blended, blend, logp)
+    return logp, choice.token
+
+
+def twin_logprob(guide_logp, ref, vocab) -> torch.Tensor:
+    """log P_g of each base token `ref`: the summed probability of its guidance twins, -inf if none."""
+    if vocab.is_identity and guide_logp.shape[-1] == vocab.base_size:
+        return guide_logp.gather(-1, ref[:, None]).squeeze(-1)
+    twins = vocab.guidance_to_base[None, :] == ref[:, None]
+    return guide_logp.masked_fill(~twins, NEG_INF).logsumexp(-1)
+
+
+def _blend_logprob(policy, step: Step, vocab, alpha, ref, base_ref, guide_logp, pg) -> torch.Tensor:
+    """log of the renormalised blend alpha * P_g + (1 - alpha) * P_b at `ref`, over the candidates
+    `policies.Blend` blends: the union of both top-k lists (a token missing from a list counts 0
+    there), or with top_k None the shared vocabulary. A token outside them has probability 0 (-inf)."""
+    if policy.top_k is None:
+        shared = vocab.shared_base_mask
+        base_part = torch.where(shared[ref], base_ref, NEG_INF)
+        guide_part = twin_logprob(guide_logp, ref, vocab)
+        guide_mass = (pg * (vocab.guidance_to_base >= 0)).sum(-1)
+        total = alpha * guide_mass + (1 - alpha) * (step.base_probs * shared).sum(-1)
+    else:
+        base_p, base_ids = step.top("base", min(policy.top_k, step.base_probs.shape[-1]))
+        guide_p, guide_ids = step.top("guide", min(policy.top_k, pg.shape[-1]))
+        base_part = torch.where((base_ids == ref[:, None]).any(-1), base_ref, NEG_INF)
+        hits = vocab.guidance_to_base[guide_ids] == ref[:, None]
+        guide_part = guide_logp.gather(-1, guide_ids).masked_fill(~hits, NEG_INF).logsumexp(-1)
+        total = alpha * guide_p.sum(-1) + (1 - alpha) * base_p.sum(-1)
+    mixed = torch.logaddexp(alpha.log() + guide_part, torch.log1p(-alpha) + base_part)
+    return mixed - total.clamp_min(1e-30).log()
+
+
+# ---- scoring many continuations -------------------------------------------------------------------
+
+
+def score(
+    items: list[Item],
+    policy,
+    lead,
+    guidance=None,
+    vocab=None,
+    batch_size: int = 8,
+    floor: float = NEG_INF,
+    stats: dict | None = None,
+) -> list[tuple[float, bool]]:
+    """(log-likelihood, is_greedy) of each item under the method's distribution (`method_logprob`).
+
+    lead: the `LoadedModel` whose tokens the continuations are (the base for guided methods); guidance
+    and vocab: None for a one-model method. batch_size: contexts per forward pass. The guidance runs
+    only for batches where the base is unsure somewhere (elsewhere every method is the base).
+    floor: the log-probability given to a token the method's distribution gives probability 0 (-inf:
+    none). stats: if given, counts scored "tokens" and "floored" ones into it.
+    """
+    results: list[tuple[float, bool]] = [(0.0, True)] * len(items)  # an empty continuation has probability 1
+    groups: dict[tuple, list[int]] = {}
+    for i, item in enumerate(items):
+        if item.continuation:
+            groups.setdefault((item.context, item.guide_context), []).append(i)
+    keys = sorted(groups, key=lambda k: -len(k[0]))  # like-sized contexts share a batch
+    tau = getattr(policy, "tau", 0.0)
+    with torch.inference_mode():
+        for start in range(0, len(keys), batch_size):
+            batch = [(key, [items[i].continuation for i in groups[key]]) for key in keys[start : start + batch_size]]
+            order = [i for key, _ in batch for i in groups[key]]
+            base_logits = _branch_logits(lead, [(key[0], conts) for key, conts in batch])
+            guide_logits = None
+            if guidance is not None and any(_unsure(x, tau) for x in base_logits):
+                guide_logits = _guidance_logits(guidance, vocab, lead.tokenizer, batch)
+            for n, i in enumerate(order):
+                ref = torch.tensor(items[i].continuation, device=base_logits[n].device)
+                total, greedy = 0.0, True
+                for lo in range(0, len(ref), CHUNK):
+                    hi = lo + CHUNK
+                    base_logp = torch.log_softmax(base_logits[n][lo:hi].float(), -1)
+                    guide_logp = None
+                    if guide_logits is not None:
+                        guide_logp = torch.log_softmax(guide_logits[n][lo:hi].float(), -1).to(base_logp.device)
+                    logp, choice = method_logprob(policy, base_logp, ref[lo:hi], guide_logp, vocab)
+                    zero = torch.isneginf(logp)
+                    logp = torch.where(zero, floor, logp)
+                    if stats is not None:
+                        stats["tokens"] = stats.get("tokens", 0) + len(logp)
+                        stats["floored"] = stats.get("floored", 0) + int(zero.sum())
+                    total += float(logp.double().sum())
+                    greedy = greedy and bool((choice == ref[lo:hi]).all())
+                results[i] = (total, greedy)
+    return results
+
+
+def _unsure(logits: torch.Tensor, tau: float) -> bool:
+    """Is the top probability below tau at some position? (softmax max = exp(max - logsumexp))"""
+    logits = logits.float()
+    return bool(((logits.max(-1).values - logits.logsumexp(-1)).exp() < tau).any())
+
+
+def _branch_logits(model, groups: list[tuple[tuple, list[tuple]]]) -> list[torch.Tensor]:
+    """Logits [len(continuation), V] before each token of each continuation: per group, the context
+    once and every continuation a branch after it."""
+    trees, wanted = [], []
+    for context, continuations in groups:
+        tree = Tree()
+        last = tree.chain(context)[-1]
+        trees.append(tree)
+        wanted.append([[last] + tree.chain(cont[:-1], after=last) for cont in continuations])
+    return _forward(model, trees, wanted)
+
+
+def _guidance_logits(guidance, vocab, base_tokenizer, batch: list[tuple[tuple, list[tuple]]]) -> list[torch.Tensor]:
+    """Guidance logits [len(continuation), Vg] after what it reads before each base token.
+    batch: ((base context, guidance context), continuations) per group."""
+    if vocab.identical:  # it reads the base's own ids
+        return _branch_logits(guidance, [(key[1], conts) for key, conts in batch])
+    trees: list[Tree] = []
+    wanted: list[list[list[int]]] = []
+    for (context, guide_context), continuations in batch:
+        tree = Tree()
+        prompt = tree.chain(guide_context)[-1]
+        trees.append(tree)
+        wanted.append([])
+        for cont in continuations:
+            reads = guidance_reads(base_tokenizer, guidance.tokenizer, list(context[-1:]), list(cont))
+            trunk = tree.chain(reads[-1], after=prompt)  # the longest read; the others mostly share it
+            nodes = []
+            for read in reads:
+                shared = _common_prefix_length(read, reads[-1])
+                at = trunk[shared - 1] if shared else prompt
+                extra = tree.chain(read[shared:], after=at)
+                nodes.append(extra[-1] if extra else at)
+            wanted[-1].append(nodes)
+    return _forward(guidance, trees, wanted)
+
+
+@dataclass
+class Tree:
+    """Token sequences that share prefixes, read in one forward pass: node i follows node parents[i]
+    (-1: a root) and sees its ancestors and itself."""
+
+    tokens: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    parents: list[int] = field(default_factory=list)
+
+    def chain(self, tokens, after: int = -1) -> list[int]:
+        """Append `tokens` one after the other, following node `after`; return their node indices."""
+        nodes = []
+        for token in tokens:
+            self.positions.append(self.positions[after] + 1 if after >= 0 else 0)
+            self.tokens.append(int(token))
+            self.parents.append(after)
+            after = len(self.tokens) - 1
+            nodes.append(after)
+        return nodes
+
+    def visible(self) -> np.ndarray:
+        n = len(self.tokens)
+        seen = np.zeros((n, n), dtype=bool)
+        for i, parent in enumerate(self.parents):
+            if parent >= 0:
+                seen[i] = seen[parent]
+            seen[i, i] = True
+        return seen
+
+    @property
+    def is_chain(self) -> bool:
+        return all(p == i - 1 for i, p in enumerate(self.parents))
+
+
+def _forward(loaded, trees: list[Tree], wanted: list[list[list[int]]]) -> list[torch.Tensor]:
+    """One forward pass over several trees, left-padded into one batch, so that the logits kept
+    (`logits_to_keep`) are the last columns. Returns, per wanted node list, the logits after each node."""
+    model, device = loaded.model, loaded.device
+    width = max(len(t.tokens) for t in trees)
+    keep = max(len(t.tokens) - min(n for nodes in w for n in nodes) for t, w in zip(trees, wanted))
+    ids = torch.full((len(trees), width), loaded.pad_id, dtype=torch.long)
+    pos = torch.zeros((len(trees), width), dtype=torch.long)
+    kwargs = {}
+    if len(trees) == 1 and trees[0].is_chain:  # one plain sequence: the model's own causal mask
+        ids[0], pos[0] = torch.tensor(trees[0].tokens), torch.tensor(trees[0].positions)
+    else:
+        visible = np.zeros((len(trees), width, width), dtype=bool)
+        for b, tree in enumerate(trees):
+            pad = width - len(tree.tokens)
+            ids[b, pad:], pos[b, pad:] = torch.tensor(tree.tokens), torch.tensor(tree.positions)
+            visible[b, pad:, pad:] = tree.visible()
+        eager = model.config._attn_implementation == "eager"
+        additive = next(model.parameters()).dtype if eager else None
+        pos_d = pos.to(device)
+        kwargs["attention_mask"] = attention_masks(model, torch.from_numpy(visible).to(device), pos_d, pos_d, additive)
+    logits = model(
+        input_ids=ids.to(device), position_ids=pos.to(device), use_cache=False, logits_to_keep=keep, **kwargs
+    ).logits
+    out = []
+    for b, (tree, w) in enumerate(zip(trees, wanted)):
+        shift = keep - len(tree.tokens)  # node n sits in kept column n + shift
+        out += [logits[b, [n + shift for n in nodes]] for nodes in w]
+    return out
