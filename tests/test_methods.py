@@ -146,3 +146,14 @@ def test_a_throwaway_method_runs_end_to_end_from_one_registry_entry(contrarian, 
 
     with pytest.raises(ConfigError, match="method contrarian does not take method.alpha"):
         make_policy({"name": "contrarian", "alpha": 0.5})
+
+
+def test_the_sweep_summary_shows_each_methods_meaningful_figure():
+    from blendin.sweep import headline
+
+    scored = {"method": "nudging", "score_name": "accuracy", "score": 0.25, "intervention_rate": 0.1}
+    assert headline(scored) == "accuracy=0.250 intervention=0.100"
+    probe = {"method": "probe", "score": 0.25, "intervention_rate": 0.0, "consult_rate": 0.3}
+    assert headline(probe).startswith("consult_rate=0.300") and "intervention" not in headline(probe)
+    forced = {"method": "forced", "score": 1.0, "score_name": "accuracy"}
+    assert "no score" in headline(forced) and "1.000" not in headline(forced)
