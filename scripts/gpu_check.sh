@@ -77,6 +77,8 @@ step identity 90 "${BENCH[@]}" --synthetic "$LLAMA" --batch-sizes 1 16 --lengths
   --methods base nudging blendin --no-hf-static
 step compile 200 "${BENCH[@]}" --synthetic "$LLAMA" --batch-sizes 32 --lengths 128 --n 32 --methods base nudging \
   --compile none compile cudagraphs --hf-static
+step sampling 90 "${BENCH[@]}" --synthetic "$LLAMA" --batch-sizes 32 --lengths 128 --n 32 --methods base blendin \
+  --temperature 0 0.7 --no-hf-static
 
 say ""
 say "GPU tests: $(head -1 "$OUT/tests.txt") (failures in tests.txt)"

@@ -121,6 +121,21 @@ def test_one_copy_to_the_host_per_step_on_gpu(gpu_pair):
     assert sum(s for s, _ in counts) <= len(counts) + 2, counts  # top-p past 256 tokens may add a rare copy
 
 
+def test_sampled_outputs_do_not_depend_on_the_batch_on_gpu(gpu_pair):
+    """fp32 on the GPU: the counter-based draws give each output the same tokens at batch 1 and batched,
+    with overlap and the guidance on its own stream (the GPU defaults), and the CPU's draws too."""
+    from blendin.sampling import Sampling, stream_key
+
+    sampling = Sampling(temperature=1.0, top_p=0.95, seed=4)
+    prompts = [Prompt(p) for p in PROMPTS]
+    keys = [stream_key(4, str(i), 0) for i in range(len(prompts))]
+    decoder = gpu_pair.decoder({"name": "blendin", "tau": 0.6}, sampling=sampling)
+    one = [decoder.generate([p], max_new_tokens=MAX_NEW, batch_size=1, keys=[k])[0] for p, k in zip(prompts, keys)]
+    batched = decoder.generate(prompts, max_new_tokens=MAX_NEW, batch_size=len(prompts), keys=keys)
+    assert [o.token_ids for o in one] == [o.token_ids for o in batched]
+    assert all(p == p for o in batched for p in o.trace["sample_prob"])  # every token was drawn
+
+
 def test_synthetic_pairs_decode_in_bf16_on_gpu():
     """What `python -m blendin.bench --synthetic ...` runs on a GPU, at toy size: both paths (one
     tokenizer, two tokenizers), every guided method, batch 1 and batched."""

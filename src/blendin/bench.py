@@ -38,6 +38,7 @@ from .cli import CONF_DIR, call
 from .errors import ConfigError
 from .methods import REGISTRY
 from .prompts import Prompt
+from .sampling import Sampling
 
 if TYPE_CHECKING:
     from .engine import Generation
@@ -227,7 +228,8 @@ def fixed_length_rows(
 
 
 def variant_label(variant: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in variant.items()) or "default"
+    shown = {k: (f"T={v.temperature:g}" if k == "sampling" else v) for k, v in variant.items()}
+    return ", ".join(f"{k}={v}" for k, v in shown.items()) or "default"
 
 
 # Peak memory bandwidth (bytes/s) by device name, for the fraction of the bandwidth limit a step reaches.
@@ -573,10 +575,20 @@ def run(args) -> Path:
         rows += ragged_rows(pair, cfg, args.ragged, args.methods, args.batch_sizes[-1], args.n, args.max_new_tokens)
     else:
         variants = [
-            {k: v for k, v in (("compile", c), ("guidance_schedule", g), ("overlap", o)) if v is not None}
+            {
+                k: v
+                for k, v in (
+                    ("compile", c),
+                    ("guidance_schedule", g),
+                    ("overlap", o),
+                    ("sampling", Sampling(temperature=t) if t else None),
+                )
+                if v is not None
+            }
             for c in args.compile
             for g in args.schedule
             for o in args.overlap
+            for t in args.temperature
         ]
         hf_static = args.hf_static if args.hf_static is not None else device.type == "cuda"
         rows += fixed_length_rows(
@@ -655,6 +667,14 @@ def main(argv=None) -> None:
         type=lambda v: {"on": True, "off": False}[v],
         metavar="on|off",
         help="feed each step's tokens before the host reads them (default: on CUDA)",
+    )
+    parser.add_argument(
+        "--temperature",
+        nargs="+",
+        type=float,
+        default=[0.0],
+        help="0 = greedy (default); > 0 samples from each method's distribution (blendin.sampling); several "
+        "values: rows for each (the cost of sampling next to greedy in one run)",
     )
     parser.add_argument(
         "--hf-static",
