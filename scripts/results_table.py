@@ -63,8 +63,8 @@ def _ci(pair) -> str:
 
 
 def sampled_table(runs: list[dict]) -> str:
-    """Runs with several sampled outputs per item: the mean score over outputs, pass@k and the
-    majority vote, each interval resampling items."""
+    """Sampled runs: the mean score over outputs, pass@k and the majority vote (with several outputs per
+    item), each interval resampling items."""
     out = [
         "| pair | benchmark | method | decoding | items x samples | max tokens | accuracy (mean over samples) | "
         "pass@1 | pass@k | majority vote | intervention |",
@@ -99,8 +99,11 @@ def main(argv=None) -> None:
     runs = sweep_rows(args.results, args.sweep) if args.sweep else rows(args.results, args.pair)
     if not runs:
         raise SystemExit(f"error: no finished runs under {args.results}/runs/")
-    sampled = [m for m in runs if m.get("samples_per_item", 1) > 1]
-    greedy = [m for m in runs if m.get("samples_per_item", 1) == 1]
+    def drawn(m) -> bool:  # sampled (decoding.temperature > 0), with one output per item or several
+        return (m.get("decoding") or {}).get("temperature", 0) > 0
+
+    sampled = [m for m in runs if drawn(m)]
+    greedy = [m for m in runs if not drawn(m)]
     print("\n\n".join(t for t in (table(greedy) if greedy else "", sampled_table(sampled) if sampled else "") if t))
 
 

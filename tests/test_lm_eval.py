@@ -383,3 +383,12 @@ def test_command_line_error_is_one_line(tmp_path, monkeypatch, capsys, model_dir
         main()
     assert exit.value.code == 2
     assert "error: method.tau=-1.0 is out of range: it must be >= 0.0" in capsys.readouterr().err
+
+
+def test_a_method_that_only_decodes_greedily_refuses_to_sample(cross_pair):
+    lm = GuidedLM(pair=cross_pair, method="nudging_words", tau=0.4)
+    req = Instance("generate_until", {}, ("Question: 2 + 2?", {"do_sample": True, "max_gen_toks": 4}), 0, ("t", 0, 1))
+    with pytest.raises(ConfigError, match="method nudging_words decodes greedily only"):
+        lm.generate_until([req])
+    with pytest.raises(ConfigError, match=r"decoding.top_p=0.0 must be in \(0, 1\]"):
+        _decoding({"do_sample": True, "top_p": 0}, 256)

@@ -48,7 +48,8 @@ def test_draw_tempers_and_filters_the_distribution():
     rows = probs.expand(20000, 4)
 
     def frequencies(sampling):
-        token, prob = draw(rows, u, sampling)
+        token, prob, plain = draw(rows, u, sampling)
+        assert plain.tolist() == pytest.approx(probs[0][token].tolist())  # untempered: the input's own
         return torch.bincount(token, minlength=4).double() / len(u), prob
 
     tempered = probs[0] ** 2 / (probs[0] ** 2).sum()  # T = 0.5
@@ -59,6 +60,34 @@ def test_draw_tempers_and_filters_the_distribution():
     assert freq.tolist() == pytest.approx([0.625, 0.375, 0, 0], abs=0.01)
     freq, _ = frequencies(Sampling(temperature=1.0, top_k=3))
     assert freq.tolist() == pytest.approx([0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0], abs=0.01)
+
+
+def test_a_token_written_by_two_columns_has_their_joint_mass():
+    """Two guidance tokens with one base twin: the drawn token's probability counts both columns."""
+    probs = torch.tensor([[0.1, 0.3, 0.2, 0.4]]).expand(1000, 4)
+    ids = torch.tensor([[7, 5, 5, 9]]).expand(1000, 4)
+    u = uniforms(torch.arange(1000), torch.zeros(1000, dtype=torch.long))
+    token, prob, plain = draw(probs, u, Sampling(temperature=1.0), ids)
+    want = {7: 0.1, 5: 0.5, 9: 0.4}
+    assert set(token.tolist()) == set(want)
+    assert prob.tolist() == pytest.approx([want[t] for t in token.tolist()])
+    assert plain.tolist() == pytest.approx([want[t] for t in token.tolist()])
+    # top-k keeps columns, not tokens: k = 2 keeps 0.4 and 0.3, so token 5 has 0.3 of 0.7
+    token, prob, _ = draw(probs, u, Sampling(temperature=1.0, top_k=2), ids)
+    assert set(token.tolist()) == {5, 9} and prob.tolist() == pytest.approx(
+        [{5: 3 / 7, 9: 4 / 7}[t] for t in token.tolist()]
+    )
+
+
+def test_a_draw_at_the_very_top_of_the_range_lands_on_a_kept_token():
+    probs = torch.tensor([[0.6, 0.3, 0.1]])
+    for sampling in (
+        Sampling(temperature=1.0),
+        Sampling(temperature=0.7, top_p=0.5),
+        Sampling(temperature=1.0, top_k=2),
+    ):
+        token, prob, _ = draw(probs, torch.tensor([1 - 2**-53]), sampling)
+        assert prob.item() > 0, sampling
 
 
 # ---- each method's distribution, against an independent computation --------------------------------
@@ -280,3 +309,33 @@ def test_pass_at_k_and_majority_vote():
     assert majority(tie)["prediction"] == "3"  # a tie goes to the earliest sample
     summary = repeated(group + [{**g, "id": "b", "score": 0.0, "prediction": "9"} for g in group])
     assert summary["majority_score"] == 0.5 and summary["pass_at_k"]["1"] == pytest.approx(0.25)
+
+
+# ---- the store keys outputs on (sample id, sample index) ---------------------------------------------
+
+
+def test_the_store_keeps_traces_across_old_parts_rescoring_and_torn_batches(tmp_path):
+    import pandas as pd
+
+    from blendin.store import RunStore
+
+    store = RunStore(tmp_path / "run")
+    store.parts.mkdir(parents=True)
+    # a part written before outputs had an index (a run killed before this version, then resumed)
+    pd.DataFrame({"sample_id": ["a", "a"], "step": [0, 1]}).to_parquet(store.parts / "tokens-a.parquet")
+    store.append(
+        [{"id": "b", "sample": 0}, {"id": "b", "sample": 1}],
+        {"sample_id": ["b", "b"], "sample": [0, 1], "step": [0, 0]},
+    )
+    # a batch whose sample lines were torn after one line: the other output's trace rows go
+    store.append([{"id": "c", "sample": 0}], {"sample_id": ["c", "c"], "sample": [0, 1], "step": [0, 0]})
+    done = {("a", 0), ("b", 0), ("b", 1), ("c", 0)}
+    store.prune_parts(done)
+    records = [{"id": "a", "sample": 0}, {"id": "b", "sample": 0}, {"id": "b", "sample": 1}, {"id": "c", "sample": 0}]
+    store.finalize(records, {"score": 1})
+    trace = pd.read_parquet(store.path / "tokens.parquet")
+    assert list(zip(trace["sample_id"], trace["sample"], trace["step"])) == [
+        ("a", 0, 0), ("a", 0, 1), ("b", 0, 0), ("b", 1, 0), ("c", 0, 0)
+    ]  # fmt: skip
+    store.finalize(records, {"score": 0.5})  # rescoring a finished run keeps its trace
+    assert pd.read_parquet(store.path / "tokens.parquet").equals(trace)

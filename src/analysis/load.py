@@ -45,6 +45,7 @@ RUN_COLUMNS = [
     "top_k",
     "method_params",
     "n_samples",
+    "samples_per_item",
     "n_spec",
     "split",
     "seed",
@@ -227,7 +228,8 @@ def run_row(run_dir: Path) -> dict:
         "alpha": _alpha_text(metrics.get("alpha", method_params.get("alpha"))),
         "top_k": _num(metrics.get("top_k", method_params.get("top_k"))),
         "method_params": json.dumps(method_params, sort_keys=True),
-        "n_samples": int(metrics.get("n_samples") or 0),
+        "n_samples": int(metrics.get("n_samples") or 0),  # items
+        "samples_per_item": int(metrics.get("samples_per_item") or 1),  # sampled outputs per item (decoding)
         "n_spec": n_spec,
         "split": split,
         "seed": seed,

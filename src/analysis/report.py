@@ -35,6 +35,7 @@ import pandas as pd
 import yaml
 
 from blendin.cli import CONF_DIR
+from blendin.methods import REGISTRY
 
 from . import calibration, cli, heatmap, labels, overlap, paper, paradox, select, subset, tables, write
 from .load import load_runs, unfinished_runs
@@ -218,8 +219,8 @@ def readme_box(frame: pd.DataFrame, src: Sources, results: Path, computed: bool,
             "</div>",
             "",
         ]
-    scored = frame[frame["method"] != "forced"]
-    forced = frame[frame["method"] == "forced"]
+    walked = frame["method"].map(lambda m: m in REGISTRY and not REGISTRY[m].scored)  # teacher forcing
+    scored, forced = frame[~walked], frame[walked]
     pairs = [f"{label} (`{pair}`)" for pair, label in dict(zip(frame["pair"], frame["pair_label"])).items()]
     order = {m: i for i, m in enumerate(tables.T1_METHODS)}  # Table 1's order first, then the others
     methods = [labels.method_label(m) for m in sorted(set(scored["method"]), key=lambda m: (order.get(m, 99), m))]

@@ -23,6 +23,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from blendin.methods import REGISTRY
+
 from . import cli, labels, select, stats, write
 from .load import load_samples, sample_scores
 
@@ -62,7 +64,8 @@ def _twin_key(run) -> str:
 
 def twins(frame: pd.DataFrame, n: str | None = None) -> list[tuple[pd.Series, pd.Series]]:
     """(subset run, full run) pairs; the newest full run of each twin key. `n` keeps subsets of that size."""
-    usable = frame[frame["score"].notna() & (frame["method"] != "forced")]
+    walked = frame["method"].map(lambda m: m in REGISTRY and not REGISTRY[m].scored)  # teacher forcing: no score
+    usable = frame[frame["score"].notna() & ~walked]
     full = usable[usable["n_spec"] == "full"]
     part = usable[usable["n_spec"] != "full"]
     if n is not None:

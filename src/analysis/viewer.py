@@ -304,7 +304,12 @@ def build_data(frame: pd.DataFrame, data_dir: Path, results: Path) -> dict:
         loaded = []
         for _, row in members.iterrows():
             samples = load_samples(row, prompts=True)
-            trace = load_tokens(row, columns=["sample_id", "step", *TRACE_FIELDS])
+            trace = load_tokens(row, columns=["sample_id", "sample", "step", *TRACE_FIELDS])
+            # several sampled outputs per item (decoding.samples): the page shows each item's first
+            if len(samples) and "sample" in samples:
+                samples = samples[samples["sample"] == 0].reset_index(drop=True)
+            if len(trace):
+                trace = trace[trace["sample"] == 0]
             loaded.append((row, samples, trace))
         ids = list(dict.fromkeys(i for _, s, _ in loaded for i in (s["id"] if "id" in s else [])))
         first = members.iloc[0]
@@ -383,11 +388,13 @@ def _write_run(k, g, row, samples, trace, ids, data_dir: Path, results: Path) ->
         body = _js({"samples": chunk["samples"], "vocab": vocab})
         (data_dir / f"{key}-{c}.js").write_text(f'BLENDIN_VIEWER_CHUNK("{key}-{c}", {body});\n', encoding="utf-8")
     method = row["method"]
+    per_item = int(row["samples_per_item"])
+    shown = f" (output 0 of {per_item} per item; score: their mean)" if per_item > 1 else ""
     return {
         "key": key,
         "group": g,
         "method": method,
-        "label": LONG_LABEL.get(method) or labels.method_label(method),
+        "label": (LONG_LABEL.get(method) or labels.method_label(method)) + shown,
         "params": row["params"],
         "run": _run_path(row),
         "score": _num(row["score"]),

@@ -701,7 +701,8 @@ class JustEvalSafe(RefusalScored):
             }
         summary.update(
             refusal_rate=mean(refusals),
-            refusal_rate_ci95=list(bootstrap_ci(refusals)),
+            # per item (the mean over its outputs with several samples), so the interval resamples items
+            refusal_rate_ci95=list(bootstrap_ci(item_scores([{**s, "score": float(s["refusal"])} for s in scored]))),
             refusal_rate_range=self.rate_range(
                 [bool(s["refusal"]) for s in scored], [bool(s.get("ambiguous")) for s in scored]
             ),

@@ -152,7 +152,7 @@ def resolve_schedule(schedule: str, device: torch.device) -> str:
 
 
 class TokenDecoder:
-    """Greedy decoding of `lead`, steered by `policy` with an optional guidance model.
+    """Decoding of `lead`, steered by `policy` with an optional guidance model.
 
     lead: the model that owns the output (the base for guided methods).
     guidance, vocab: the guidance model and the VocabMap from it to the lead; None for solo methods.
@@ -164,6 +164,7 @@ class TokenDecoder:
     overlap: feed each step's tokens to the models straight from the device, before the host reads
         them, so that the next forward runs while the host does its work (EOS, stop strings, text,
         trace); None = on CUDA. Same outputs (tests force it on the CPU).
+    sampling: `sampling.Sampling` (the `decoding` settings); None or temperature 0 = greedy.
     """
 
     def __init__(
@@ -371,8 +372,11 @@ class _Batch:
         sample_prob = None
         if not d.sampling.greedy:  # draw from the distribution the rule chose (blendin.sampling)
             u = uniforms(keys, counts[:, 0])
-            token, sample_prob = sample(step, choice, policy, d.sampling, u)
-            choice = replace(choice, token=token)
+            token, sample_prob, plain = sample(step, choice, policy, d.sampling, u)
+            # blend_prob: the drawn token's share of the (untempered) blend, NaN where nothing was blended
+            choice = replace(
+                choice, token=token, blend_prob=torch.where(choice.blend_prob.isnan(), choice.blend_prob, plain)
+            )
         packed = self._pack(step, choice, sample_prob)
         counts = self.counts = counts + torch.stack(
             [

@@ -223,9 +223,14 @@ class GuidedLM(LM):
     # ---- generation --------------------------------------------------------------------------------
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Greedy continuations, decoded by the project's engine, many prompts at once; requests with
-        the same stop strings and token budget decode together."""
+        """Continuations (greedy, or sampled where the request asks: `_decoding`), decoded by the project's
+        engine, many prompts at once; requests with the same stop strings, budget and sampling decode together."""
         decodings = [_decoding(req.args[1], self.max_gen_toks, self.seed) for req in requests]
+        if not self.spec.samples and any(not d["sampling"].greedy for d in decodings):
+            raise ConfigError(
+                f"method {self.spec.name} decodes greedily only ({self.spec.summary}); these requests ask "
+                "it to sample (do_sample=True). Fix: --gen_kwargs do_sample=False, or a token-level method"
+            )
         groups: dict[str, list[int]] = {}
         for i, setting in enumerate(decodings):
             key = {**setting, "sampling": dataclasses.asdict(setting["sampling"])}
@@ -447,7 +452,7 @@ def _decoding(gen_kwargs: dict, default_max: int, seed: int | None = None) -> di
         sampling = sampling_from(
             {
                 "temperature": float(drawn.get("temperature", 1.0)),
-                "top_p": float(drawn.get("top_p") or 1.0),
+                "top_p": float(1.0 if drawn.get("top_p") is None else drawn["top_p"]),
                 "top_k": 0 if top_k in (None, -1) else top_k,
                 "seed": drawn.get("seed", 0 if seed is None else seed),
             }

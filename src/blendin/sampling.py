@@ -66,6 +66,9 @@ def sampling_from(cfg) -> Sampling:
     unknown = sorted(set(cfg) - set(KEYS))
     if unknown:
         raise ConfigError(f"decoding has no setting {', '.join(unknown)}; its settings are {', '.join(KEYS)}")
+    for key in ("temperature", "top_p"):  # 1 and 1.0 are one setting (one run name)
+        if isinstance(cfg.get(key), int) and not isinstance(cfg.get(key), bool):
+            cfg[key] = float(cfg[key])
     s = Sampling(**cfg)
 
     def bad(key, rule):
@@ -114,48 +117,65 @@ def uniforms(keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
 
 def draw(
     probs: torch.Tensor, u: torch.Tensor, sampling: Sampling, ids: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw one token per row from `probs` [R, N] (candidate ids `ids` [R, N], or the column index when
-    None) with the uniforms `u` [R]: temper, filter, renormalise, inverse CDF. Returns (token ids, the
-    drawn token's probability under the tempered, filtered distribution)."""
-    p = probs.to(torch.float64).clamp_min(0)
+    None) with the uniforms `u` [R]: temper, filter, renormalise, inverse CDF.
+
+    Returns (token ids; the drawn token's probability under the tempered, filtered distribution; its
+    probability under `probs` itself). A token several columns write (two guidance tokens with one base
+    twin) has the mass of all of them; each column still counts on its own in top-k and top-p, as the
+    model that owns the distribution would count it."""
+    raw = probs.to(torch.float64).clamp_min(0)
+    p = raw
     if sampling.temperature != 1:
         # p^(1/T) computed as exp(log p / T) after dividing by the row maximum, which keeps it finite
         logp = torch.log(p / p.amax(-1, keepdim=True).clamp_min(1e-300))
         p = torch.exp(logp / sampling.temperature)
     order = None
-    if sampling.top_k and sampling.top_k < p.shape[-1]:
-        p, order = p.topk(sampling.top_k, dim=-1)
+    top_k = sampling.top_k if 0 < sampling.top_k < p.shape[-1] else 0
+    if top_k or sampling.top_p < 1:
+        # a stable sort: tied tokens keep their id order, whatever the kernel
+        p, order = p.sort(dim=-1, descending=True, stable=True)
+        if top_k:
+            p, order = p[..., :top_k], order[..., :top_k]
     if sampling.top_p < 1:
-        if order is None:
-            p, order = p.sort(dim=-1, descending=True)
-        mass = p.cumsum(-1) / p.sum(-1, keepdim=True)
-        p = torch.where(mass - p / p.sum(-1, keepdim=True) < sampling.top_p, p, torch.zeros_like(p))
-    total = p.sum(-1, keepdim=True)
+        before = (p.cumsum(-1) - p) / p.sum(-1, keepdim=True)  # the mass of the tokens ahead of each
+        p = torch.where(before < sampling.top_p, p, torch.zeros_like(p))
     cdf = p.cumsum(-1)
+    total = cdf[..., -1:]
     at = torch.searchsorted(cdf, u.unsqueeze(-1) * total, right=True).clamp_max(p.shape[-1] - 1)
-    # never land on a zero-probability column (u * total equal to the running sum at its edge)
-    at = torch.where(p.gather(-1, at) > 0, at, p.argmax(-1, keepdim=True))
-    prob = (p.gather(-1, at) / total).squeeze(-1)
+    # never a zero-probability column (u * total on a column's edge): the last column with mass instead
+    last = p.shape[-1] - 1 - (p.flip(-1) > 0).to(torch.int8).argmax(-1, keepdim=True)
+    at = torch.where(p.gather(-1, at) > 0, at, last)
     column = at if order is None else order.gather(-1, at)
     token = column if ids is None else ids.gather(-1, column)
-    return token.squeeze(-1), prob.to(torch.float32)
+    if ids is None:
+        prob = p.gather(-1, at) / total
+        plain = raw.gather(-1, column)
+    else:
+        in_order = ids if order is None else ids.gather(-1, order)
+        prob = (p * (in_order == token)).sum(-1, keepdim=True) / total
+        plain = (raw * (ids == token)).sum(-1, keepdim=True)
+    plain = plain / raw.sum(-1, keepdim=True).clamp_min(1e-300)
+    return token.squeeze(-1), prob.squeeze(-1).to(torch.float32), plain.squeeze(-1).to(torch.float32)
 
 
-def sample(step: Step, choice, policy, sampling: Sampling, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sample(
+    step: Step, choice, policy, sampling: Sampling, u: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each row's token drawn from the distribution its method chose this step (`Choice.source`), in the
     joint id space (a base id, or base_size + a guidance id without a base twin). Every row goes through
-    the same tensor operations; a row takes the draw of its own source."""
-    token, prob = draw(step.base_probs, u, sampling)
+    the same tensor operations; a row takes the draw of its own source. Returns what `draw` returns."""
+    token, prob, plain = draw(step.base_probs, u, sampling)
     if step.guide_probs is not None:
         guidance = torch.arange(step.guide_probs.shape[-1], device=token.device).expand_as(step.guide_probs)
-        g_token, g_prob = draw(step.guide_probs, u, sampling, joint_ids(guidance, step))
+        drawn = draw(step.guide_probs, u, sampling, joint_ids(guidance, step))
         take = choice.source == SOURCE_GUIDANCE
-        token, prob = torch.where(take, g_token, token), torch.where(take, g_prob, prob)
-        blended = getattr(policy, "distribution", None)
-        if blended is not None:
-            ids, probs = blended(step)
-            b_token, b_prob = draw(probs, u, sampling, ids)
-            take = (choice.source != SOURCE_BASE) & (choice.source != SOURCE_GUIDANCE)
-            token, prob = torch.where(take, b_token, token), torch.where(take, b_prob, prob)
-    return token, prob
+        token, prob, plain = (torch.where(take, g, b) for g, b in zip(drawn, (token, prob, plain)))
+        # a rule that hands a step to neither model alone (SOURCE_BLEND) samples from its `distribution`
+        if hasattr(policy, "distribution"):
+            ids, probs = policy.distribution(step)
+            drawn = draw(probs, u, sampling, ids)
+            blended = (choice.source != SOURCE_BASE) & (choice.source != SOURCE_GUIDANCE)
+            token, prob, plain = (torch.where(blended, g, b) for g, b in zip(drawn, (token, prob, plain)))
+    return token, prob, plain

@@ -1,10 +1,12 @@
 """One run's directory (docs/running.md), written so that nothing is lost when a run dies.
 
 While decoding, each finished batch is appended to `samples.jsonl` (flushed and fsynced) and its
-per-token trace written as `_parts/tokens-<k>.parquet`. A restarted run reads the finished sample
-ids and skips them; a line torn by a kill is dropped. Once every sample is decoded and scored,
-`samples.jsonl` is rewritten with the scores, the parts become `tokens.parquet`, and `metrics.json`
-is written last: its presence marks a finished run. Every whole-file write is temp file + rename.
+per-token trace written as `_parts/tokens-<id>-<index>.parquet` (named after the batch's first
+output). A restarted run reads the finished outputs' (sample id, sample index) keys and skips them; a
+line torn by a kill is dropped, and trace rows of outputs without a line are pruned. Once every
+output is decoded and scored, `samples.jsonl` is rewritten with the scores, the parts become
+`tokens.parquet`, and `metrics.json` is written last: its presence marks a finished run. Every
+whole-file write is temp file + rename.
 """
 
 from __future__ import annotations
@@ -49,6 +51,15 @@ def output_key(record: dict) -> tuple[str, int]:
     """An output's key: (sample id, sample index); index 0 for greedy runs and runs stored before
     outputs had one."""
     return record["id"], int(record.get("sample", 0))
+
+
+def indexed(frame):
+    """A trace frame with its `sample` column (0 where written before outputs had an index)."""
+    if "sample" not in frame:
+        frame.insert(1, "sample", 0)
+    else:
+        frame["sample"] = frame["sample"].fillna(0).astype("int64")
+    return frame
 
 
 def trace_keys(frame) -> list[tuple[str, int]]:
@@ -119,14 +130,17 @@ class RunStore:
         return records
 
     def prune_parts(self, done: set[tuple[str, int]]) -> None:
-        """Drop trace parts of batches whose outputs were not all recorded (killed in between). `done`
-        holds (sample id, sample index) pairs (`output_key`)."""
+        """Keep only the trace rows of recorded outputs (a kill between a batch's trace and its sample
+        lines, or in the middle of the lines). `done` holds (sample id, sample index) pairs (`output_key`)."""
         import pandas as pd
 
         for part in sorted(self.parts.glob("tokens-*.parquet")) if self.parts.is_dir() else []:
-            frame = pd.read_parquet(part)
-            if not set(trace_keys(frame)) <= done:
+            frame = indexed(pd.read_parquet(part))
+            kept = pd.Series(trace_keys(frame), index=frame.index).isin(done)
+            if not kept.any():
                 part.unlink()
+            elif not kept.all():
+                _write_parquet(frame[kept].reset_index(drop=True), part)
 
     def append(self, records: list[dict], trace_rows: dict[str, list]) -> None:
         """Store a finished batch: its trace first, then its sample lines (which mark it done)."""
@@ -155,11 +169,11 @@ class RunStore:
         atomic_write_text(self.samples_path, _jsonl(records))
         order = {output_key(r): i for i, r in enumerate(records)}
         parts = sorted(self.parts.glob("tokens-*.parquet")) if self.parts.is_dir() else []
-        frames = [pd.read_parquet(p) for p in parts]
+        if not parts and (self.path / "tokens.parquet").is_file():  # finished before (a rescore): keep its trace
+            parts = [self.path / "tokens.parquet"]
+        frames = [indexed(pd.read_parquet(p)) for p in parts]
         empty: dict[str, list] = {"sample_id": [], "sample": [], "step": []}
         tokens = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(empty)
-        if "sample" not in tokens:  # parts written before outputs had an index: all index 0
-            tokens.insert(1, "sample", 0)
         position = pd.Series(trace_keys(tokens), index=tokens.index).map(order)
         tokens = tokens[position.notna()].assign(_order=position).drop_duplicates(["sample_id", "sample", "step"])
         # output order, then step: the file does not depend on how the outputs were batched
