@@ -99,6 +99,7 @@ def main(argv=None) -> None:
     runs = sweep_rows(args.results, args.sweep) if args.sweep else rows(args.results, args.pair)
     if not runs:
         raise SystemExit(f"error: no finished runs under {args.results}/runs/")
+
     def drawn(m) -> bool:  # sampled (decoding.temperature > 0), with one output per item or several
         return (m.get("decoding") or {}).get("temperature", 0) > 0
 
