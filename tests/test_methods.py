@@ -155,5 +155,7 @@ def test_the_sweep_summary_shows_each_methods_meaningful_figure():
     assert headline(scored) == "accuracy=0.250 intervention=0.100"
     probe = {"method": "probe", "score": 0.25, "intervention_rate": 0.0, "consult_rate": 0.3}
     assert headline(probe).startswith("consult_rate=0.300") and "intervention" not in headline(probe)
+    sampled = {**scored, "pass_at_k": {"1": 0.25, "5": 0.6}, "majority_score": 0.3}
+    assert headline(sampled) == "accuracy=0.250 pass@5=0.600 majority=0.300 intervention=0.100"
     forced = {"method": "forced", "score": 1.0, "score_name": "accuracy"}
     assert "no score" in headline(forced) and "1.000" not in headline(forced)

@@ -322,6 +322,8 @@ SUMMARY_KEYS = (
     "intervention_rate",
     "override_rate",
     "consult_rate",
+    "pass_at_k",
+    "majority_score",
     "tokens_per_s",
 )
 

@@ -190,8 +190,13 @@ def headline(summary: dict) -> str:
         return "teacher forcing: no score (the output is the given reference)"
     if kind == "consult_rate":
         return f"consult_rate={_fmt(summary.get('consult_rate'))} (the guidance is asked, never followed)"
+    passes = summary.get("pass_at_k") or {}
+    repeated = ""
+    if passes:  # several sampled outputs per item: the best-of-k and the vote beside the mean
+        k = max(passes, key=int)
+        repeated = f" pass@{k}={_fmt(passes[k])} majority={_fmt(summary.get('majority_score'))}"
     return (
-        f"{summary.get('score_name')}={_fmt(summary.get('score'))} "
+        f"{summary.get('score_name')}={_fmt(summary.get('score'))}{repeated} "
         f"intervention={_fmt(summary.get('intervention_rate'))}"
     )
 
