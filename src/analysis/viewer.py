@@ -389,7 +389,7 @@ def _write_run(k, g, row, samples, trace, ids, data_dir: Path, results: Path) ->
         (data_dir / f"{key}-{c}.js").write_text(f'BLENDIN_VIEWER_CHUNK("{key}-{c}", {body});\n', encoding="utf-8")
     method = row["method"]
     per_item = int(row["samples_per_item"])
-    shown = f" (output 0 of {per_item} per item; score: their mean)" if per_item > 1 else ""
+    shown = f" (sample 0 of {per_item}; score: mean of {per_item})" if per_item > 1 else ""
     return {
         "key": key,
         "group": g,
