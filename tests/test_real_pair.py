@@ -12,8 +12,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from blendin.errors import ConfigError
+from blendin.methods import METHODS
 from blendin.pair import Pair, pair_spec
-from blendin.policies import METHODS
 from blendin.prompts import Prompt
 
 pytestmark = pytest.mark.real
