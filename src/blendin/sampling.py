@@ -125,12 +125,13 @@ def draw(
     probability under `probs` itself). A token several columns write (two guidance tokens with one base
     twin) has the mass of all of them; each column still counts on its own in top-k and top-p, as the
     model that owns the distribution would count it."""
-    raw = probs.to(torch.float64).clamp_min(0)
+    raw = probs.float().clamp_min(0)
     p = raw
     if sampling.temperature != 1:
         # p^(1/T) computed as exp(log p / T) after dividing by the row maximum, which keeps it finite
-        logp = torch.log(p / p.amax(-1, keepdim=True).clamp_min(1e-300))
+        logp = torch.log(p / p.amax(-1, keepdim=True).clamp_min(1e-30))
         p = torch.exp(logp / sampling.temperature)
+    p = p.to(torch.float64)  # sums over a large vocabulary in float64: the draw's thresholds stay exact
     order = None
     top_k = sampling.top_k if 0 < sampling.top_k < p.shape[-1] else 0
     if top_k or sampling.top_p < 1:
@@ -143,10 +144,10 @@ def draw(
         p = torch.where(before < sampling.top_p, p, torch.zeros_like(p))
     cdf = p.cumsum(-1)
     total = cdf[..., -1:]
-    at = torch.searchsorted(cdf, u.unsqueeze(-1) * total, right=True).clamp_max(p.shape[-1] - 1)
-    # never a zero-probability column (u * total on a column's edge): the last column with mass instead
-    last = p.shape[-1] - 1 - (p.flip(-1) > 0).to(torch.int8).argmax(-1, keepdim=True)
-    at = torch.where(p.gather(-1, at) > 0, at, last)
+    # the first column whose running sum passes u * total has mass (a zero adds nothing to the sum);
+    # kept below the total, so that a u next to 1 rounding up cannot step past the last such column
+    target = torch.minimum(u.unsqueeze(-1) * total, torch.nextafter(total, torch.zeros_like(total)))
+    at = torch.searchsorted(cdf, target, right=True).clamp_max(p.shape[-1] - 1)
     column = at if order is None else order.gather(-1, at)
     token = column if ids is None else ids.gather(-1, column)
     if ids is None:
@@ -156,7 +157,7 @@ def draw(
         in_order = ids if order is None else ids.gather(-1, order)
         prob = (p * (in_order == token)).sum(-1, keepdim=True) / total
         plain = (raw * (ids == token)).sum(-1, keepdim=True)
-    plain = plain / raw.sum(-1, keepdim=True).clamp_min(1e-300)
+    plain = plain / raw.sum(-1, keepdim=True).clamp_min(1e-30)
     return token.squeeze(-1), prob.squeeze(-1).to(torch.float32), plain.squeeze(-1).to(torch.float32)
 
 
