@@ -15,7 +15,8 @@
 #   2. the GPU tests (tests/test_gpu.py) with BLENDIN_REQUIRE_CUDA=1 (no GPU = failure, not a skip);
 #   3. speed, Qwen3-8B base + Llama-3.2-1B guidance (two tokenizers);
 #   4. bf16 outputs at batch 1 vs 16 (do they depend on the batch?);
-#   5. compile=none / compile / cudagraphs and transformers' static-cache generate, batch 32.
+#   5. compile=none / compile / cudagraphs and transformers' static-cache generate, batch 32;
+#   6. sampling (temperature 0.7) beside greedy decoding, batch 32: what the draws cost on a GPU.
 # The models are random initialisations of the real sizes (speed does not depend on weight values).
 # $OUT gets: summary.md (every table), bench.json (every row), log.txt (all output), tests.txt.
 set -u
