@@ -376,3 +376,38 @@ def test_filters_change_what_is_shown(browser, page):
     # a run without text_offset shows one element per step, labelled with the chosen token id
     assert len(browser.find_elements("css selector", '.text[data-sample="xstest-0"] .tok.idtok')) == 6
     assert severe(browser) == []
+
+
+def sampled_store(results: Path) -> Path:
+    """A BlendIn run with two sampled outputs per item: output 1 stops after three pieces."""
+    frames, outputs = zip(*(make_trace(sid, "blendin", cut=False) for sid in IDS[:2]))
+    run = write_run(
+        results, PAIR, "gsm8k", "blendin", [1.0, 0.0], ids=IDS[:2], tokens=pd.concat(frames), outputs=list(outputs)
+    )
+    records = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    trace = pd.read_parquet(run / "tokens.parquet").assign(sample=0)
+    later = [{**r, "sample": 1, "output": "".join(PIECES[:3]), "score": 0.0, "prediction": "n/a"} for r in records]
+    short = trace[trace["step"] < 3].assign(sample=1)
+    lines = [{**r, "sample": 0} for r in records] + later
+    (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    pd.concat([trace, short], ignore_index=True).to_parquet(run / "tokens.parquet", index=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**metrics, "samples_per_item": 2}))
+    return results
+
+
+def test_each_sampled_output_of_an_item_can_be_picked(browser, tmp_path):
+    page = viewer.write_viewer(sampled_store(tmp_path / "results"))
+    open_page(browser, page)
+    column = browser.find_element("css selector", 'article.item[data-id="gsm8k-0"] .col')
+    assert "2 samples per item" in column.find_element("css selector", "h3").text
+    assert [b.text for b in column.find_elements("css selector", "button.pick")] == ["0", "1"]
+    assert len(column.find_elements("css selector", ".tok")) == len(PIECES)
+    column.find_element("css selector", 'button.pick[data-pick="1"]').click()
+    wait_for_items(browser)
+    column = browser.find_element("css selector", 'article.item[data-id="gsm8k-0"] .col')
+    tokens = column.find_elements("css selector", ".tok")
+    assert "".join(t.get_attribute("textContent") for t in tokens) == "".join(PIECES[:3])
+    assert "on" in column.find_element("css selector", 'button.pick[data-pick="1"]').get_attribute("class")
+    assert "score 0" in column.find_element("css selector", ".meta").text  # the picked output's own score
+    assert severe(browser) == []

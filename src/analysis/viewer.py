@@ -305,11 +305,6 @@ def build_data(frame: pd.DataFrame, data_dir: Path, results: Path) -> dict:
         for _, row in members.iterrows():
             samples = load_samples(row, prompts=True)
             trace = load_tokens(row, columns=["sample_id", "sample", "step", *TRACE_FIELDS])
-            # several sampled outputs per item (decoding.samples): the page shows each item's first
-            if len(samples) and "sample" in samples:
-                samples = samples[samples["sample"] == 0].reset_index(drop=True)
-            if len(trace):
-                trace = trace[trace["sample"] == 0]
             loaded.append((row, samples, trace))
         ids = list(dict.fromkeys(i for _, s, _ in loaded for i in (s["id"] if "id" in s else [])))
         first = members.iloc[0]
@@ -346,11 +341,30 @@ def _write_run(k, g, row, samples, trace, ids, data_dir: Path, results: Path) ->
 
         config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
     tokenizer, note = base_tokenizer(config)
-    scores = sample_scores(row)
+    scores = sample_scores(row)  # per item: the mean over its sampled outputs
+    # several sampled outputs per item (decoding.samples): the item's first leads, the others ride along
+    others = samples[samples["sample"] > 0] if "sample" in samples else samples.iloc[0:0]
+    samples = samples[samples["sample"] == 0].reset_index(drop=True) if "sample" in samples else samples
     prompts = samples["prompt_base"].fillna("").astype(str).tolist() if "prompt_base" in samples else []
     prefix = os.path.commonprefix(prompts) if len(prompts) > 1 else ""  # few-shot examples: stored once
-    by_sample = {sid: steps for sid, steps in trace.groupby("sample_id", sort=False)} if len(trace) else {}
+    keyed = trace.groupby(["sample_id", "sample"], sort=False) if len(trace) else []
+    by_output = {(sid, int(k)): steps.sort_values("step") for (sid, k), steps in keyed}
     position = {sid: i for i, sid in enumerate(samples["id"])} if "id" in samples else {}
+    later = {sid: group.sort_values("sample") for sid, group in others.groupby("id", sort=False)}
+
+    def output_entry(record, steps) -> dict:
+        """One output of an item: its text, prediction, own score, stop reason and token trace."""
+        output = _text(record.get("output"))
+        tok = _sample_trace(steps if steps is not None else trace.iloc[0:0], output)
+        chunk["ids"].update(tok["b"] + tok["g"] + tok["ch"])
+        return {
+            "output": output,
+            "prediction": _text(record.get("prediction")),
+            "own": _num(record.get("score")),
+            "stop": _text(record.get("stop_reason")),
+            "tok": tok,
+        }
+
     summary: dict[str, list] = {"score": [], "rate": [], "steps": [], "chunk": []}
     chunks: dict[int, dict] = {}
     for sid in ids:
@@ -360,28 +374,25 @@ def _write_run(k, g, row, samples, trace, ids, data_dir: Path, results: Path) ->
             continue
         i = position[sid]
         record = samples.iloc[i]
-        output = _text(record.get("output"))
-        steps = by_sample.get(sid)
-        steps = steps.sort_values("step") if steps is not None else trace.iloc[0:0]
-        tok = _sample_trace(steps, output)
+        steps = by_output.get((sid, 0))
         rate = _num(record.get("intervention_rate"))
-        if rate is None and len(steps):
+        if rate is None and steps is not None and len(steps):
             rate = _num(float(steps["applied"].mean()))
         c = i // CHUNK
         chunk = chunks.setdefault(c, {"samples": {}, "ids": set()})
-        chunk["ids"].update(tok["b"] + tok["g"] + tok["ch"])
         chunk["samples"][sid] = {
             "prompt": prompts[i][len(prefix) :] if prompts else "",
-            "output": output,
             "gold": _text(record.get("gold")),
-            "prediction": _text(record.get("prediction")),
             "score": _num(scores.get(sid)),
-            "stop": _text(record.get("stop_reason")),
-            "tok": tok,
+            **output_entry(record, steps),
         }
+        if sid in later:
+            chunk["samples"][sid]["others"] = [
+                output_entry(r, by_output.get((sid, int(r["sample"])))) for _, r in later[sid].iterrows()
+            ]
         summary["score"].append(_num(scores.get(sid)))
         summary["rate"].append(rate)
-        summary["steps"].append(len(steps))
+        summary["steps"].append(0 if steps is None else len(steps))
         summary["chunk"].append(c)
     for c, chunk in chunks.items():
         vocab = _decode(tokenizer, chunk.pop("ids")) if tokenizer is not None else None
@@ -389,7 +400,7 @@ def _write_run(k, g, row, samples, trace, ids, data_dir: Path, results: Path) ->
         (data_dir / f"{key}-{c}.js").write_text(f'BLENDIN_VIEWER_CHUNK("{key}-{c}", {body});\n', encoding="utf-8")
     method = row["method"]
     per_item = int(row["samples_per_item"])
-    shown = f" (sample 0 of {per_item}; score: mean of {per_item})" if per_item > 1 else ""
+    shown = f" ({per_item} samples per item)" if per_item > 1 else ""
     return {
         "key": key,
         "group": g,

@@ -19,7 +19,8 @@
   };
 
   const $ = (id) => document.getElementById(id);
-  const state = { page: 0, shown: {} }; // shown: "run|sample" -> {t, vocab, stop} of what is on screen
+  // shown: "run|sample" -> {t, vocab, stop} of what is on screen; pick: "run|sample" -> which sampled output
+  const state = { page: 0, shown: {}, pick: {} };
 
   // ---- colours: Okabe-Ito blue for the base, orange for the guidance (safe for colour-blind readers)
   const BLUE = [0, 114, 178];
@@ -219,12 +220,32 @@
     );
   }
 
+  // an item's output on screen: its first, or the sampled output picked with the buttons
+  function picked(k, id, sample) {
+    const n = state.pick[k + "|" + id] || 0;
+    return n && sample.others && sample.others[n - 1] ? [n, sample.others[n - 1]] : [0, sample];
+  }
+
+  function pickerHtml(k, id, sample, n) {
+    if (!sample.others) return "";
+    const buttons = [0, ...sample.others.map((_, i) => i + 1)].map(
+      (i) =>
+        '<button type="button" class="pick' + (i === n ? " on" : "") + '" data-run="' + k + '" data-id="' + esc(id) +
+        '" data-pick="' + i + '" aria-pressed="' + (i === n) + '">' + i + "</button>"
+    );
+    return (
+      '<p class="outputs">sampled output ' + buttons.join("") + " of " + (sample.others.length + 1) +
+      " &middot; item score (mean) " + fmt(sample.score, 2) + "</p>"
+    );
+  }
+
   function columnHtml(k, j, g, sample, vocab) {
     const run = RUNS[k];
     const head = '<h3>' + esc(run.label) + (run.params !== "-" ? " <small>" + esc(run.params) + "</small>" : "") + "</h3>";
     if (!sample) return '<section class="col missing">' + head + "<p>not in this run</p></section>";
-    const t = sample.tok;
-    const score = sample.score;
+    const [n, out] = picked(k, g.ids[j], sample);
+    const t = out.tok;
+    const score = sample.others ? out.own : sample.score; // several outputs: this one's own score
     const ok = score != null && score >= g.correct_at;
     const badge =
       score == null
@@ -233,13 +254,13 @@
     const acted = t.s.filter((s, i) => weight(t, i) > 0).length;
     const meta =
       badge + " score " + fmt(score, score != null && Number.isInteger(score) ? 0 : 2) +
-      ' &middot; prediction <b class="pred">' + esc(sample.prediction || "n/a") + "</b>" +
+      ' &middot; prediction <b class="pred">' + esc(out.prediction || "n/a") + "</b>" +
       " &middot; intervention " + pct(run.rate[j]) + (run.unit !== "token" ? " of " + esc(run.unit) + "s" : "") +
-      " (" + acted + " of " + t.s.length + " steps) &middot; stop: " + esc(sample.stop || "n/a");
+      " (" + acted + " of " + t.s.length + " steps) &middot; stop: " + esc(out.stop || "n/a");
     return (
-      '<section class="col" data-run="' + run.key + '">' + head + '<p class="meta">' + meta + "</p>" +
-      stripSvg(t) + '<div class="text" data-run="' + k + '" data-sample="' + esc(g.ids[j]) + '">' +
-      tokensHtml(t, vocab, sample.stop) + "</div></section>"
+      '<section class="col" data-run="' + run.key + '">' + head + pickerHtml(k, g.ids[j], sample, n) +
+      '<p class="meta">' + meta + "</p>" + stripSvg(t) + '<div class="text" data-run="' + k + '" data-sample="' +
+      esc(g.ids[j]) + '">' + tokensHtml(t, vocab, out.stop) + "</div></section>"
     );
   }
 
@@ -270,7 +291,7 @@
         const run = RUNS[k];
         const chunk = run.chunk[j] == null ? null : chunks[run.key + "-" + run.chunk[j]];
         const sample = chunk ? chunk.samples[id] : null;
-        if (sample) state.shown[k + "|" + id] = { t: sample.tok, vocab: chunk.vocab, run: k };
+        if (sample) state.shown[k + "|" + id] = { t: picked(k, id, sample)[1].tok, vocab: chunk.vocab, run: k };
         return [k, sample, chunk ? chunk.vocab : null];
       });
       const first = cols.find(([, s]) => s);
@@ -386,6 +407,12 @@
       }
     });
     items.addEventListener("click", (e) => {
+      const pick = e.target.closest("button.pick");
+      if (pick) {
+        state.pick[pick.dataset.run + "|" + pick.dataset.id] = Number(pick.dataset.pick);
+        render();
+        return;
+      }
       const svg = e.target.closest("svg.strip");
       if (!svg) return;
       const rect = svg.getBoundingClientRect();
