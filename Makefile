@@ -26,7 +26,7 @@ install: $(STAMP)  ## create .venv and install the project, its tests' needs (he
 check: $(STAMP)  ## the house rules: ruff lint and format, mypy on the library (pyproject.toml [tool.ruff], [tool.mypy])
 	$(VENV)/bin/ruff check src tests scripts
 	$(VENV)/bin/ruff format --check src tests scripts
-	cd src && ../$(VENV)/bin/mypy -p blendin -p analysis
+	cd src && $(abspath $(VENV))/bin/mypy -p blendin -p analysis
 
 test: $(STAMP)  ## the whole test suite (tiny local models + the embedded real pair)
 	$(PY) -m pytest -q
@@ -73,4 +73,4 @@ bench: $(STAMP)  ## speed of every method against transformers' generate on the 
 	$(PY) -m blendin.bench --ragged gsm8k --n 24 --batch-sizes 8 --methods base nudging blendin --max-new-tokens 256
 
 clean:  ## remove the virtual environment and caches in the tree (not ~/.cache/blendin)
-	rm -rf $(VENV) .pytest_cache build src/*.egg-info
+	rm -rf $(VENV) .pytest_cache build src/*.egg-info src/.mypy_cache

@@ -253,6 +253,8 @@ def test_top_p_size_and_top_k_overlap_by_hand():
         ({"name": "nudging", "alpha": 0.5}, "method nudging does not take method.alpha"),
         ({"name": "af", "agreement_k": 2.5}, "method.agreement_k=2.5 must be a positive integer"),
         ({"name": "base", "tau": 0.4}, "method base does not take method.tau"),
+        ({"name": "nudging", "tau": True}, "method.tau=True is not a number"),
+        ({"name": "blendin", "top_k": 2.5}, "method.top_k=2.5 must be a positive integer, or null"),
     ],
 )
 def test_bad_method_configs_fail_with_the_key_named(method, message):

@@ -290,6 +290,11 @@ def test_decoding_settings_are_checked_with_the_fix_named():
         check_decoding({"temperature": 0.7}, "nudging_words")
 
 
+def test_a_greedy_only_method_refuses_a_sampling_decoder(cross_pair):
+    with pytest.raises(ConfigError, match="method nudging_words decodes greedily only"):
+        cross_pair.decoder({"name": "nudging_words"}, sampling=Sampling(temperature=0.7))
+
+
 def test_pass_at_k_and_majority_vote():
     import itertools
 

@@ -51,6 +51,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from blendin.methods import REGISTRY
+
 from . import cli, labels, select, stats, write
 from .load import load_samples, load_tokens
 
@@ -116,6 +118,11 @@ THIRDS = ["first third", "middle third", "last third"]
 
 
 # ---- the reference token's kind and position ---------------------------------------------------------
+
+
+def teacher_forced(frame):
+    """Which runs walked given answers (the registry's teacher-forcing decoder): this module's input."""
+    return frame["method"].map(lambda m: m in REGISTRY and REGISTRY[m].decoder == "forced")
 
 
 def token_kind(text: str, before: str = "") -> str:
@@ -196,7 +203,7 @@ def source_label(method_params: str) -> str:
 def choose_runs(frame: pd.DataFrame, n=None, protocol=None, notes: list | None = None) -> pd.DataFrame:
     """The forced runs used: per (pair, benchmark, source) the run with the most samples (then newest)."""
     notes = [] if notes is None else notes
-    runs = select.filter_runs(frame[frame["method"] == "forced"], n, protocol).copy()
+    runs = select.filter_runs(frame[teacher_forced(frame)], n, protocol).copy()
     if runs.empty:
         return runs.assign(source=pd.Series(dtype=str))
     runs["source"] = [source_label(p) for p in runs["method_params"]]
@@ -897,7 +904,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     frame = cli.load(args)
     cli.require(
-        select.filter_runs(frame[frame["method"] == "forced"], args.n, args.protocol),
+        select.filter_runs(frame[teacher_forced(frame)], args.n, args.protocol),
         "teacher-forced run (method forced)",
         frame,
         args,

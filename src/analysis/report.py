@@ -1017,18 +1017,22 @@ def main(argv=None) -> int:
     failed: list[str] = []
     skipped: dict = {}
     before = None
+    viewer_built = False
     if not args.no_compute and len(frame):
         before = Sources.snapshot(analysis)
         failed, skipped = run_commands(args.results, analysis, extra)
         try:
             write_viewer(args.results, out / "viewer")
+            viewer_built = True
         except Exception as err:  # noqa: BLE001 - the viewer must not take the report down with it
             print(f"[report] analysis.viewer failed: {type(err).__name__}: {err}")
             failed.append(f"analysis.viewer: {type(err).__name__}: {err}")
     elif not args.no_compute:
         before = Sources.snapshot(analysis)  # nothing computed: nothing in the analysis folder is current
     src = Sources(analysis, out, before, skipped)
-    markdown = build(args.results, src, failed, (out / "viewer" / "index.html").is_file())
+    # link the viewer only where this report built it from these runs (or, with --no-compute, as found)
+    viewer = viewer_built or (args.no_compute and (out / "viewer" / "index.html").is_file())
+    markdown = build(args.results, src, failed, viewer)
     write.write_text(out / "report.md", markdown)
     write.write_text(out / "index.html", write.markdown_to_html(markdown, "BlendIn / NUDGING results report"))
     if frame.empty:

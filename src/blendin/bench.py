@@ -57,7 +57,7 @@ QUESTIONS = [
     "If a rectangle is 7 cm long and 4 cm wide, what are its area and perimeter?",
 ]
 # Each registered method that decodes, at its registry defaults; plus BlendIn over the full vocabulary.
-METHODS = {name: {"name": name, **m.params} for name, m in REGISTRY.items() if m.decodes and name != "aligned"}
+METHODS = {name: {"name": name, **m.params} for name, m in REGISTRY.items() if m.decodes and "aligned" not in m.roles}
 METHODS["blendin_full"] = {**METHODS["blendin"], "top_k": None}
 # probe and af/cc cost what nudging costs; word-level NUDGING ends at the guidance's EOS, not at a fixed length
 DEFAULT_METHODS = ["base", "guidance", "nudging", "blendin", "blendin_full", "cap", "af_cc"]

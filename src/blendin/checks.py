@@ -67,7 +67,7 @@ def check_run_config(cfg) -> None:
     check_benchmark(plain.get("benchmark"))
     method = _node(plain, "method")
     make_policy(method)
-    if method.get("name") == "aligned" and not plain["pair"].get("aligned"):
+    if "aligned" in method_spec(method.get("name")).roles and not plain["pair"].get("aligned"):
         raise ConfigError(
             f"method=aligned needs pair.aligned, and pair {plain['pair'].get('name')} has none. "
             "Fix: set pair.aligned.source (or model@pair.aligned=<name>) to the base model's "

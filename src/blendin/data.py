@@ -27,7 +27,9 @@ from pathlib import Path
 from .errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+# a git checkout of this project (src/blendin/ inside it), not an installed copy in some environment
+CHECKOUT = (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "src" / "blendin").is_dir()
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" if CHECKOUT else Path("shared/data")
 SUBSET_RULES = ("seeded", "reference")
 REFERENCE_SEED = 609  # the reference code's numpy seed: its subsets ARE the paper's items
 

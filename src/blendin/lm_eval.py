@@ -35,7 +35,6 @@ from .methods import REGISTRY, Decoder, make_policy
 from .methods import method as method_spec
 from .models import LoadedModel, resolve_device
 from .pair import Pair, pair_spec
-from .policies import Capped
 from .prompts import Prompt
 from .sampling import Sampling, sampling_from, stream_key
 
@@ -264,6 +263,7 @@ class GuidedLM(LM):
                 text = self.lead.tokenizer.decode(out.token_ids, skip_special_tokens=True)
                 texts[i] = postprocess_generated_text(text, setting["until"], None)
                 self.cache_hook.add_partial("generate_until", requests[i].args, texts[i])
+        self.reading.limit = None  # the generation budget's context limit must not cut later scoring
         return texts
 
     @staticmethod
@@ -324,7 +324,7 @@ class GuidedLM(LM):
         return results
 
     def _check_scorable(self) -> None:
-        if self.spec.decoder != "token" or isinstance(self.policy, Capped):
+        if self.spec.decoder != "token" or self.spec.stateful:
             raise ConfigError(
                 f"method {self.spec.name} has no next-token distribution to score with: its choices depend on "
                 "what it generated before (a budget or word rounds). Fix: use it on generative tasks "

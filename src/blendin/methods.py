@@ -54,7 +54,8 @@ class Method:
     (teacher forcing), so a score means nothing. headline: the figure a sweep summary shows (score, or
     consult_rate where interventions are off by design). inputs: extra per-sample inputs the decoder
     needs besides prompts (teacher forcing's references), None for decoding methods. samples: whether
-    it can sample (`blendin.sampling`) rather than only decode greedily."""
+    it can sample (`blendin.sampling`) rather than only decode greedily. stateful: its choice at a step
+    depends on what it chose before, so a given text has no per-position distribution to score."""
 
     name: str
     label: str
@@ -68,6 +69,7 @@ class Method:
     headline: str = "score"
     inputs: Callable | None = None
     samples: bool = True  # it can sample from its distribution (`decoding.temperature` > 0)
+    stateful: bool = False  # its choice depends on its own earlier choices (a budget, word rounds)
 
     @property
     def solo(self) -> bool:
@@ -85,6 +87,8 @@ class Method:
 
 def number(cfg: dict, key: str, low=None, high=None) -> float:
     value = cfg[key]
+    if isinstance(value, bool):
+        raise ConfigError(f"method.{key}={value!r} is not a number")
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -112,7 +116,12 @@ def tau(cfg: dict) -> float:
 
 def top_k(cfg: dict) -> int | None:
     """BlendIn's top-k union size; null / none / full = the full shared vocabulary."""
-    return None if cfg["top_k"] in (None, "null", "none", "full") else integer(cfg, "top_k")
+    if cfg["top_k"] in (None, "null", "none", "full"):
+        return None
+    value = cfg["top_k"]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"method.top_k={value!r} must be a positive integer, or null for the full vocabulary")
+    return value
 
 
 def choice(cfg: dict, key: str, allowed: dict) -> str:
@@ -196,7 +205,7 @@ REGISTRY: dict[str, Method] = {
         ),
         Method(
             "cap", "Cap", "NUDGING with its intervention rate capped", {**GUIDED, "cap": 0.15, "mode": "latch",
-            "warmup": 20}, _capped,
+            "warmup": 20}, _capped, stateful=True,
         ),
         Method(
             "af", "AF", "NUDGING, only where the guidance's token is in the base's top-k (agreement filter)",
@@ -217,7 +226,7 @@ REGISTRY: dict[str, Method] = {
         Method(
             "nudging_words", "NUDG. (words)", "NUDGING on words in rounds, as Fei et al. (2025) published it",
             {**GUIDED, "draft_tokens": 16, "max_rounds": 150, "max_repeats": 3}, _word_nudging,
-            decoder="words", unit="word", samples=False,
+            decoder="words", unit="word", samples=False, stateful=True,
         ),
         Method(
             "forced", "forced", "teacher forcing: walk both models along a known answer (no decoding)",

@@ -104,6 +104,8 @@ class Pair:
         """
         spec = method_spec(dict(method).get("name"))
         policy = make_policy(method)
+        if sampling is not None and not sampling.greedy and not spec.samples:
+            raise ConfigError(f"method {spec.name} decodes greedily only ({spec.summary}); it cannot sample")
         lead = self.model(spec.roles[0])
         guidance = None if spec.solo else self.model(spec.roles[1])
         vocab = None if spec.solo else self.vocab

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from .benchmarks import Benchmark, benchmark_from_config
 from .checks import check_run_config
 from .cli import call
-from .data import REPO_ROOT
+from .data import CHECKOUT, REPO_ROOT
 from .identity import (
     begin_session,
     effective_pair,
@@ -300,6 +300,11 @@ def finish(store: RunStore, benchmark: Benchmark, outputs, judge, cfg, reused_fr
 
 
 def _git_commit() -> str:
+    """The checkout's commit; an installed copy (no checkout of its own) records its version instead."""
+    if not CHECKOUT:
+        from . import __version__
+
+        return f"unknown (installed blendin {__version__})"
     try:
         return (
             subprocess.run(
