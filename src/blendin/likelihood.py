@@ -170,9 +170,13 @@ def score(
 
 
 def _unsure(logits: torch.Tensor, tau: float) -> bool:
-    """Is the top probability below tau at some position? (softmax max = exp(max - logsumexp))"""
-    logits = logits.float()
-    return bool(((logits.max(-1).values - logits.logsumexp(-1)).exp() < tau).any())
+    """Is the top probability below tau at some position? (softmax max = exp(max - logsumexp)). In
+    slices of CHUNK positions: a long rolling window's logits in float32 at once would double their memory."""
+    tops = []
+    for lo in range(0, len(logits), CHUNK):
+        part = logits[lo : lo + CHUNK].float()
+        tops.append(part.max(-1).values - part.logsumexp(-1))
+    return bool(tops) and bool((torch.cat(tops).exp() < tau).any())
 
 
 def _branch_logits(model, groups: list[tuple[tuple, list[tuple]]]) -> list[torch.Tensor]:

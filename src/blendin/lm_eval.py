@@ -197,8 +197,9 @@ class GuidedLM(LM):
 
     @property
     def tokenizer(self):
-        """The base's tokenizer: it reads lm-eval's context as is (`--apply_chat_template` uses it)."""
-        return self.pair.model("base").tokenizer
+        """The lead model's tokenizer (the base for guided methods): the lead reads lm-eval's context as is
+        (`--apply_chat_template` uses it). The lead is loaded anyway; no other model loads for it."""
+        return self.lead.tokenizer
 
     @property
     def tokenizer_name(self) -> str:
@@ -208,11 +209,11 @@ class GuidedLM(LM):
         return self.tokenizer.chat_template if chat_template else None
 
     def apply_chat_template(self, chat_history: list[dict], add_generation_prompt: bool = True) -> str:
-        """lm-eval's `--apply_chat_template`: the context in the BASE's chat template. The guidance
-        reads its own chat template anyway, around that text (see docs/lm_eval.md)."""
+        """lm-eval's `--apply_chat_template`: the context in the lead's (the base's) chat template. The
+        guidance reads its own chat template anyway, around that text (see docs/lm_eval.md)."""
         if not getattr(self.tokenizer, "chat_template", None):
             raise ConfigError(
-                f"--apply_chat_template: the base model {self.pair.spec.base.label} has no chat template. Fix: "
+                f"--apply_chat_template: the {self.spec.roles[0]} model has no chat template. Fix: "
                 "leave the flag out; the guidance already reads its own chat template"
             )
         return self.tokenizer.apply_chat_template(
