@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -92,6 +93,7 @@ class Greedy:
     """One model alone, greedy (methods base, guidance, aligned)."""
 
     name: str = "base"
+    sources: ClassVar[tuple] = (SOURCE_BASE,)  # the sources its Choice can name: what sampling draws from
     tau: float = 0.0  # never consults
 
     def decide(self, step: Step) -> Choice:
@@ -104,6 +106,7 @@ class Nudging:
 
     tau: float = 0.4
     name: str = "nudging"
+    sources: ClassVar[tuple] = (SOURCE_BASE, SOURCE_GUIDANCE)
 
     def decide(self, step: Step) -> Choice:
         return _choose(step, step.consulted)
@@ -119,6 +122,7 @@ class Probe:
 
     tau: float = 0.4
     name: str = "probe"
+    sources: ClassVar[tuple] = (SOURCE_BASE,)
 
     def decide(self, step: Step) -> Choice:
         return _choose(step, torch.zeros_like(step.consulted))
@@ -141,6 +145,7 @@ class Capped:
     mode: str = "latch"
     warmup: int = 20
     name: str = "cap"
+    sources: ClassVar[tuple] = (SOURCE_BASE, SOURCE_GUIDANCE)
 
     def decide(self, step: Step) -> Choice:
         if self.cap == 0:
@@ -167,6 +172,7 @@ class Filtered:
     agreement_k: int | None = 5
     confidence: bool = False
     name: str = "af"
+    sources: ClassVar[tuple] = (SOURCE_BASE, SOURCE_GUIDANCE)
 
     def decide(self, step: Step) -> Choice:
         accept = step.consulted.clone()
@@ -195,6 +201,7 @@ class Blend:
     lam: float = 0.1
     top_k: int | None = 100
     name: str = "blendin"
+    sources: ClassVar[tuple] = (SOURCE_BASE, SOURCE_BLEND)
 
     def decide(self, step: Step) -> Choice:
         # every row is blended with the same tensor operations; rows not consulted keep the base's token

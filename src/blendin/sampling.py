@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import ConfigError
-from .policies import SOURCE_BASE, SOURCE_GUIDANCE, Step, joint_ids
+from .policies import SOURCE_BASE, SOURCE_BLEND, SOURCE_GUIDANCE, Step, joint_ids
 
 # splitmix64's constants as signed 64-bit integers (torch has no unsigned 64-bit arithmetic)
 _GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)
@@ -166,15 +166,18 @@ def sample(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each row's token drawn from the distribution its method chose this step (`Choice.source`), in the
     joint id space (a base id, or base_size + a guidance id without a base twin). Every row goes through
-    the same tensor operations; a row takes the draw of its own source. Returns what `draw` returns."""
+    the same tensor operations; a row takes the draw of its own source. Only the sources the policy can
+    choose (`sources`; all three when it does not say) are drawn from. Returns what `draw` returns."""
+    sources = getattr(policy, "sources", (SOURCE_BASE, SOURCE_GUIDANCE, SOURCE_BLEND))
     token, prob, plain = draw(step.base_probs, u, sampling)
     if step.guide_probs is not None:
-        guidance = torch.arange(step.guide_probs.shape[-1], device=token.device).expand_as(step.guide_probs)
-        drawn = draw(step.guide_probs, u, sampling, joint_ids(guidance, step))
-        take = choice.source == SOURCE_GUIDANCE
-        token, prob, plain = (torch.where(take, g, b) for g, b in zip(drawn, (token, prob, plain)))
+        if SOURCE_GUIDANCE in sources:
+            guidance = torch.arange(step.guide_probs.shape[-1], device=token.device).expand_as(step.guide_probs)
+            drawn = draw(step.guide_probs, u, sampling, joint_ids(guidance, step))
+            take = choice.source == SOURCE_GUIDANCE
+            token, prob, plain = (torch.where(take, g, b) for g, b in zip(drawn, (token, prob, plain)))
         # a rule that hands a step to neither model alone (SOURCE_BLEND) samples from its `distribution`
-        if hasattr(policy, "distribution"):
+        if SOURCE_BLEND in sources and hasattr(policy, "distribution"):
             ids, probs = policy.distribution(step)
             drawn = draw(probs, u, sampling, ids)
             blended = (choice.source != SOURCE_BASE) & (choice.source != SOURCE_GUIDANCE)
