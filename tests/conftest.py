@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 import pytest
 import torch
@@ -155,6 +156,27 @@ def model_dirs(tmp_path_factory):
         "cross_base": _save(_gemma(len(piece_tok), 3, p_eos, p_pad), piece_tok, root / "cross_base"),
         "cross_guidance": _save(_llama(len(byte_tok), 4, b_eos, b_pad), byte_tok, root / "cross_guidance"),
     }
+
+
+@pytest.fixture(autouse=True)
+def _time_limit():
+    """BLENDIN_TEST_TIMEOUT=S (scripts/gpu_check.sh sets it): a test still running after S seconds fails
+    with the traceback of where it was, so that one hung test cannot use up a time-limited check."""
+    seconds = int(os.environ.get("BLENDIN_TEST_TIMEOUT", "0"))
+    if seconds <= 0:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TimeoutError(f"the test ran past BLENDIN_TEST_TIMEOUT={seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -124,3 +124,17 @@ def test_forced_needs_references_and_reads_stored_runs(model_dirs, tmp_path):
     assert metrics["n_samples"] == 5 and metrics["method"] == "forced"
     gold = execute(config(model_dirs, tmp_path, "benchmark=gsm8k", "method=forced", "benchmark.max_new_tokens=4096"))
     assert gold["score"] == 1.0  # walking the gold solutions: each ends with "The answer is N."
+
+
+def test_the_lowest_guidance_id_is_a_base_tokens_twin():
+    """Several guidance ids may share one base twin (the same bytes): the lowest wins, by a rule that
+    does not depend on the order a device applies duplicate writes in; the base EOS maps to the
+    guidance's EOS; base ids with no twin map to -1."""
+    from types import SimpleNamespace
+
+    from blendin.forcing import ForcedDecoder
+
+    g2b = torch.tensor([3, -1, 3, 0, 5, 0, 3])  # guidance id -> base id
+    vocab = SimpleNamespace(guidance_to_base=g2b, base_size=7)
+    decoder = ForcedDecoder(SimpleNamespace(eos_ids={6}), None, SimpleNamespace(eos_ids={1}), vocab)
+    assert decoder.base_to_guidance.tolist() == [3, -1, -1, 0, -1, 4, 1]

@@ -21,11 +21,12 @@ READS = ("item", "tolist", "__bool__", "nonzero", "__int__", "__float__", "__ind
 
 
 @contextlib.contextmanager
-def counted_steps():
-    """Count, per decode step (`_Batch.step`), the copies to the host and every other read of a tensor value."""
+def counted_steps(batch_class=engine._Batch):
+    """Count, per decode step (`batch_class.step`: a step, or a speculative round), the copies to the host
+    and every other read of a tensor value."""
     counts = []
     reads = {"n": 0, "where": []}
-    original_step = engine._Batch.step
+    original_step = batch_class.step
     originals = {name: getattr(torch.Tensor, name) for name in READS}
 
     def counting(name):
@@ -47,11 +48,11 @@ def counted_steps():
                 setattr(torch.Tensor, name, method)
             counts.append((SYNCS.count - syncs, reads["n"] - before))
 
-    engine._Batch.step = step
+    batch_class.step = step
     try:
         yield counts, reads
     finally:
-        engine._Batch.step = original_step
+        batch_class.step = original_step
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,12 @@ prompts take their place, so the ratio should stay near 1.
 
 `--synthetic` builds randomly initialised models of real sizes from their published configs
 (speed does not depend on weight values), with locally built tokenizers of the real vocabulary
-sizes: `llama8b+llama1b` (one tokenizer), `qwen8b+llama1b` (two tokenizers), or `tiny` (a CPU smoke
-test). Results go to results/bench/<name>-<time>.json and .md.
+sizes: `llama8b+llama1b` (one tokenizer), `qwen8b+llama1b` (two tokenizers), or `tiny` and
+`tiny-shared` (CPU-sized). Their outputs read like text, with the base unsure on `--unsure` of the
+steps and the guidance agreeing with it there at `--agree` (`blendin.scripted`); `--flat` keeps the
+random models' flat outputs instead (every row unsure on every step: the worst case). The table's
+header then says what the text was like (share of unsure steps, agreement, replacement characters).
+Results go to results/bench/<name>-<time>.json and .md.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from .errors import ConfigError
 from .methods import REGISTRY
 from .prompts import Prompt
 from .sampling import Sampling
+from .synthetic import PRESETS
 
 if TYPE_CHECKING:
     from .engine import Generation
@@ -219,7 +224,7 @@ def fixed_length_rows(
                             **measured,
                         }
                     )
-                    if device.type == "cuda":
+                    if device.type == "cuda" and not variant.get("speculate"):  # a round reads more than a step
                         rows[-1]["bandwidth_fraction"] = bandwidth_fraction(pair, rows[-1], items, length)
                     print(_line(rows[-1]), flush=True)
                     if on_row:
@@ -291,7 +296,16 @@ def where_time_goes(decoder, before: dict, clock_before: dict, tokens: int, batc
     passes = stats["guidance_passes"] - before["guidance_passes"]
     per_step = {k: round(1000 * spent.get(k, 0.0) / steps, 3) for k in ("lead_forward", "guidance_forward", "step")}
     forwards = per_step["lead_forward"] + per_step["guidance_forward"]
+    proposed = stats.get("drafts_proposed", 0) - before.get("drafts_proposed", 0)
+    speculative = {}
+    if proposed:  # speculative rounds: how many drafts the rule kept, and where the guidance's view cut a block
+        speculative = {
+            "draft_acceptance": round((stats["drafts_accepted"] - before.get("drafts_accepted", 0)) / proposed, 3),
+            "blocks_cut": stats.get("blocks_cut", 0) - before.get("blocks_cut", 0),
+        }
     return {
+        "base_passes_per_token": round((stats["lead_passes"] - before["lead_passes"]) / max(1, tokens), 4),
+        **speculative,
         "guidance_passes_per_token": round(passes / max(1, tokens), 4),
         "steps_with_guidance": round((stats["guidance_steps"] - before.get("guidance_steps", 0)) / steps, 3),
         "ms_per_step": per_step["step"],
@@ -350,6 +364,13 @@ def _ratios(rows) -> list[dict]:
         ) or next((x for x in same if x["method"] == "base"), None)
         r["time_vs_hf_generate"] = round(per_token(r) / per_token(ref), 3) if ref else None
         r["time_vs_base"] = round(per_token(r) / per_token(base), 3) if base else None
+        if "speculate=" in (r.get("variant") or ""):  # against step-by-step decoding: the base, the same method
+            plain = {x["method"]: x for x in same if x.get("variant") == "default"}
+            for key, other in (
+                ("time_vs_step_base", plain.get("base")),
+                ("time_vs_step_method", plain.get(r["method"])),
+            ):
+                r[key] = round(per_token(r) / per_token(other), 3) if other else None
     by_method: dict[tuple, list[dict]] = {}  # (method, variant, batch size) -> its rows
     for r in rows:
         by_method.setdefault((r["method"], r.get("variant"), r["batch_size"]), []).append(r)
@@ -445,6 +466,14 @@ def markdown(rows, meta) -> str:
         + "); ratios are time per token.",
         "",
     ]
+    text = meta.get("synthetic_text")
+    if text:
+        lines += [
+            f"Synthetic text (greedy, 8 prompts x 64 tokens): the base unsure on {text['unsure_share']} of the "
+            f"steps, the guidance's top token the base's on {text['guidance_agrees_where_unsure']} of those, "
+            f"{text['replacement_char_share']} of the characters U+FFFD; e.g. \"{text['example'][:100]}\"",
+            "",
+        ]
     fixed = [r for r in rows if r.get("mode") is None]
     variants = len({r.get("variant") for r in fixed if r.get("variant")}) > 1
 
@@ -454,16 +483,35 @@ def markdown(rows, meta) -> str:
     if fixed:
         lines += [
             "| method | batch | length | tokens/s | time vs hf_generate | time vs our base | per token vs "
-            "shortest length | peak MB | guidance passes / token | steps with a guidance pass | "
-            "intervention rate |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "shortest length | peak MB | base passes / token | guidance passes / token | steps with a "
+            "guidance pass | drafts kept | intervention rate |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in fixed:
             lines.append(
                 f"| {label(r)} | {r['batch_size']} | {r['length']} | {r['tokens_per_s']} | "
                 f"{r['time_vs_hf_generate']} | {r['time_vs_base']} | {r['per_token_vs_shortest']} | "
-                f"{r['peak_mb']} | {r.get('guidance_passes_per_token', '-')} | "
-                f"{r.get('steps_with_guidance', '-')} | {r.get('intervention_rate', '-')} |"
+                f"{r['peak_mb']} | {r.get('base_passes_per_token', '-')} | {r.get('guidance_passes_per_token', '-')} | "
+                f"{r.get('steps_with_guidance', '-')} | {r.get('draft_acceptance', '-')} | "
+                f"{r.get('intervention_rate', '-')} |"
+            )
+    speculative = [r for r in fixed if "time_vs_step_base" in r]
+    if speculative:
+        lines += [
+            "",
+            "Speculative rounds against step-by-step decoding in this run (time per token; base passes per "
+            "output token; the share of drafts the rule kept; blocks cut where the guidance would read the "
+            "text otherwise than it drafted it):",
+            "",
+            "| method | batch | length | time vs base step by step | time vs the method step by step | "
+            "base passes / token | drafts kept | blocks cut |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in speculative:
+            lines.append(
+                f"| {label(r)} | {r['batch_size']} | {r['length']} | {r['time_vs_step_base']} | "
+                f"{r['time_vs_step_method']} | {r.get('base_passes_per_token', '-')} | "
+                f"{r.get('draft_acceptance', '-')} | {r.get('blocks_cut', '-')} |"
             )
     timed = [r for r in fixed if "ms_per_step" in r]
     if timed:
@@ -531,10 +579,12 @@ def build_pair(args):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         cfg = compose(config_name="config", overrides=overrides)
     if args.synthetic:
+        from .scripted import ScriptedText
         from .synthetic import synthetic_pair
 
-        cfg.pair.name = f"synthetic-{args.synthetic}"
-        return synthetic_pair(args.synthetic, args.device, args.dtype), cfg
+        cfg.pair.name = f"synthetic-{args.synthetic}" + ("-flat" if args.flat else "")
+        rule = None if args.flat else ScriptedText(unsure=args.unsure, agree=args.agree)
+        return synthetic_pair(args.synthetic, args.device, args.dtype, rule), cfg
     return Pair(pair_spec(cfg.pair), args.device, args.dtype), cfg
 
 
@@ -560,6 +610,11 @@ def run(args) -> Path:
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python -m blendin.bench"] + sys.argv[1:]),
     }
+    if args.synthetic:  # what the synthetic pair's text is like (a greedy decode of the bench's prompts)
+        from .scripted import describe
+
+        meta["synthetic_text"] = describe(pair, prompts(8), max_new_tokens=64)
+        print(f"synthetic text: {meta['synthetic_text']}", flush=True)
     out = Path(args.out)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     stem = f"{'ragged' if args.ragged else 'speed'}-{cfg.pair.name}-{device.type}-{stamp}"
@@ -582,6 +637,7 @@ def run(args) -> Path:
                     ("guidance_schedule", g),
                     ("overlap", o),
                     ("sampling", Sampling(temperature=t) if t else None),
+                    ("speculate", k if k else None),
                 )
                 if v is not None
             }
@@ -589,6 +645,7 @@ def run(args) -> Path:
             for g in args.schedule
             for o in args.overlap
             for t in args.temperature
+            for k in args.speculate
         ]
         hf_static = args.hf_static if args.hf_static is not None else device.type == "cuda"
         rows += fixed_length_rows(
@@ -620,8 +677,23 @@ def main(argv=None) -> None:
     parser.add_argument("--pair", default="smollm2_gemma3", help="a pair of conf/pair/ (default: the embedded one)")
     parser.add_argument(
         "--synthetic",
-        choices=["llama8b+llama1b", "qwen8b+llama1b", "tiny", "tiny-shared"],
-        help="random models of real sizes instead of --pair (for GPU speed without weights)",
+        choices=list(PRESETS),
+        help="random models of real sizes instead of --pair (for GPU speed without weights); "
+        "llama110m+llama14m: CPU-sized, with a 1B guidance's share of an 8B base's compute",
+    )
+    parser.add_argument(
+        "--flat",
+        action="store_true",
+        help="--synthetic: keep the random models' flat outputs (every row unsure on every step: the worst case)",
+    )
+    parser.add_argument(
+        "--unsure", type=float, default=0.2, help="--synthetic: share of steps where the base is unsure (0.2)"
+    )
+    parser.add_argument(
+        "--agree",
+        type=float,
+        default=0.5,
+        help="--synthetic: where the base is unsure, how often the guidance's top token is the base's (0.5)",
     )
     parser.add_argument(
         "--methods",
@@ -675,6 +747,15 @@ def main(argv=None) -> None:
         default=[0.0],
         help="0 = greedy (default); > 0 samples from each method's distribution (blendin.sampling); several "
         "values: rows for each (the cost of sampling next to greedy in one run)",
+    )
+    parser.add_argument(
+        "--speculate",
+        nargs="+",
+        type=int,
+        default=[0],
+        metavar="K",
+        help="0 = step by step (default); K = speculative rounds of K drafts (blendin.speculation); several "
+        "values: rows for each, with base passes per token and the share of drafts kept",
     )
     parser.add_argument(
         "--hf-static",

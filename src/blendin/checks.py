@@ -33,6 +33,7 @@ RUN_KEYS = {
     "base_view",
     "compile",
     "guidance_schedule",
+    "speculate",
     "decoding",
 }
 PROTOCOL_KEYS = {"name", "plain_guidance"}
@@ -67,6 +68,7 @@ def check_run_config(cfg) -> None:
     check_benchmark(plain.get("benchmark"))
     method = _node(plain, "method")
     make_policy(method)
+    check_speculate(plain.get("speculate", 0), method.get("name"), plain.get("base_view", "ids"))
     if "aligned" in method_spec(method.get("name")).roles and not plain["pair"].get("aligned"):
         raise ConfigError(
             f"method=aligned needs pair.aligned, and pair {plain['pair'].get('name')} has none. "
@@ -102,6 +104,22 @@ def check_engine(compile, schedule, device) -> None:
             f"guidance_schedule={schedule!r} must be one of {', '.join(SCHEDULES)} (lazy: the "
             "guidance runs on steps where some row is unsure; every: every step; auto: every on a GPU)"
         )
+
+
+def check_speculate(speculate, method_name, base_view="ids") -> None:
+    """speculate: an integer >= 0, for a token-level method led by the base that reads its own ids."""
+    from .speculation import check_speculate as check_value
+
+    if check_value(speculate) == 0:
+        return
+    spec = method_spec(method_name)
+    if spec.decoder != "token" or spec.roles[0] != "base":
+        raise ConfigError(
+            f"speculate={speculate}: method {method_name} cannot speculate (speculative decoding checks the "
+            "guidance's drafts with the base, one token-level step at a time). Fix: speculate=0"
+        )
+    if base_view != "ids":
+        raise ConfigError(f"speculate={speculate} needs base_view=ids (the base reads the drafts as ids)")
 
 
 def check_protocol(protocol, base_view) -> None:

@@ -152,7 +152,8 @@ def resolve_schedule(schedule: str, device: torch.device) -> str:
 
 
 class TokenDecoder:
-    """Decoding of `lead`, steered by `policy` with an optional guidance model.
+    """Decoding of `lead`, steered by `policy` with an optional guidance model, one step at a time
+    (`speculation.SpeculativeDecoder` decodes the same in speculative rounds).
 
     lead: the model that owns the output (the base for guided methods).
     guidance, vocab: the guidance model and the VocabMap from it to the lead; None for solo methods.
@@ -163,7 +164,8 @@ class TokenDecoder:
     compile: "none", "compile" or "cudagraphs": how decode steps run (`streams.decode_forward`).
     overlap: feed each step's tokens to the models straight from the device, before the host reads
         them, so that the next forward runs while the host does its work (EOS, stop strings, text,
-        trace); None = on CUDA. Same outputs (tests force it on the CPU).
+        trace), and on CUDA run the guidance on its own stream beside the base; None = on CUDA. Same
+        outputs (tests force it on the CPU); False switches both off.
     sampling: `sampling.Sampling` (the `decoding` settings); None or temperature 0 = greedy.
     """
 
@@ -193,12 +195,20 @@ class TokenDecoder:
         self.compile = check_compile(compile, lead.device)
         if overlap is None:
             overlap = lead.device.type == "cuda"
+        # the guidance's own CUDA stream; not with CUDA graphs, whose replays of both models share one
+        # memory pool and must not run at once
+        self.side_stream = overlap and lead.device.type == "cuda" and self.compile != "cudagraphs"
         self.overlap = overlap and use_cache and base_view == "ids"
         if vocab is not None:
             vocab.prepare()
+        # the base's top-p size past its top 256 tokens (a flat distribution): on a GPU every row's is
+        # computed in the step (a host read would stall the queued forward); on a CPU only the few rows
+        # that need it, after the step's copy
+        self.exact_top_p = lead.device.type == "cuda"
         self.stats = new_stats()
         self.clock = Clock(lead.device)
         self.lead_size = lead.vocab_size
+        self.batch_class: type[_Batch] = _Batch
 
     def generate(
         self,
@@ -221,7 +231,9 @@ class TokenDecoder:
             keys = [stream_key(self.sampling.seed, str(i), 0) for i in range(len(prompts))]
         lead_ids = [self.lead.prompt_ids(p) for p in prompts]
         guide_ids = [self.guidance.prompt_ids(p) for p in prompts] if self.guidance is not None else None
-        batch = _Batch(self, max_new_tokens, tuple(s for s in stop_strings if s))
+        batch = self.batch_class(
+            self, max_new_tokens, tuple(s for s in stop_strings if s), min(batch_size, len(prompts))
+        )
         results: list[Generation | None] = [None] * len(prompts)
         syncs = SYNCS.count
 
@@ -288,7 +300,8 @@ class _Batch:
     one flag first (is any row unsure?) on the steps that might need the guidance.
     """
 
-    def __init__(self, decoder: TokenDecoder, max_new_tokens: int, stop_strings: tuple[str, ...]):
+    def __init__(self, decoder: TokenDecoder, max_new_tokens: int, stop_strings: tuple[str, ...], rows: int = 1):
+        """rows: how many rows will decode together at most (the caches are planned for them)."""
         self.d, self.max_new_tokens, self.stop_strings = decoder, max_new_tokens, stop_strings
         self.longest_stop = max((len(s) for s in stop_strings), default=0)
         # each stream plans its cache for the prompt + every new token (+ spelled and re-tokenized extras)
@@ -301,6 +314,7 @@ class _Batch:
             clock=decoder.clock,
             role="lead",
             compile=decoder.compile,
+            rows=rows,
         )
         self.guide = None
         if decoder.guidance is not None:
@@ -312,8 +326,9 @@ class _Batch:
                 clock=decoder.clock,
                 role="guidance",
                 compile=decoder.compile,
+                rows=rows,
             )
-        self.side = torch.cuda.Stream(decoder.lead.device) if decoder.lead.device.type == "cuda" else None
+        self.side = torch.cuda.Stream(decoder.lead.device) if decoder.side_stream else None
         self.rows: list[_Row] = []
         self.counts: torch.Tensor | None = None  # [rows, 3] on the device: steps, applied, latched
         self.keys: torch.Tensor | None = None  # [rows] int64 on the device: each row's random stream
@@ -367,7 +382,7 @@ class _Batch:
                 guide_logits = self._guidance_logits()
         policy = d.policy if guide_logits is not None else Greedy()  # no row uncertain: the base keeps every step
         if guide_logits is not None:
-            add_guidance_facts(step, torch.softmax(guide_logits, dim=-1), exact=False)
+            add_guidance_facts(step, torch.softmax(guide_logits, dim=-1), exact=d.exact_top_p)
         choice = policy.decide(step)
         sample_prob = None
         if not d.sampling.greedy:  # draw from the distribution the rule chose (blendin.sampling)
@@ -459,7 +474,8 @@ class _Batch:
         )
 
     def _complete_top_p(self, values, probs: torch.Tensor) -> None:
-        """Top-p sizes past the first 256 tokens: rare (a very flat distribution), done exactly here."""
+        """Top-p sizes past the first 256 tokens (`TokenDecoder.exact_top_p` off): rare with real models
+        (a very flat distribution), done exactly here for the rows that need it."""
         column = values[:, _COLUMN["base_top_p_size"]]
         rows = [i for i in range(len(column)) if column[i] < -1]
         if rows:
@@ -490,9 +506,9 @@ class _Batch:
         for joint in values[:, _COLUMN["joint"]].astype(int).tolist():
             first = joint if joint < size else self.d.vocab.first_base_id(joint - size)
             ids.append(first if first >= 0 else pad)
-        self.lead.commit(ids)
+        self.lead.commit([[i] for i in ids])
         if self.speculated_guide:
-            self.guidance_view.commit(ids)
+            self.guidance_view.commit([[i] for i in ids])
 
     @property
     def guidance_view(self) -> TokenView:
@@ -539,24 +555,28 @@ class _Batch:
 
     def _record(self, values) -> None:
         """Trace the step, apply each row's choice and check stopping (host work on the copy)."""
+        for row, facts in zip(self.rows, values):
+            self._record_token(row, facts)
+
+    def _record_token(self, row: "_Row", facts) -> None:
+        """Add one chosen token (its packed facts) to a row's output and trace; finish the row if it
+        stops there (EOS, a stop string, max_new_tokens)."""
         d = self.d
         size = d.lead_size
-        eos_ids = d.lead.eos_ids
-        joints = values[:, _COLUMN["joint"]].astype(int).tolist()
-        for row, joint, facts in zip(self.rows, joints, values):
-            ids = [joint] if joint < size else d.vocab.base_ids_for_guidance_token(joint - size)
-            if len(ids) == 1 and ids[0] in eos_ids:
-                row.add(facts, joint, len(row.detok.text))
-                row.finish("eos", self.stop_strings)
-                continue
-            checked = max(0, row.detok.stable_length - self.longest_stop + 1)
-            row.ids.extend(ids)
-            text = row.detok.push(ids)
-            row.add(facts, joint, len(text))
-            if self.stop_strings and any(s in text[checked:] for s in self.stop_strings):
-                row.finish("stop_string", self.stop_strings)
-            elif row.n_steps >= self.max_new_tokens:
-                row.finish("max_new_tokens", self.stop_strings)
+        joint = int(facts[_COLUMN["joint"]])
+        ids = [joint] if joint < size else d.vocab.base_ids_for_guidance_token(joint - size)
+        if len(ids) == 1 and ids[0] in d.lead.eos_ids:
+            row.add(facts, joint, len(row.detok.text))
+            row.finish("eos", self.stop_strings)
+            return
+        checked = max(0, row.detok.stable_length - self.longest_stop + 1)
+        row.ids.extend(ids)
+        text = row.detok.push(ids)
+        row.add(facts, joint, len(text))
+        if self.stop_strings and any(s in text[checked:] for s in self.stop_strings):
+            row.finish("stop_string", self.stop_strings)
+        elif row.n_steps >= self.max_new_tokens:
+            row.finish("max_new_tokens", self.stop_strings)
 
 
 def cut_at_stop(text: str, stop_strings) -> str:
@@ -574,10 +594,14 @@ class _Row:
         self.finished, self.stop_reason = False, ""
         self.facts: list = []  # per step: the packed row (numpy), the chosen joint id, the text length
         self.text = ""
+        self.n_applied, self.latched = 0, False  # what the device's counts say, known on the host
+        self.drafts = [0, 0]  # speculative decoding: drafts proposed, drafts accepted
 
     def add(self, facts, joint: int, text_offset: int) -> None:
         self.facts.append((facts, joint, text_offset))
         self.n_steps += 1
+        self.n_applied += bool(facts[_COLUMN["applied"]])
+        self.latched |= bool(facts[_COLUMN["latch"]])
 
     def finish(self, reason: str, stop_strings=()) -> None:
         self.finished, self.stop_reason = True, reason
@@ -602,6 +626,7 @@ class _Row:
         trace["text_offset"] = [t for _, _, t in self.facts]
         trace = {name: trace[name] for name in TRACE_COLUMNS}
         n_applied = sum(trace["applied"])
+        extras = {"drafts_proposed": self.drafts[0], "drafts_accepted": self.drafts[1]} if self.drafts[0] else {}
         return Generation(
             self.text,
             list(self.ids),
@@ -611,4 +636,5 @@ class _Row:
             self.stop_reason,
             trace,
             sum(trace["consulted"]),
+            extras,
         )

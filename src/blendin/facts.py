@@ -34,21 +34,45 @@ def top_p_size(
 
     Sorting a 262k-token distribution is slow, so look at the top 256 first. exact=False stops there
     and returns -(256 + 1) for rows whose top 256 hold less than p (the caller completes them with
-    `top_p_size` where it needs to; the decoding step does, after its one copy to the host).
-    exact=True grows the prefix until every row is done (it reads a flag from the device to know).
+    `top_p_size` where it needs to; the decoding step on a CPU does, after its one copy to the host).
+    exact=True completes those rows on the device (`threshold_size`), without reading anything back.
     top: the 256 largest probabilities of each row, sorted, if already known.
     """
     vocab = probs.shape[-1]
     k = min(256, vocab)
-    while True:
-        top = (top if top is not None and top.shape[-1] == k else probs.topk(k, dim=-1).values).cumsum(-1)
-        reached = top[:, -1] >= p
-        size = ((top < p).sum(-1) + 1).clamp_max(k)
-        if not exact:
-            return torch.where(reached | (k == vocab), size, torch.full_like(size, -(k + 1)))
-        if bool(reached.all()) or k == vocab:
-            return size
-        k = min(vocab, k * 8)
+    top = (top[:, :k] if top is not None and top.shape[-1] >= k else probs.topk(k, dim=-1).values).cumsum(-1)
+    reached = (top[:, -1] >= p) | (k == vocab)
+    size = ((top < p).sum(-1) + 1).clamp_max(k)
+    if not exact:
+        return torch.where(reached, size, torch.full_like(size, -(k + 1)))
+    if k == vocab:
+        return size
+    return torch.where(reached, size, threshold_size(probs, p))
+
+
+_ABOVE_ONE = 0x3F800001  # the float32 bit pattern just above 1.0
+
+
+def threshold_size(probs: torch.Tensor, p: float = TOP_P) -> torch.Tensor:
+    """`top_p_size` of every row without sorting and without a host read: a fixed 31 steps of bisection
+    on float32 bit patterns (which order non-negative floats as integers) find v, the largest
+    probability with mass(probs >= v) >= p; the set is every token above v and enough tokens equal to
+    v to reach p. Each step is one pass over the vocabulary, so it costs about 60 passes in all."""
+    x = probs.float()
+    rows = x.shape[0]
+    lo = torch.zeros(rows, dtype=torch.int32, device=x.device)  # mass(x >= 0) = 1 >= p
+    hi = torch.full_like(lo, _ABOVE_ONE)  # mass(x >= 1 + ulp) = 0 < p
+    for _ in range(31):  # the range holds fewer than 2^31 patterns
+        mid = (lo + hi) // 2
+        threshold = mid.view(torch.float32)[:, None]
+        enough = torch.where(x >= threshold, x, 0.0).sum(-1, dtype=torch.float64) >= p
+        lo, hi = torch.where(enough, mid, lo), torch.where(enough, hi, mid)
+    v = lo.view(torch.float32)[:, None]
+    above = x > v
+    missing = p - torch.where(above, x, 0.0).sum(-1, dtype=torch.float64)  # what the ties at v must add
+    ties = (x == v).sum(-1)
+    needed = torch.ceil(missing / v.squeeze(-1).double().clamp_min(1e-45)).long().clamp(1)
+    return above.sum(-1) + torch.minimum(needed, ties)
 
 
 def add_guidance_facts(step, guide_probs: torch.Tensor, exact: bool = True) -> None:

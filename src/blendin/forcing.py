@@ -100,9 +100,13 @@ class ForcedDecoder:
         """base id -> a guidance id with the same bytes (-1 where none)."""
         if self._twins is None:
             g2b = self.vocab.guidance_to_base
-            twins = torch.full((self.vocab.base_size,), -1, dtype=torch.long, device=g2b.device)
-            mapped = (g2b >= 0).nonzero().squeeze(-1).flip(0)  # lowest guidance id wins
-            twins[g2b[mapped]] = mapped
+            size = self.vocab.base_size
+            mapped = (g2b >= 0).nonzero().squeeze(-1)
+            # several guidance ids may share a base twin: the lowest wins (a min-reduction, where plain
+            # indexed writes of duplicates have no defined winner on a GPU)
+            twins = torch.full((size,), size, dtype=torch.long, device=g2b.device)
+            twins.scatter_reduce_(0, g2b[mapped], mapped, reduce="amin")
+            twins = torch.where(twins == size, -1, twins)
             eos = sorted(self.guidance.eos_ids)
             for b in self.lead.eos_ids:  # the base EOS is the guidance's own end token, not an alias of it
                 if b < twins.shape[0] and eos:

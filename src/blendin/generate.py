@@ -20,7 +20,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .checks import check_decoding, check_engine
+from .checks import check_decoding, check_engine, check_speculate
 from .cli import call
 from .errors import ConfigError
 from .methods import make_policy
@@ -56,6 +56,7 @@ SETTINGS = (
     "base_view",
     "guidance_schedule",
     "compile",
+    "speculate",
     "decoding",
 )
 
@@ -78,6 +79,7 @@ def check(cfg: DictConfig) -> None:
             f"generate has only a prompt. Fix: python -m blendin.run method={method['name']} benchmark=gsm8k"
         )
     check_engine(cfg.get("compile", "none"), cfg.get("guidance_schedule", "auto"), cfg.device)
+    check_speculate(cfg.get("speculate", 0), method["name"], cfg.get("base_view", "ids"))
 
 
 def run(cfg: DictConfig) -> dict:
@@ -97,6 +99,7 @@ def run(cfg: DictConfig) -> dict:
         guidance_schedule=cfg.get("guidance_schedule", "auto"),
         compile=cfg.get("compile", "none"),
         sampling=sampling,
+        speculate=cfg.get("speculate", 0),
     )
     loaded = time.perf_counter()
     # decoding.samples outputs of the one prompt, each with its own random stream (sample index k)

@@ -77,6 +77,8 @@ def run_name(cfg: DictConfig) -> str:
     sampling = sampling_from(cfg.get("decoding"))
     if not sampling.greedy:  # greedy runs keep the names they had before sampling existed
         shaping["decoding"] = dataclasses.asdict(sampling)
+        if cfg.get("speculate", 0):  # the same distribution, other draws: other outputs
+            shaping["speculate"] = cfg.speculate
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:8]
     subset = str(cfg.benchmark.n).replace(":", "")
     split = "" if cfg.benchmark.get("split", "test") == "test" else f"-{cfg.benchmark.split}"
@@ -133,6 +135,7 @@ def environment(cfg) -> dict:
         "batch_size": cfg.batch_size,
         "compile": cfg.get("compile", "none"),
         "guidance_schedule": cfg.get("guidance_schedule", "auto"),
+        "speculate": cfg.get("speculate", 0),
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
     }

@@ -17,6 +17,7 @@ from .methods import Decoder, make_policy
 from .methods import method as method_spec
 from .models import LoadedModel, ModelSpec, load_model
 from .sampling import Sampling
+from .speculation import SpeculativeDecoder, check_speculate
 from .vocab import VocabMap, build_vocab_map
 from .words import WordNudgingDecoder
 
@@ -92,6 +93,7 @@ class Pair:
         compile: str = "none",
         overlap: bool | None = None,
         sampling: Sampling | None = None,
+        speculate: int = 0,
     ) -> Decoder:
         """The decoder for a method config (dict or OmegaConf node with `name` and its parameters).
 
@@ -101,23 +103,29 @@ class Pair:
         compile: how decode steps run (none, compile, cudagraphs; `streams.decode_forward`).
         overlap: the host's work beside the next forward (`engine.TokenDecoder`; None = on CUDA).
         sampling: the `decoding` settings (`sampling.Sampling`); None = greedy.
+        speculate: 0 = step by step; K = the guidance drafts up to K tokens that the base checks in one
+            pass (`speculation`): the same outputs, fewer base passes. A one-model method led by the base
+            drafts with the pair's guidance model.
         """
         spec = method_spec(dict(method).get("name"))
         policy = make_policy(method)
         if sampling is not None and not sampling.greedy and not spec.samples:
             raise ConfigError(f"method {spec.name} decodes greedily only ({spec.summary}); it cannot sample")
+        check_speculate(speculate)
+        if speculate and (spec.decoder != "token" or spec.roles[0] != "base"):
+            raise ConfigError(
+                f"method {spec.name} cannot speculate: speculative decoding checks drafts with the base, "
+                "one token-level step at a time. Fix: speculate=0"
+            )
         lead = self.model(spec.roles[0])
-        guidance = None if spec.solo else self.model(spec.roles[1])
-        vocab = None if spec.solo else self.vocab
+        drafter = speculate and spec.solo  # the guidance drafts for the base alone; it never steers
+        guidance = self.model("guidance") if not spec.solo or drafter else None
+        vocab = self.vocab if guidance is not None else None
         if spec.decoder == "forced":
             return ForcedDecoder(lead, policy, guidance, vocab)
         if spec.decoder == "words":
             return WordNudgingDecoder(lead, policy, guidance, vocab, use_cache)
-        return TokenDecoder(
-            lead,
-            policy,
-            guidance,
-            vocab,
+        settings: dict = dict(
             use_cache=use_cache,
             base_view=base_view,
             guidance_schedule=guidance_schedule,
@@ -125,3 +133,6 @@ class Pair:
             overlap=overlap,
             sampling=sampling,
         )
+        if speculate:
+            return SpeculativeDecoder(lead, policy, guidance, vocab, speculate, **settings)
+        return TokenDecoder(lead, policy, guidance, vocab, **settings)

@@ -146,6 +146,7 @@ class Capped:
     warmup: int = 20
     name: str = "cap"
     sources: ClassVar[tuple] = (SOURCE_BASE, SOURCE_GUIDANCE)
+    history: ClassVar[bool] = True  # it reads the counts of its own earlier choices (Step.n_applied, latched)
 
     def decide(self, step: Step) -> Choice:
         if self.cap == 0:

@@ -42,7 +42,7 @@ from .identity import (
     session_summary,
 )
 from .judges import make_judge
-from .memory import auto_batch_size, is_out_of_memory
+from .memory import auto_batch_size, is_out_of_memory, release_after_out_of_memory
 from .methods import method as method_spec
 from .pair import Pair, pair_spec
 from .sampling import Sampling, sampling_from, stream_key
@@ -92,6 +92,7 @@ def execute(cfg: DictConfig, pair: Pair | None = None) -> dict:
                 guidance_schedule=cfg.get("guidance_schedule", "auto"),
                 compile=cfg.get("compile", "none"),
                 sampling=sampling,
+                speculate=cfg.get("speculate", 0),
             )
             rendered = [
                 (
@@ -134,7 +135,11 @@ def shared_pair(cfg: DictConfig) -> Pair:
     pair = effective_pair(cfg)
     key = json.dumps([pair, cfg.device, cfg.dtype], sort_keys=True)
     if key not in _PAIRS:
-        _PAIRS.clear()  # keep one pair in memory: a sweep over pairs should not pile them up
+        if _PAIRS:  # keep one pair in memory: a sweep over pairs should not pile them up
+            _PAIRS.clear()
+            gc.collect()  # a model refers to itself through its compiled forward: only the collector frees it
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         _PAIRS[key] = Pair(pair_spec(pair), device=cfg.device, dtype=cfg.dtype)
     return _PAIRS[key]
 
@@ -190,10 +195,7 @@ def _decode(cfg, decoder, pending, store: RunStore, batch_size: int, sampling: S
         except Exception as err:  # noqa: BLE001 - only out-of-memory is handled; the rest is re-raised
             if not is_out_of_memory(err) or batch_size == 1:
                 raise
-        # out of memory: the failed batch's tensors are gone with the exception; free their blocks
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        release_after_out_of_memory()  # the failed batch's tensors, graphs and cached blocks
         stored = {output_key(r) for r in store.samples()}
         todo = [(s, k) for s, k in todo if (s.id, k) not in stored]
         batch_size //= 2

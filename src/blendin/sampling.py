@@ -115,16 +115,9 @@ def uniforms(keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     return _shift(x, 11).to(torch.float64) / float(1 << 53)
 
 
-def draw(
-    probs: torch.Tensor, u: torch.Tensor, sampling: Sampling, ids: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draw one token per row from `probs` [R, N] (candidate ids `ids` [R, N], or the column index when
-    None) with the uniforms `u` [R]: temper, filter, renormalise, inverse CDF.
-
-    Returns (token ids; the drawn token's probability under the tempered, filtered distribution; its
-    probability under `probs` itself). A token several columns write (two guidance tokens with one base
-    twin) has the mass of all of them; each column still counts on its own in top-k and top-p, as the
-    model that owns the distribution would count it."""
+def _tempered_filtered(probs: torch.Tensor, sampling: Sampling):
+    """(the probabilities as given, float32; tempered and filtered ones, float64, unnormalised; None, or the
+    column of each entry when a filter sorted them, most probable first)."""
     raw = probs.float().clamp_min(0)
     p = raw
     if sampling.temperature != 1:
@@ -142,6 +135,59 @@ def draw(
     if sampling.top_p < 1:
         before = (p.cumsum(-1) - p) / p.sum(-1, keepdim=True)  # the mass of the tokens ahead of each
         p = torch.where(before < sampling.top_p, p, torch.zeros_like(p))
+    return raw, p, order
+
+
+def shape(probs: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """The distribution `draw` samples from: `probs` [R, N] tempered and filtered, renormalised, float64,
+    in column order (0 where a filter removed a column)."""
+    _, p, order = _tempered_filtered(probs, sampling)
+    if order is not None:
+        p = torch.zeros(probs.shape, dtype=p.dtype, device=p.device).scatter(-1, order, p)
+    return p / p.sum(-1, keepdim=True).clamp_min(1e-300)
+
+
+def dense_target(step: Step, choice, policy, sampling: Sampling) -> torch.Tensor:
+    """Each row's distribution as `sample` draws from it (its source, tempered and filtered) as a vector
+    over joint ids [R, base size + guidance size]: base tokens first, then guidance tokens that have no
+    base twin (a guidance token with a twin puts its mass on the twin). For speculative sampling."""
+    sources = getattr(policy, "sources", (SOURCE_BASE, SOURCE_GUIDANCE, SOURCE_BLEND))
+    base_size = step.base_size
+    guide_size = step.guide_probs.shape[-1] if step.guide_probs is not None else 0
+    out = torch.zeros(
+        (len(step.base_probs), base_size + guide_size), dtype=torch.float64, device=step.base_probs.device
+    )
+    out[:, :base_size] = shape(step.base_probs, sampling)
+    if step.guide_probs is None:
+        return out
+    if SOURCE_GUIDANCE in sources:
+        guidance = torch.arange(guide_size, device=out.device).expand_as(step.guide_probs)
+        spread = torch.zeros_like(out).scatter_add_(-1, joint_ids(guidance, step), shape(step.guide_probs, sampling))
+        out = torch.where((choice.source == SOURCE_GUIDANCE)[:, None], spread, out)
+    if SOURCE_BLEND in sources and hasattr(policy, "distribution"):
+        ids, probs = policy.distribution(step)
+        shaped = shape(probs, sampling)
+        spread = torch.zeros_like(out)
+        if ids is None:
+            spread[:, : shaped.shape[-1]] = shaped
+        else:
+            spread.scatter_add_(-1, ids, shaped)
+        blended = (choice.source != SOURCE_BASE) & (choice.source != SOURCE_GUIDANCE)
+        out = torch.where(blended[:, None], spread, out)
+    return out
+
+
+def draw(
+    probs: torch.Tensor, u: torch.Tensor, sampling: Sampling, ids: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw one token per row from `probs` [R, N] (candidate ids `ids` [R, N], or the column index when
+    None) with the uniforms `u` [R]: temper, filter, renormalise, inverse CDF.
+
+    Returns (token ids; the drawn token's probability under the tempered, filtered distribution; its
+    probability under `probs` itself). A token several columns write (two guidance tokens with one base
+    twin) has the mass of all of them; each column still counts on its own in top-k and top-p, as the
+    model that owns the distribution would count it."""
+    raw, p, order = _tempered_filtered(probs, sampling)
     cdf = p.cumsum(-1)
     total = cdf[..., -1:]
     # the first column whose running sum passes u * total has mass (a zero adds nothing to the sum);

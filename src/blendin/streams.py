@@ -121,7 +121,7 @@ def decode_forward(model, mode: str):
     """What runs a decode step (every row feeds one token): the model itself (`none`), the model
     through `torch.compile` with dynamic shapes (`compile`: one graph for every batch size and
     width), or the same captured as CUDA graphs (`cudagraphs`: torch.compile's reduce-overhead mode,
-    one graph per batch size and width bucket). Prefill and steps that feed several tokens to a row
+    one graph per batch bucket and width bucket). Prefill and steps that feed several tokens to a row
     stay eager. Compiled once per model and process."""
     if mode == "none":
         return model
@@ -132,106 +132,148 @@ def decode_forward(model, mode: str):
     return compiled[mode]
 
 
-class RowLayer(DynamicLayer):
-    """One layer's keys and values, [rows, heads, capacity, dim], zero-filled (masked columns must
-    hold finite numbers). Each forward writes its new tokens at the columns the cache says
-    (`RowCache.write_columns`) and returns the first `RowCache.width` columns for attention."""
-
-    def __init__(self, owner: "RowCache"):
-        super().__init__()
-        self.owner = owner
-
-    def lazy_initialization(self, key_states, value_states) -> None:
-        self.dtype, self.device = key_states.dtype, key_states.device
-        rows, heads, capacity = key_states.shape[0], key_states.shape[1], self.owner.capacity
-        self._k = key_states.new_zeros((rows, heads, capacity, key_states.shape[-1]))
-        self._v = value_states.new_zeros((rows, heads, capacity, value_states.shape[-1]))
-        self.owner.mark_static(self._k, self._v)
-        self.is_initialized = True
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        where = self.owner.write_columns[:, None, :, None]
-        self._k.scatter_(2, where.expand_as(key_states), key_states)
-        self._v.scatter_(2, where.expand_as(value_states), value_states)
-        width = self.owner.key_columns.shape[0]  # a shape, not an int: compiled steps see a symbol
-        self.keys, self.values = self._k[:, :, :width], self._v[:, :, :width]
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        # layers are created by a forward, and `CachedStream._forward` sets the columns before each one
-        assert self.owner.key_columns is not None, "no forward has set the key columns yet"
-        return self.owner.key_columns.shape[0]
-
-    def relayout(
-        self,
-        rows: torch.Tensor | None,
-        width: int,
-        capacity: int,
-        below: "RowLayer | None" = None,
-        below_width: int = 0,
-    ) -> None:
-        """A fresh buffer of `capacity` columns holding the first `width` columns of `rows` (None: all
-        rows), then, if given, the rows of `below` (its first `below_width` columns). One copy."""
-        parts = [(self._k, self._v, rows, width)] + ([(below._k, below._v, None, below_width)] if below else [])
-        total = sum(k.shape[0] if r is None else r.shape[0] for k, _, r, _ in parts)
-        k_new = self._k.new_zeros((total, self._k.shape[1], capacity, self._k.shape[-1]))
-        v_new = self._v.new_zeros((total, self._v.shape[1], capacity, self._v.shape[-1]))
-        at = 0
-        for k, v, r, w in parts:
-            k, v = (k, v) if r is None else (k[r], v[r])
-            k_new[at : at + k.shape[0], :, :w] = k[:, :, :w]
-            v_new[at : at + v.shape[0], :, :w] = v[:, :, :w]
-            at += k.shape[0]
-        self._k, self._v = k_new, v_new
-        self.owner.mark_static(k_new, v_new)
+def batch_bucket(rows: int, slots: int) -> int:
+    """cudagraphs: the batch a decode step runs at, rows rounded up to a power of two (at most the
+    planned slots), so that rows leaving and joining reuse a few recorded graphs."""
+    return min(1 << max(0, rows - 1).bit_length(), max(slots, rows))
 
 
-class RowCache(Cache):
-    """The cache of a `CachedStream`: its layers and what the next forward writes and reads."""
+class RowPlan:
+    """What the layers of one `RowCache` share: the buffer's planned size and what the next forward
+    writes and reads. It is kept apart from the cache so that nothing refers back to the cache: a
+    cache that is dropped frees its buffers at once, not at the garbage collector's next pass."""
 
-    def __init__(self, capacity: int, static: bool = False):
-        super().__init__(layer_class_to_replicate=lambda: RowLayer(self))
-        self.capacity, self.static = capacity, static
+    def __init__(self, rows: int, capacity: int, static: bool):
+        self.rows, self.capacity, self.static = rows, capacity, static
+        self.first_row = 0  # the slot of the forward's first row (new prompts are prefilled in free slots)
         self.key_columns: torch.Tensor | None = None  # arange(width): the columns the next forward attends to
         self.write_columns: torch.Tensor | None = None  # [B, Q]: where it writes its new keys and values
 
     def mark_static(self, *buffers: torch.Tensor) -> None:
         """CUDA graphs (compile=cudagraphs) replay on fixed addresses: tell torch.compile that these
-        buffers, written in place by every step, keep theirs (a re-layout makes new ones: re-recorded)."""
+        buffers, written in place by every step, keep theirs (they move only when the plan grows)."""
         if self.static:
             for buffer in buffers:
                 torch._dynamo.mark_static_address(buffer)
 
+
+class RowLayer(DynamicLayer):
+    """One layer's keys and values, [slots, heads, capacity, dim], zero-filled (masked columns must
+    hold finite numbers). A forward over rows first_row .. first_row + B - 1 writes its new tokens at
+    the columns the plan says and returns those rows' first `width` columns for attention."""
+
+    def __init__(self, plan: RowPlan):
+        super().__init__()
+        self.plan = plan
+        self._k: torch.Tensor | None = None
+        self._v: torch.Tensor | None = None
+
+    def lazy_initialization(self, key_states, value_states) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        plan = self.plan  # the heads are the ones this process holds (a tensor-parallel shard has fewer)
+        self._k = key_states.new_zeros((plan.rows, key_states.shape[1], plan.capacity, key_states.shape[-1]))
+        self._v = value_states.new_zeros((plan.rows, value_states.shape[1], plan.capacity, value_states.shape[-1]))
+        plan.mark_static(self._k, self._v)
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        plan = self.plan
+        assert self._k is not None and self._v is not None and plan.key_columns is not None
+        rows = slice(plan.first_row, plan.first_row + key_states.shape[0])
+        k, v = self._k[rows], self._v[rows]
+        where = plan.write_columns[:, None, :, None]
+        k.scatter_(2, where.expand_as(key_states), key_states)
+        v.scatter_(2, where.expand_as(value_states), value_states)
+        width = plan.key_columns.shape[0]  # a shape, not an int: compiled steps see a symbol
+        return k[:, :, :width], v[:, :, :width]
+
+    def get_seq_length(self) -> int:
+        # `CachedStream._forward` sets the columns before each forward
+        assert self.plan.key_columns is not None, "no forward has set the key columns yet"
+        return self.plan.key_columns.shape[0]
+
+    def compact(self, keep: torch.Tensor, width: int) -> None:
+        """Rows `keep` (slot indices) move to slots 0 .. len(keep) - 1, in place (their first `width`
+        columns): the buffer keeps its address, and the only extra memory is one layer's kept rows."""
+        n = keep.shape[0]
+        for buffer in (self._k, self._v):
+            assert buffer is not None
+            buffer[:n, :, :width] = buffer[keep, :, :width]
+
+    def resize(self, rows: int, capacity: int, used_rows: int, width: int) -> None:
+        """A larger buffer (the plan grew), holding the first `width` columns of the first `used_rows`
+        rows. The old buffer is freed before the next layer's new one is made."""
+        for name in ("_k", "_v"):
+            old = getattr(self, name)
+            new = old.new_zeros((rows, old.shape[1], capacity, old.shape[-1]))
+            new[:used_rows, :, :width] = old[:used_rows, :, :width]
+            setattr(self, name, new)
+            del old
+            self.plan.mark_static(new)
+
+
+class RowCache(Cache):
+    """The cache of a `CachedStream`: one `RowLayer` per model layer over a planned number of row
+    slots and columns. Rows leave by `compact` and join in free slots, in place; the buffers are
+    re-made only when the plan grows (more rows, or a row past the planned columns)."""
+
+    def __init__(self, layers: int, rows: int, capacity: int, static: bool = False):
+        self.plan = RowPlan(rows, capacity, static)
+        super().__init__(layers=[RowLayer(self.plan) for _ in range(layers)])
+
+    @property
+    def capacity(self) -> int:
+        return self.plan.capacity
+
+    @property
+    def slots(self) -> int:
+        return self.plan.rows
+
     def tensors(self) -> list[torch.Tensor]:
         return [t for layer in self.layers if layer.is_initialized for t in (layer._k, layer._v)]
 
-    def relayout(
-        self,
-        rows: torch.Tensor | None,
-        width: int,
-        capacity: int,
-        below: "RowCache | None" = None,
-        below_width: int = 0,
-    ) -> None:
-        for i, layer in enumerate(self.layers):
+    def compact(self, keep: torch.Tensor, width: int) -> None:
+        for layer in self.layers:
             if layer.is_initialized:
-                layer.relayout(rows, width, capacity, below.layers[i] if below else None, below_width)
-        self.capacity = capacity
+                layer.compact(keep, width)
+
+    def grow(self, rows: int, capacity: int, used_rows: int, width: int) -> None:
+        """Plan at least `rows` slots and `capacity` columns, keeping what the used rows hold."""
+        rows, capacity = max(rows, self.plan.rows), max(capacity, self.plan.capacity)
+        if (rows, capacity) == (self.plan.rows, self.plan.capacity):
+            return
+        self.plan.rows, self.plan.capacity = rows, capacity
+        for layer in self.layers:
+            if layer.is_initialized:
+                layer.resize(rows, capacity, used_rows, width)
+
+
+def model_layers(model) -> int:
+    return model.config.get_text_config().num_hidden_layers
 
 
 class CachedStream:
     """One model + one batched KV cache over ragged rows (see module doc)."""
 
-    logits: torch.Tensor | None  # each row's next-token logits [B, V]; None until a token was fed (`start`)
+    logits: torch.Tensor | None  # each row's next-token logits [B, V]; None until a token was fed (`admit`)
 
-    def __init__(self, model, pad_id: int, headroom: int = 256, clock=None, role: str = "model", compile: str = "none"):
+    def __init__(
+        self,
+        model,
+        pad_id: int,
+        headroom: int = 256,
+        clock=None,
+        role: str = "model",
+        compile: str = "none",
+        rows: int = 1,
+    ):
         """headroom: columns planned beyond the longest prompt; clock: a `transfer.Clock` that times
         the forward passes under "<role>_forward" ("<role>_prefill" for prompts); compile: how decode
-        steps run (`decode_forward`)."""
+        steps run (`decode_forward`); rows: the rows planned to decode together (the batch size)."""
         self.model, self.pad_id, self.headroom, self.clock, self.role = model, pad_id, headroom, clock, role
-        self.compile = compile
+        self.compile, self.planned_rows = compile, rows
         self.decode_model = decode_forward(model, compile)
         self.device = next(model.parameters()).device
         attention = model.config._attn_implementation
@@ -244,7 +286,9 @@ class CachedStream:
         self.additive_dtype = next(model.parameters()).dtype if attention == "eager" else None
         self.cache_argument = cache_argument(model)
         self.rows: list[list[int]] = []
-        self.cache = RowCache(0, static=compile == "cudagraphs")
+        self.cache: RowCache | None = None
+        self.logits = None
+        self.uncommitted = 0  # tokens each row has read from the device that the host has not recorded yet
         self.widest = 0  # the widest attention mask passed to the model so far (columns)
         self.forward_passes = 0
         self.prefilling = False
@@ -257,25 +301,43 @@ class CachedStream:
 
     def tensors(self) -> list[torch.Tensor]:
         """The device tensors this stream holds (its logits and cache buffers)."""
-        return ([self.logits] if self.logits is not None else []) + self.cache.tensors()
-
-    def start(self, prompts: list[list[int]]) -> torch.Tensor:
-        """Feed the prompts; return each row's next-token logits [B, V]."""
-        self.rows = [[] for _ in prompts]
-        self.cache = RowCache(max(len(p) for p in prompts) + self.headroom, static=self.compile == "cudagraphs")
-        self.logits = None
-        self.prefilling = True
-        try:
-            return self.step(prompts)
-        finally:
-            self.prefilling = False
+        return ([self.logits] if self.logits is not None else []) + (self.cache.tensors() if self.cache else [])
 
     @torch.inference_mode()
-    def step(self, new: list[list[int]], drop: list[int] | None = None, all_logits: bool = False):
+    def admit(self, prompts: list[list[int]]) -> torch.Tensor:
+        """Prefill new rows (placed after the current ones, in free slots of the cache); return the
+        next-token logits of every row [B, V]."""
+        first, longest = len(self.rows), max(len(p) for p in prompts) + self.headroom
+        if self.cache is None:
+            rows = max(self.planned_rows, len(prompts))
+            self.cache = RowCache(model_layers(self.model), rows, longest, static=self.compile == "cudagraphs")
+        else:
+            used = max((len(r) for r in self.rows), default=0)
+            self.cache.grow(first + len(prompts), longest, first, used)
+        self.rows += [[] for _ in prompts]
+        self.prefilling = True
+        try:
+            fresh = self._feed(first, [list(p) for p in prompts], keep=1)[:, -1].float()
+        finally:
+            self.prefilling = False
+        self.logits = fresh if first == 0 or self.logits is None else torch.cat([self.logits, fresh])
+        return self.logits
+
+    @torch.inference_mode()
+    def step(
+        self,
+        new: list[list[int]],
+        drop: list[int] | None = None,
+        all_logits: bool = False,
+        tail: torch.Tensor | None = None,
+    ):
         """Discard `drop[i]` trailing tokens of row i, append `new[i]`; return next-token logits [B, V].
 
         all_logits=True also returns, per row, the logits after each appended token ([len(new[i]), V]),
         e.g. to check several draft words in one pass.
+        tail: K more tokens per row [B, K], still on the device (drafts), read after `new` in the same
+        forward; then the return is the logits at the last K + 1 positions of each row, [B, K + 1, V]
+        (before the first tail token, and after each), and `commit` records the tail once it is known.
         """
         drop = list(drop or [0] * len(new))
         new = [list(n) for n in new]
@@ -288,27 +350,14 @@ class CachedStream:
             if drop[i]:
                 del self.rows[i][-drop[i] :]
         counts = [len(n) for n in new]
-        queries = max(counts, default=0)
-        if queries == 0:
+        if tail is not None:
+            return self._read_tail(new, counts, tail)
+        if max(counts, default=0) == 0:
             if not all_logits:
                 return self.logits
             assert self.logits is not None, "per-row logits need a fed token (prompts are not empty)"
             return self.logits, [self.logits[i:i, :] for i in range(len(new))]
-        lengths = [len(r) for r in self.rows]
-        self._reserve(max(lengths) + queries)
-        # One host-to-device copy: each row's new tokens right-aligned in the chunk (so the chunk's
-        # last position is every fed row's last token), then its length and count.
-        packed = [[self.pad_id] * (queries - c) + n + [length, c] for n, c, length in zip(new, counts, lengths)]
-        packed = to_device(packed, torch.long, self.device)
-        ids, length, count = packed[:, :queries], packed[:, queries : queries + 1], packed[:, queries + 1 :]
-        j = torch.arange(queries, device=self.device)[None, :]
-        first = queries - count  # chunk index of a row's first real token
-        # a real token lands right after the row's tokens; a padding slot further on, where no real
-        # query looks: columns are positions, and no row has holes
-        columns = torch.where(j >= first, length + j - first, length + count + j)
-        for row, n in zip(self.rows, new):
-            row.extend(n)
-        logits = self._forward(ids, columns, max(n + c for n, c in zip(lengths, counts)), keep=0 if all_logits else 1)
+        logits = self._feed(0, new, keep=0 if all_logits else 1)
         last = logits[:, -1].float()
         if self.logits is None or all(counts):
             self.logits = last
@@ -318,36 +367,96 @@ class CachedStream:
             )
         if not all_logits:
             return self.logits
+        assert logits is not None
+        queries = logits.shape[1]
         per_row = [logits[i, queries - c + r :].float() for i, (c, r) in enumerate(zip(counts, refed))]
         return self.logits, per_row
 
+    def _read_tail(self, new: list[list[int]], counts: list[int], tail: torch.Tensor) -> torch.Tensor:
+        """`step` with a tail: one forward over each row's new tokens and the K tail tokens."""
+        k = tail.shape[1]
+        before = self.logits  # a row that reads nothing before the tail: its logits there are the ones it had
+        assert before is not None, "rows were admitted first"
+        if max(counts) == 0:
+            logits = torch.cat([before[:, None], self._feed(0, new, keep=k, tail=tail).float()], dim=1)
+        else:
+            logits = self._feed(0, new, keep=k + 1, tail=tail).float()
+            if min(counts) == 0:
+                read = to_device([c > 0 for c in counts], torch.bool, self.device)[:, None]
+                logits[:, 0] = torch.where(read, logits[:, 0], before)
+        self.logits = logits[:, -1]
+        self.uncommitted = k
+        return logits
+
+    def _feed(self, first: int, new: list[list[int]], keep: int, tail: torch.Tensor | None = None) -> torch.Tensor:
+        """One forward over rows first .. first + len(new) - 1, appending new[i] to each (rows with no
+        new token write padding past their end), then the device tokens `tail` [B, K] if given. Returns
+        the logits of the chunk's last `keep` positions (0: all) [B, keep, V]."""
+        assert self.cache is not None, "rows were admitted first"
+        counts = [len(n) for n in new]
+        queries = max(counts)
+        lengths = [len(self.rows[first + i]) for i in range(len(new))]
+        extra = 0 if tail is None else tail.shape[1]
+        self._reserve(max(lengths) + queries + extra)
+        # One host-to-device copy: each row's new tokens right-aligned in the chunk (so the chunk's
+        # last position is every fed row's last token), then its length and count.
+        packed = [[self.pad_id] * (queries - c) + n + [length, c] for n, c, length in zip(new, counts, lengths)]
+        packed = to_device(packed, torch.long, self.device)
+        ids, length, count = packed[:, :queries], packed[:, queries : queries + 1], packed[:, queries + 1 :]
+        j = torch.arange(queries, device=self.device)[None, :]
+        start = queries - count  # chunk index of a row's first real token
+        # a real token lands right after the row's tokens; a padding slot further on, where no real
+        # query looks: columns are positions, and no row has holes
+        columns = torch.where(j >= start, length + j - start, length + count + j)
+        if tail is not None:  # right after each row's new tokens
+            ids = torch.cat([ids, tail], dim=1)
+            columns = torch.cat([columns, length + count + torch.arange(extra, device=self.device)[None, :]], dim=1)
+        for i, n in enumerate(new):
+            self.rows[first + i].extend(n)
+        width = max(n + c for n, c in zip(lengths, counts)) + extra
+        return self._forward(ids, columns, width, keep=keep, first=first)
+
     @torch.inference_mode()
     def speculate(self, ids: torch.Tensor) -> None:
-        """Feed every row one token that is still on the device (a step's choice, before the host has
-        read it); `commit` then records the tokens in the rows. The forward is queued at once, so on
-        a GPU it runs while the host works through the step's results."""
-        lengths = [len(r) for r in self.rows]
+        """Feed every row one token that is still on the device (a step's choice, or a draft, before the
+        host has read it); `commit` then records the tokens in the rows. The forward is queued at once,
+        so on a GPU it runs while the host works through the step's results. Several calls may come
+        before one `commit`."""
+        lengths = [len(r) + self.uncommitted for r in self.rows]
         self._reserve(max(lengths) + 1)
         columns = to_device(lengths, torch.long, self.device)[:, None]
         self.logits = self._forward(ids[:, None], columns, max(lengths) + 1, keep=1)[:, -1].float()
+        self.uncommitted += 1
 
-    def commit(self, ids: list[int]) -> None:
-        """The tokens `speculate` fed, as the host now knows them."""
-        for row, token in zip(self.rows, ids):
-            row.append(token)
+    def commit(self, ids: list[list[int]]) -> None:
+        """The tokens fed from the device since the last commit (`speculate`, a `step` tail), per row, as
+        the host now knows them."""
+        for row, tokens in zip(self.rows, ids):
+            row.extend(tokens)
+        self.uncommitted = 0
 
     def _reserve(self, columns: int) -> None:
+        assert self.cache is not None
         if columns > self.cache.capacity:  # past the plan: grow once, by half again
-            used = max(len(r) for r in self.rows)
-            self.cache.relayout(None, used, max(columns, self.cache.capacity * 3 // 2))
+            used = max(len(r) for r in self.rows) + self.uncommitted
+            self.cache.grow(self.cache.slots, max(columns, self.cache.capacity * 3 // 2), len(self.rows), used)
 
-    def _forward(self, ids: torch.Tensor, columns: torch.Tensor, width: int, keep: int) -> torch.Tensor:
-        """One forward pass writing the chunk `ids` [B, Q] at `columns` [B, Q] and attending to the first
-        `width` columns (each query sees the columns up to its own; sliding windows in positions)."""
-        if self.compile == "cudagraphs" and ids.shape[1] == 1:  # few distinct shapes: few graphs to capture
+    def _forward(self, ids: torch.Tensor, columns: torch.Tensor, width: int, keep: int, first: int = 0):
+        """One forward pass over rows first .. first + B - 1 writing the chunk `ids` [B, Q] at `columns`
+        [B, Q] and attending to the first `width` columns (each query sees the columns up to its own;
+        sliding windows in positions)."""
+        assert self.cache is not None
+        rows = ids.shape[0]
+        graphed = self.compile == "cudagraphs" and ids.shape[1] == 1 and first == 0
+        if graphed:  # few distinct shapes, few graphs to record: round the width and the batch up
             width = min(-(-width // WIDTH_BUCKET) * WIDTH_BUCKET, self.cache.capacity)
+            padded = batch_bucket(rows, self.cache.slots)
+            if padded > rows:  # the extra rows are free slots: they write column 0, which no row reads
+                ids = torch.cat([ids, ids.new_full((padded - rows, 1), self.pad_id)])
+                columns = torch.cat([columns, columns.new_zeros((padded - rows, 1))])
+        plan = self.cache.plan
         keys = torch.arange(width, device=self.device)
-        self.cache.write_columns, self.cache.key_columns = columns, keys
+        plan.first_row, plan.write_columns, plan.key_columns = first, columns, keys
         visible = keys[None, None, :] <= columns[:, :, None]
         masks = attention_masks(
             self.model, visible, columns, keys[None, :].expand(len(columns), -1), self.additive_dtype
@@ -355,7 +464,9 @@ class CachedStream:
         self.widest = max(self.widest, width)
         self.forward_passes += 1
         started = self.clock.start() if self.clock else None
-        model = self.decode_model if ids.shape[1] == 1 else self.model
+        model = self.decode_model if ids.shape[1] == 1 and first == 0 else self.model
+        if graphed:  # a new generation of graph outputs: the previous ones were copied out
+            torch.compiler.cudagraph_mark_step_begin()
         out = model(
             input_ids=ids,
             attention_mask=masks,
@@ -364,33 +475,26 @@ class CachedStream:
             logits_to_keep=keep,
             **{self.cache_argument: self.cache},
         )
+        logits = out.logits[:rows]
+        if graphed:  # the graphs' outputs live in a pool that the next replay (of either model) reuses
+            logits = logits.clone()
         if self.clock:
             self.clock.stop(f"{self.role}_{'prefill' if self.prefilling else 'forward'}", started)
-        return out.logits
+        return logits
 
     def select(self, keep: list[int]) -> None:
-        """Keep only the rows `keep`, in that order (the others leave the batch)."""
+        """Keep only the rows `keep`, in that order (the others leave the batch; their slots are free)."""
         if keep == list(range(len(self.rows))):
             return
-        if not keep:  # every row left: the next merge starts the stream afresh
-            self.rows = []
+        if not keep:  # every row left: the next admit starts at slot 0 of the same buffers
+            self.rows, self.logits = [], None
             return
+        assert self.cache is not None and self.logits is not None, "the stream has rows, so it was fed"
+        width = max(len(self.rows[i]) for i in keep)
         self.rows = [self.rows[i] for i in keep]
         index = to_device(keep, torch.long, self.device)
-        assert self.logits is not None, "the stream has rows, so it was fed"
         self.logits = self.logits[index]
-        self.cache.relayout(index, max(len(r) for r in self.rows), self.cache.capacity)
-
-    def merge(self, other: "CachedStream") -> None:
-        """Add the rows of `other` (prompts prefilled on their own) below this stream's rows."""
-        if not self.rows:
-            self.rows, self.cache, self.logits = other.rows, other.cache, other.logits
-            return
-        width = max(len(r) for r in self.rows)
-        capacity = max(self.cache.capacity, other.cache.capacity)  # each side's plan already holds its rows
-        self.cache.relayout(None, width, capacity, other.cache, max(len(r) for r in other.rows))
-        self.rows += other.rows
-        self.logits = torch.cat([self.logits, other.logits])
+        self.cache.compact(index, width)
 
 
 class RecomputeStream:
@@ -437,12 +541,13 @@ class RecomputeStream:
         self.rows = [self.rows[i] for i in keep]
         self.logits = self.logits[torch.tensor(keep, dtype=torch.long, device=self.device)]
 
-    def merge(self, other: "RecomputeStream") -> None:
-        if not self.rows:
-            self.rows, self.logits = other.rows, other.logits
-            return
-        self.rows += other.rows
-        self.logits = torch.cat([self.logits, other.logits])
+    def admit(self, prompts: list[list[int]]) -> torch.Tensor:
+        """Add rows after the current ones; return the logits of every row."""
+        first = len(self.rows)
+        self.rows += [list(p) for p in prompts]
+        fresh = self._forward(list(range(first, len(self.rows))))
+        self.logits = fresh if first == 0 else torch.cat([self.logits, fresh])
+        return self.logits
 
     @torch.inference_mode()
     def _forward(self, which: list[int], keep: int = 1) -> torch.Tensor:

@@ -1,11 +1,14 @@
 """Randomly initialised model pairs of real sizes, for speed measurements without the weights.
 
 Speed does not depend on weight values, so an 8B base and a 1B guidance built from their published
-configs decode exactly as fast as the real ones; only the outputs are noise. No file leaves the
-machine and nothing is downloaded: the configs are written out here, and the tokenizers are
-byte-level BPE tokenizers of the real vocabulary sizes, trained on a small built-in text and then
-filled up with merges of random token pairs. Two presets with different seeds have different
-vocabularies that share the trained part, like two model families.
+configs decode as fast as the real ones. Their outputs would be noise (flat distributions), which no
+real pair writes, so by default each model's output is shaped by `blendin.scripted.ScriptedText`:
+text that reads like English, a base that is unsure on a set share of steps, a guidance that agrees
+with it at a set rate. `script=None` keeps the random outputs (the worst case: every row unsure on
+every step). No file leaves the machine and nothing is downloaded: the configs are written out here,
+and the tokenizers are byte-level BPE tokenizers of the real vocabulary sizes, trained on a small
+built-in text and then filled up with merges of random token pairs. Two presets with different seeds
+have different vocabularies that share most of the trained part, like two model families.
 
     from blendin.synthetic import synthetic_pair
     pair = synthetic_pair("qwen8b+llama1b", device="cuda", dtype="bfloat16")
@@ -20,6 +23,7 @@ from typing import Any
 import torch
 
 from .models import LoadedModel, ModelSpec, _eos_ids, resolve_device, resolve_dtype
+from .scripted import TEXT, ScriptedText, script, script_text
 
 # The published configs (hub config.json files), reduced to what shapes the compute.
 CONFIGS: dict[str, dict[str, Any]] = {  # name -> the model kind and its transformers config settings
@@ -84,6 +88,29 @@ CONFIGS: dict[str, dict[str, Any]] = {  # name -> the model kind and its transfo
         head_dim=24,
         tie_word_embeddings=False,
     ),
+    # CPU-sized, with the compute ratio of an 8B base to a 1B guidance (about 8 to 1 per token)
+    "llama-110m": dict(
+        kind="llama",
+        vocab_size=16000,
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+        head_dim=64,
+        tie_word_embeddings=False,
+    ),
+    "llama-14m": dict(
+        kind="llama",
+        vocab_size=16000,
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        tie_word_embeddings=True,
+    ),
     "tiny-qwen3": dict(
         kind="qwen3",
         vocab_size=1500,
@@ -101,6 +128,7 @@ PRESETS = {  # base, guidance, tokenizer seed of each (same seed = same tokenize
     "qwen8b+llama1b": (("qwen3-8b", 2), ("llama-3.2-1b", 1)),
     "tiny": (("tiny-qwen3", 2), ("tiny-llama", 1)),
     "tiny-shared": (("tiny-llama-base", 1), ("tiny-llama", 1)),
+    "llama110m+llama14m": (("llama-110m", 1), ("llama-14m", 1)),
 }
 CORPUS = """Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.
 How many clips did Natalia sell altogether in April and May? Natalia sold 48/2 = 24 clips in May.
@@ -125,13 +153,13 @@ def synthetic_tokenizer(vocab_size: int, seed: int):
 
     trained = Tokenizer(models.BPE())
     trained.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=min(vocab_size, 600 + 40 * seed),
+    trainer = trainers.BpeTrainer(  # another seed, another number of merges: words split differently
+        vocab_size=min(vocab_size, 1000 + 300 * seed),
         special_tokens=SPECIALS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    trained.train_from_iterator([CORPUS] * 4, trainer)
+    trained.train_from_iterator([CORPUS, TEXT] * 4, trainer)
     model = json.loads(trained.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     vocab = dict(model["vocab"])
@@ -184,21 +212,27 @@ def synthetic_model(name: str, tokenizer, device: torch.device, dtype: torch.dty
     return model.eval()
 
 
-def synthetic_pair(preset: str, device: str = "auto", dtype: str = "auto"):
-    """A `Pair` whose two models are random models of the preset's real sizes, already in memory."""
+def synthetic_pair(preset: str, device: str = "auto", dtype: str = "auto", rule: ScriptedText | None = ScriptedText()):
+    """A `Pair` whose two models are random models of the preset's real sizes, already in memory, their
+    outputs shaped by `rule` (`blendin.scripted`); rule=None keeps their own flat, random outputs."""
     from .pair import Pair, PairSpec
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     (base_name, base_seed), (guide_name, guide_seed) = PRESETS[preset]
+    roles = (("base", base_name, base_seed), ("guidance", guide_name, guide_seed))
     tokenizers = {}
+    for _, name, seed in roles:
+        key = (seed, CONFIGS[name]["vocab_size"])
+        if key not in tokenizers:
+            tokenizers[key] = synthetic_tokenizer(key[1], seed)
+    text = script_text(list(tokenizers.values())) if rule is not None else ""
     loaded = {}
-    for role, name, seed in (("base", base_name, base_seed), ("guidance", guide_name, guide_seed)):
-        size = CONFIGS[name]["vocab_size"]
-        if (seed, size) not in tokenizers:
-            tokenizers[(seed, size)] = synthetic_tokenizer(size, seed)
-        tokenizer = tokenizers[(seed, size)]
+    for role, name, seed in roles:
+        tokenizer = tokenizers[(seed, CONFIGS[name]["vocab_size"])]
         model = synthetic_model(name, tokenizer, torch_device, torch_dtype)
+        if rule is not None:
+            script(model, tokenizer, text, rule, role)
         spec = ModelSpec(f"synthetic:{name}", prompt_format="plain" if role == "base" else "chat", name=name)
         loaded[role] = LoadedModel(spec, model, tokenizer, _eos_ids(model, tokenizer))
     pair = Pair(PairSpec(f"synthetic-{preset}", loaded["base"].spec, loaded["guidance"].spec), device, dtype)

@@ -27,10 +27,14 @@ REPLACEMENT = "\ufffd"
 _BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 
 
-def make_stream(model, use_cache: bool, headroom: int = 256, clock=None, role: str = "model", compile: str = "none"):
+def make_stream(
+    model, use_cache: bool, headroom: int = 256, clock=None, role: str = "model", compile: str = "none", rows: int = 1
+):
     if not use_cache:
         return RecomputeStream(model.model, model.pad_id)
-    return CachedStream(model.model, model.pad_id, headroom=headroom, clock=clock, role=role, compile=compile)
+    return CachedStream(
+        model.model, model.pad_id, headroom=headroom, clock=clock, role=role, compile=compile, rows=rows
+    )
 
 
 def byte_fallback_ids(tokenizer) -> frozenset[int]:
@@ -221,10 +225,11 @@ class TokenView:
         clock=None,
         role: str = "model",
         compile: str = "none",
+        rows: int = 1,
     ):
+        """rows: the rows planned to decode together (the batch size): the KV cache is planned for them."""
         self.model, self.by_text, self.use_cache = model, by_text, use_cache
-        self.headroom, self.clock, self.role, self.compile = headroom, clock, role, compile
-        self.stream = make_stream(model, use_cache, headroom, clock, role, compile)
+        self.stream = make_stream(model, use_cache, headroom, clock, role, compile, rows)
         self.longest = 0  # the longest row (prompt + continuation) this view has read
         self.prompts: list[list[int]] = []
         self.tails: list[TailTokenizer] = []
@@ -236,11 +241,9 @@ class TokenView:
 
     def admit(self, prompts: list[list[int]]) -> torch.Tensor:
         """Prefill new rows (placed after the current ones); return the logits of every row [B, V]."""
-        fresh = make_stream(self.model, self.use_cache, self.headroom, self.clock, self.role, self.compile)
-        fresh.start(prompts)
+        self.stream.admit(prompts)
         self.longest = max([self.longest] + [len(p) for p in prompts])
         self.forward_passes += 1
-        self.stream.merge(fresh)
         self.prompts += [list(p) for p in prompts]
         self.tails += [TailTokenizer(self.model.tokenizer) for _ in prompts]
         self.synced += [0] * len(prompts)
@@ -264,13 +267,16 @@ class TokenView:
         stables: Sequence[int] | None = None,
         all_logits: bool = False,
         extra: dict[int, Sequence[int]] | None = None,
+        tail: torch.Tensor | None = None,
     ):
         """Bring `rows` up to date with their continuation; return next-token logits of every row
         (and with all_logits, per row, the logits after each token fed now).
 
         ids[r] (same tokenizer) or texts[r] with stables[r] (its first characters known unchanged):
         row r's continuation. extra[r]: tokens to read after it (a draft being written, one token
-        more each call); what the stream already holds of them is kept.
+        more each call); what the stream already holds of them is kept. tail [B, K]: device tokens
+        every row reads after its continuation in the same forward (`CachedStream.step`); the return
+        is then [B, K + 1, V].
         """
         new: list[list[int]] = [[] for _ in self.prompts]
         drop = [0] * len(self.prompts)
@@ -305,6 +311,12 @@ class TokenView:
             self.fed_from[r] = common
             self.synced[r] = len(want)
             self.longest = max(self.longest, start + total)
+        if tail is not None:
+            self.forward_passes += 1
+            logits = self.stream.step(new, drop, tail=tail)
+            read = max(len(self.stream.tokens(r)) for r in range(len(new))) + tail.shape[1]
+            self.longest = max(self.longest, read)
+            return logits
         if not any(new) and not any(drop):
             return (
                 (self.stream.logits, [self.stream.logits[i:i] for i in range(len(new))])
@@ -314,14 +326,14 @@ class TokenView:
         self.forward_passes += 1
         return self.stream.step(new, drop, all_logits=all_logits)
 
-    def follow(self, rows) -> torch.Tensor:
+    def follow(self, rows, tail: torch.Tensor | None = None) -> torch.Tensor:
         """`catch_up` every row of a decoding batch (`engine._Row`s): by their ids, or by their text."""
         every = range(len(rows))
         if self.by_text:
             return self.catch_up(
-                every, texts=[r.detok.text for r in rows], stables=[r.detok.stable_length for r in rows]
+                every, texts=[r.detok.text for r in rows], stables=[r.detok.stable_length for r in rows], tail=tail
             )
-        return self.catch_up(every, ids=[r.ids for r in rows])
+        return self.catch_up(every, ids=[r.ids for r in rows], tail=tail)
 
     def tensors(self) -> list[torch.Tensor]:
         return self.stream.tensors() if hasattr(self.stream, "tensors") else []
@@ -332,7 +344,8 @@ class TokenView:
         self.forward_passes += 1
         self.stream.speculate(ids)
 
-    def commit(self, ids: list[int]) -> None:
+    def commit(self, ids: list[list[int]]) -> None:
+        """The tokens each row read from the device (`speculate`, a tail), as the host now knows them."""
         self.stream.commit(ids)
         self.longest = max(self.longest, max(len(self.stream.tokens(r)) for r in range(len(self.prompts))))
 

@@ -138,8 +138,15 @@ class WordNudgingDecoder:
         guide_prompts = [self.guidance.prompt_ids(p) for p in prompts]
         self.max_new_tokens, self.stop_strings = max_new_tokens, tuple(s for s in stop_strings if s)
         headroom = max_new_tokens + self.policy.draft_tokens + 64
+        rows = min(batch_size, len(prompts))
         self.base = TokenView(
-            self.lead, by_text=True, use_cache=self.use_cache, headroom=headroom, clock=self.clock, role="lead"
+            self.lead,
+            by_text=True,
+            use_cache=self.use_cache,
+            headroom=headroom,
+            clock=self.clock,
+            role="lead",
+            rows=rows,
         )
         self.guide = TokenView(
             self.guidance,
@@ -148,6 +155,7 @@ class WordNudgingDecoder:
             headroom=2 * headroom,
             clock=self.clock,
             role="guidance",
+            rows=rows,
         )
         self.rows: list[_WordRow] = []
         results = [None] * len(prompts)
@@ -176,6 +184,7 @@ class WordNudgingDecoder:
                 done,
             )
         add_stats(self.stats, self.base, self.guide, SYNCS.count - syncs)
+        del self.base, self.guide, self.rows  # their KV caches go now, not when the next call replaces them
         return results
 
     @torch.inference_mode()
