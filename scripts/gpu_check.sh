@@ -33,9 +33,13 @@ BUDGET=${BUDGET:-420}
 if [ $DRY = 1 ]; then
   OUT=${OUT:-results/gpu_check-dry-run}
   LLAMA=tiny-shared QWEN=tiny DEVICE=cpu DTYPE=float32 GRAPHS=compile
+  LEN=16 N=8 BIG=8  # small enough that every step ends within its limit on two CPU cores
+  PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 else
   OUT=${OUT:-results/gpu_check}
   LLAMA=llama8b+llama1b QWEN=qwen8b+llama1b DEVICE=cuda DTYPE=bfloat16 GRAPHS=cudagraphs
+  LEN=128 N=32 BIG=32
+  PY=${PYTHON:-python3}
 fi
 mkdir -p "$OUT"
 : > "$OUT/summary.md"; : > "$OUT/log.txt"; : > "$OUT/tests.txt"; echo "[]" > "$OUT/bench.json"
@@ -50,7 +54,7 @@ if [ $DRY = 0 ]; then
     say "with network, then carry .whl with the call (device tool: carry=[\".whl\"])."
     exit 2
   fi
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { say "installing .whl/ failed"; exit 2; }
   export PYTHONPATH=/tmp/site:src
 fi
@@ -69,38 +73,40 @@ step() {
   local rc=$?
   say "- $name: exit $rc in $(( $(date +%s) - t0 ))s$( [ $rc = 124 ] || [ $rc = 137 ] && echo ' (cut off at its time limit)')"
   for md in "$WORK/$name"/*.md; do [ -f "$md" ] && { echo; cat "$md"; echo; } >> "$OUT/summary.md"; done
-  python3 - "$WORK/$name" "$OUT/bench.json" <<'PY'
+  $PY - "$WORK/$name" "$OUT/bench.json" <<'PY'
 import json, pathlib, sys
 runs = json.loads(pathlib.Path(sys.argv[2]).read_text())
 runs += [json.loads(p.read_text()) for p in sorted(pathlib.Path(sys.argv[1]).glob("*.json"))]
 pathlib.Path(sys.argv[2]).write_text(json.dumps(runs, indent=1))
 PY
 }
-bench() { local name=$1; shift; python3 -m blendin.bench --device $DEVICE --dtype $DTYPE --out "$WORK/$name" "$@"; }
+# bench NAME LIMIT ARGS...: a step that runs python -m blendin.bench, its tables into $WORK/NAME
+bench() { local name=$1 limit=$2; shift 2
+  step "$name" "$limit" $PY -m blendin.bench --device $DEVICE --dtype $DTYPE --out "$WORK/$name" "$@"; }
 
 say "# GPU check $(date -u +%FT%TZ)$( [ $DRY = 1 ] && echo ' (dry run on the CPU: tiny presets)')"
 say ""
 say "$( (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo 'no GPU') | head -1)"
-say "$(python3 -c 'import torch, transformers; print("torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__)' 2>&1 | tail -1)"
+say "$($PY -c 'import torch, transformers; print("torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__)' 2>&1 | tail -1)"
 say ""
 
 # 1: -v writes one line per test as it finishes, so a cut-off run still shows every finished test
 REQUIRE=$( [ $DRY = 1 ] && echo 0 || echo 1 )
 step gpu-tests 100 env BLENDIN_REQUIRE_CUDA=$REQUIRE BLENDIN_TEST_TIMEOUT=40 \
-  sh -c "python3 -m pytest -v -p no:cacheprovider tests/test_gpu.py -rfEs 2>&1 | tee -a '$OUT/tests.txt'"
+  sh -c "$PY -m pytest -v -p no:cacheprovider tests/test_gpu.py -rfEs 2>&1 | tee -a '$OUT/tests.txt'"
 say "  GPU tests: $(grep -c ' PASSED' "$OUT/tests.txt") passed, $(grep -c ' FAILED' "$OUT/tests.txt") failed, \
 $(grep -c ' ERROR' "$OUT/tests.txt") errors, $(grep -c ' SKIPPED' "$OUT/tests.txt") skipped (tests.txt)"
-step speed-llama 85 bench speed-llama --synthetic "$LLAMA" --batch-sizes 32 1 --lengths 128 --n 32 --n-batch1 2 \
+bench speed-llama 85 --synthetic "$LLAMA" --batch-sizes $BIG 1 --lengths $LEN --n $N --n-batch1 2 \
   --methods base nudging blendin --overlap on off --no-hf-static
-step speed-qwen 60 bench speed-qwen --synthetic "$QWEN" --batch-sizes 32 1 --lengths 128 --n 32 --n-batch1 2 \
+bench speed-qwen 60 --synthetic "$QWEN" --batch-sizes $BIG 1 --lengths $LEN --n $N --n-batch1 2 \
   --methods base nudging blendin --no-hf-static
-step identity 35 bench identity --synthetic "$LLAMA" --batch-sizes 1 16 --lengths 64 --n 16 --identity \
+bench identity 35 --synthetic "$LLAMA" --batch-sizes 1 $((BIG / 2)) --lengths $((LEN / 2)) --n $((N / 2)) --identity \
   --methods base nudging blendin --no-hf-static
-step compile 80 bench compile --synthetic "$LLAMA" --batch-sizes 32 --lengths 128 --n 32 --methods base nudging \
+bench compile 80 --synthetic "$LLAMA" --batch-sizes $BIG --lengths $LEN --n $N --methods base nudging \
   --compile none $GRAPHS --no-hf-static
-step sampling 30 bench sampling --synthetic "$LLAMA" --batch-sizes 32 --lengths 128 --n 32 --methods base blendin \
+bench sampling 30 --synthetic "$LLAMA" --batch-sizes $BIG --lengths $LEN --n $N --methods base blendin \
   --temperature 0 0.7 --no-hf-static
-step speculate 30 bench speculate --synthetic "$LLAMA" --batch-sizes 1 32 --lengths 128 --n 32 --n-batch1 2 \
+bench speculate 30 --synthetic "$LLAMA" --batch-sizes 1 $BIG --lengths $LEN --n $N --n-batch1 2 \
   --methods base nudging blendin --speculate 0 4 --no-hf-static
 
 say ""

@@ -209,6 +209,9 @@ class TokenDecoder:
         self.clock = Clock(lead.device)
         self.lead_size = lead.vocab_size
         self.batch_class: type[_Batch] = _Batch
+        # compile=cudagraphs: each model's KV cache outlives a decode, since the graphs recorded on its
+        # buffers replay only at their addresses (a new cache per decode would record them all again)
+        self.kept_caches: dict[str, object] = {}
 
     def generate(
         self,
@@ -260,6 +263,10 @@ class TokenDecoder:
                 done,
             )
         add_stats(self.stats, batch.lead, batch.guide, SYNCS.count - syncs)
+        if self.compile == "cudagraphs":
+            for role, view in (("lead", batch.lead), ("guidance", batch.guide)):
+                if view is not None:
+                    self.kept_caches[role] = view.stream.cache
         finished = [r for r in results if r is not None]
         assert len(finished) == len(prompts), "every prompt was decoded"
         return finished
@@ -315,6 +322,7 @@ class _Batch:
             role="lead",
             compile=decoder.compile,
             rows=rows,
+            cache=decoder.kept_caches.get("lead"),
         )
         self.guide = None
         if decoder.guidance is not None:
@@ -327,6 +335,7 @@ class _Batch:
                 role="guidance",
                 compile=decoder.compile,
                 rows=rows,
+                cache=decoder.kept_caches.get("guidance"),
             )
         self.side = torch.cuda.Stream(decoder.lead.device) if decoder.side_stream else None
         self.rows: list[_Row] = []

@@ -9,8 +9,8 @@ by a cheap rule on the device, from the token just read:
 - the top token continues a built-in English text (`TEXT`), so outputs have words, spaces and
   punctuation and a second tokenizer re-synchronises at word boundaries as it does on real text. The
   text is cut down to words whose tokens (in both of a pair's tokenizers) appear once, so that each
-  token has one successor and the text runs for hundreds of tokens before it repeats; a token from
-  outside the text (a prompt's last token) starts it at a place of its own;
+  token has one successor and the text runs for hundreds of tokens before it repeats; a prompt starts
+  it at a place of its own (a hash of the prompt's tokens), so rows write different texts;
 - the base is unsure (top-1 probability 0.22 to 0.38) on a share `unsure` of the tokens it reads, and
   confident (0.45 to 0.98) elsewhere; its runner-up is the token after next (a word skipped), six
   more tokens of the text share most of the rest, and a little is spread over the whole vocabulary;
@@ -157,6 +157,8 @@ class ScriptedModel:
             probs[token, : len(row)] = mass
             rest[token] = 1.0 - sum(mass)
         self.text = text
+        self.text_ids = torch.tensor(ids)
+        self.pad_id = tokenizer.pad_token_id
         self.candidates = torch.from_numpy(candidates)
         # candidates' log-probabilities; the rest of the mass spread over the whole vocabulary
         background = rest / vocab_size
@@ -165,9 +167,24 @@ class ScriptedModel:
         self.padding = torch.from_numpy(probs == 0)
 
     def to(self, device: torch.device) -> "ScriptedModel":
-        for name in ("candidates", "log_background", "log_probs", "padding"):
+        for name in ("text_ids", "candidates", "log_background", "log_probs", "padding"):
             setattr(self, name, getattr(self, name).to(device))
         return self
+
+    def read(self, ids: torch.Tensor, positions: torch.Tensor | None, keep: int) -> torch.Tensor:
+        """The tokens whose next-token distributions a forward returns [B, keep]: the last `keep` tokens
+        read, except that a prompt (a chunk that starts its row at position 0) starts the text at a place
+        of its own, from a hash of all its tokens, so that prompts with the same last token still write
+        different texts (padding left out, so the batch changes nothing)."""
+        read = ids[:, ids.shape[1] - keep :]
+        if positions is None:
+            return read
+        n = self.text_ids.shape[0]
+        real = torch.where(ids == self.pad_id, torch.zeros_like(ids), ids)
+        start = (real * 2654435761 + real * real).sum(-1).remainder(n)
+        prompt = (positions == 0).any(-1)
+        last = torch.where(prompt, self.text_ids[(start - 1).remainder(n)], read[:, -1])
+        return torch.cat([read[:, :-1], last[:, None]], dim=1)
 
     def logits(self, read: torch.Tensor, vocab_size: int, dtype: torch.dtype) -> torch.Tensor:
         """Next-token logits [B, Q, V] after each token of `read` [B, Q]: log-probabilities (the softmax
@@ -185,8 +202,8 @@ def script(model, tokenizer, text: str, rule: ScriptedText, role: str) -> Script
 
     def hook(module, args, kwargs, output):
         ids = kwargs.get("input_ids", args[0] if args else None)
-        keep = output.logits.shape[1]
-        output.logits = tables.logits(ids[:, ids.shape[1] - keep :], vocab_size, output.logits.dtype)
+        read = tables.read(ids, kwargs.get("position_ids"), output.logits.shape[1])
+        output.logits = tables.logits(read, vocab_size, output.logits.dtype)
         return output
 
     model.register_forward_hook(hook, with_kwargs=True)
@@ -211,5 +228,6 @@ def describe(pair, prompts, max_new_tokens: int = 64, tau: float = 0.4) -> dict:
         if consulted
         else math.nan,
         "replacement_char_share": round(text.count("\ufffd") / max(1, len(text)), 4),
+        "distinct_texts": len({o.text for o in outs}),
         "example": outs[0].text[:160],
     }

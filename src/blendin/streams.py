@@ -268,10 +268,12 @@ class CachedStream:
         role: str = "model",
         compile: str = "none",
         rows: int = 1,
+        cache: RowCache | None = None,
     ):
         """headroom: columns planned beyond the longest prompt; clock: a `transfer.Clock` that times
         the forward passes under "<role>_forward" ("<role>_prefill" for prompts); compile: how decode
-        steps run (`decode_forward`); rows: the rows planned to decode together (the batch size)."""
+        steps run (`decode_forward`); rows: the rows planned to decode together (the batch size);
+        cache: a cache to decode into (its rows are reused, its buffers grow if the plan needs it)."""
         self.model, self.pad_id, self.headroom, self.clock, self.role = model, pad_id, headroom, clock, role
         self.compile, self.planned_rows = compile, rows
         self.decode_model = decode_forward(model, compile)
@@ -286,7 +288,7 @@ class CachedStream:
         self.additive_dtype = next(model.parameters()).dtype if attention == "eager" else None
         self.cache_argument = cache_argument(model)
         self.rows: list[list[int]] = []
-        self.cache: RowCache | None = None
+        self.cache = cache
         self.logits = None
         self.uncommitted = 0  # tokens each row has read from the device that the host has not recorded yet
         self.widest = 0  # the widest attention mask passed to the model so far (columns)

@@ -28,12 +28,19 @@ _BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 
 
 def make_stream(
-    model, use_cache: bool, headroom: int = 256, clock=None, role: str = "model", compile: str = "none", rows: int = 1
+    model,
+    use_cache: bool,
+    headroom: int = 256,
+    clock=None,
+    role: str = "model",
+    compile: str = "none",
+    rows: int = 1,
+    cache=None,
 ):
     if not use_cache:
         return RecomputeStream(model.model, model.pad_id)
     return CachedStream(
-        model.model, model.pad_id, headroom=headroom, clock=clock, role=role, compile=compile, rows=rows
+        model.model, model.pad_id, headroom=headroom, clock=clock, role=role, compile=compile, rows=rows, cache=cache
     )
 
 
@@ -226,10 +233,12 @@ class TokenView:
         role: str = "model",
         compile: str = "none",
         rows: int = 1,
+        cache=None,
     ):
-        """rows: the rows planned to decode together (the batch size): the KV cache is planned for them."""
+        """rows: the rows planned to decode together (the batch size): the KV cache is planned for them.
+        cache: an empty `streams.RowCache` to decode into (kept from an earlier decode: CUDA graphs)."""
         self.model, self.by_text, self.use_cache = model, by_text, use_cache
-        self.stream = make_stream(model, use_cache, headroom, clock, role, compile, rows)
+        self.stream = make_stream(model, use_cache, headroom, clock, role, compile, rows, cache)
         self.longest = 0  # the longest row (prompt + continuation) this view has read
         self.prompts: list[list[int]] = []
         self.tails: list[TailTokenizer] = []
