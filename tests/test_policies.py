@@ -269,3 +269,38 @@ def test_defaults_are_the_papers():
     assert (cap.cap, cap.mode, cap.warmup) == (0.15, "latch", 20)
     assert make_policy({"name": "af"}).agreement_k == 5
     assert math.isclose(make_policy({"name": "nudging"}).tau, 0.4)
+
+
+def test_the_exact_top_p_size_reads_nothing_from_the_device():
+    """Past the top 256 tokens the size is found by bisection over the probability values, the same for
+    every row and without a host read (on a GPU it runs inside the step): equal to sorting, ties
+    included, and no `.item()`, `bool(tensor)` or `.tolist()` on the way."""
+    from test_step_discipline import READS
+
+    torch.manual_seed(0)
+    flat = torch.softmax(torch.randn(6, 20000) * torch.tensor([0.05, 0.3, 1.0, 2.0, 4.0, 8.0])[:, None], -1)
+    ties = torch.full((2, 20000), 1 / 20000)
+    ties[1, :10] = 0.005  # ten equal tokens above a flat tail
+    ties[1] /= ties[1].sum()
+    probs = torch.cat([flat, ties])
+    expected = [int((row.double().sort(descending=True).values.cumsum(0) < 0.9).sum()) + 1 for row in probs]
+    originals = {name: getattr(torch.Tensor, name) for name in READS}
+    reads = []
+
+    def counting(name):
+        def read(self, *args, **kwargs):
+            reads.append(name)
+            return originals[name](self, *args, **kwargs)
+
+        return read
+
+    for name in READS:
+        setattr(torch.Tensor, name, counting(name))
+    try:
+        sizes = top_p_size(probs, exact=True)
+    finally:
+        for name, method in originals.items():
+            setattr(torch.Tensor, name, method)
+    assert not reads, reads
+    assert sizes.tolist() == expected
+    assert (sizes > 256).sum() >= 5, "most rows need the completion"

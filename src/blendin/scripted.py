@@ -107,7 +107,7 @@ def script_text(tokenizers) -> str:
     seen: list[set[int]] = [set() for _ in tokenizers]
     kept: list[str] = []
     for word in TEXT.split():
-        piece = (" " if kept else "") + word
+        piece = " " + word  # the first word too: the text runs on from its end to its start
         ids = [tok(piece, add_special_tokens=False)["input_ids"] for tok in tokenizers]
         if all(len(set(i)) == len(i) and not seen_k & set(i) for i, seen_k in zip(ids, seen)):
             kept.append(piece)
