@@ -176,3 +176,25 @@ def test_speculative_decoding_of_the_embedded_pair_equals_step_by_step(method, r
     prompts = [Prompt(q) for q in ("Question: What is 12 times 7?", "Write a haiku about rain.", "Name three rivers.")]
     for batch_size in (1, 3):
         _compare(real_pair, method, 4, batch_size, prompts=prompts, max_new=24, stop=("\nQuestion:",))
+
+
+def test_no_two_tokens_of_a_pass_write_one_column(cross_pair, monkeypatch):
+    """In the base's pass over new tokens and drafts, rows that read fewer new tokens pad the chunk:
+    the padding must write past the drafts, never onto their columns (two writes to one column in
+    one pass have no defined winner on a GPU). Rows joining a running batch read none."""
+    from blendin import streams
+
+    forward = streams.CachedStream._forward
+    seen = []
+
+    def checked(self, ids, columns, width, keep, first=0):
+        for row in columns.tolist():
+            assert len(set(row)) == len(row), row
+        seen.append(ids.shape[1])
+        return forward(self, ids, columns, width, keep, first)
+
+    monkeypatch.setattr(streams.CachedStream, "_forward", checked)
+    cross_pair.decoder({"name": "nudging"}, speculate=3).generate(
+        PROMPTS8, max_new_tokens=MAX_NEW, batch_size=3, stop_strings=["e"]
+    )
+    assert max(seen) > 3, "some pass read new tokens and drafts together"

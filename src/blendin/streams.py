@@ -407,9 +407,9 @@ class CachedStream:
         ids, length, count = packed[:, :queries], packed[:, queries : queries + 1], packed[:, queries + 1 :]
         j = torch.arange(queries, device=self.device)[None, :]
         start = queries - count  # chunk index of a row's first real token
-        # a real token lands right after the row's tokens; a padding slot further on, where no real
-        # query looks: columns are positions, and no row has holes
-        columns = torch.where(j >= start, length + j - start, length + count + j)
+        # a real token lands right after the row's tokens; a padding slot further on (past the tail's
+        # tokens too), where no real query looks: columns are positions, and no row has holes
+        columns = torch.where(j >= start, length + j - start, length + count + extra + j)
         if tail is not None:  # right after each row's new tokens
             ids = torch.cat([ids, tail], dim=1)
             columns = torch.cat([columns, length + count + torch.arange(extra, device=self.device)[None, :]], dim=1)
