@@ -33,6 +33,7 @@ RUN_KEYS = {
     "base_view",
     "compile",
     "guidance_schedule",
+    "overlap",
     "decoding",
 }
 PROTOCOL_KEYS = {"name", "plain_guidance"}
@@ -62,7 +63,10 @@ def check_run_config(cfg) -> None:
     if plain.get("batch_size") != "auto":
         _positive_int("batch_size", plain.get("batch_size"))
     check_device(plain.get("device", "auto"), plain.get("dtype", "auto"))
-    check_engine(plain.get("compile", "none"), plain.get("guidance_schedule", "auto"), plain.get("device", "auto"))
+    check_engine(
+        plain.get("compile", "none"), plain.get("guidance_schedule", "auto"), plain.get("device", "auto"),
+        plain.get("overlap", "auto"),
+    )  # fmt: skip
     check_pair(plain.get("pair"))
     check_benchmark(plain.get("benchmark"))
     method = _node(plain, "method")
@@ -91,11 +95,24 @@ def check_decoding(decoding, method_name) -> Sampling:
     return sampling
 
 
-def check_engine(compile, schedule, device) -> None:
-    """compile and guidance_schedule: known values, and cudagraphs only where CUDA is."""
+def overlap_setting(value) -> bool | None:
+    """The `overlap` key as the engine takes it: auto -> None (on a GPU), true, false."""
+    if value == "auto" or value is None:
+        return None
+    if not isinstance(value, bool):
+        raise ConfigError(
+            f"overlap={value!r} must be auto, true or false (true: the next forward starts before the host "
+            "reads the step; auto: on a GPU)"
+        )
+    return value
+
+
+def check_engine(compile, schedule, device, overlap="auto") -> None:
+    """compile, guidance_schedule and overlap: known values, and cudagraphs only where CUDA is."""
     from .engine import SCHEDULES
     from .streams import check_compile
 
+    overlap_setting(overlap)
     check_compile(compile, resolve_device(device, strict=False))
     if schedule not in SCHEDULES:
         raise ConfigError(

@@ -26,8 +26,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .benchmarks import Benchmark, benchmark_from_config
-from .checks import check_run_config
-from .cli import call
+from .checks import check_run_config, overlap_setting
+from .cli import call, refuse_unknown_keys
 from .data import CHECKOUT, REPO_ROOT
 from .identity import (
     begin_session,
@@ -91,6 +91,7 @@ def execute(cfg: DictConfig, pair: Pair | None = None) -> dict:
                 base_view=cfg.get("base_view", "ids"),
                 guidance_schedule=cfg.get("guidance_schedule", "auto"),
                 compile=cfg.get("compile", "none"),
+                overlap=overlap_setting(cfg.get("overlap", "auto")),
                 sampling=sampling,
             )
             rendered = [
@@ -334,12 +335,17 @@ SUMMARY_KEYS = (
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> dict | None:
+def _hydra_main(cfg: DictConfig) -> dict | None:
     if sweeping():  # one job of a multirun: a failure is recorded and reported at the end, not raised
         return run_job(cfg, execute, run_dir, SUMMARY_KEYS)
     metrics = call(execute, cfg)
     print(json.dumps({k: metrics.get(k) for k in SUMMARY_KEYS}))
     return None
+
+
+def main() -> None:
+    refuse_unknown_keys("config", sys.argv[1:])
+    _hydra_main()
 
 
 if __name__ == "__main__":

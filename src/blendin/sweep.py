@@ -103,9 +103,10 @@ class SweepReport(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         jobs = job_overrides(config)
         problems = []
+        searchpath = [o for o in config.hydra.overrides.hydra if o.startswith("hydra.searchpath")]  # own configs
         for number, overrides in enumerate(jobs):
             try:
-                check_job(config.hydra.job.config_name, overrides)
+                check_job(config.hydra.job.config_name, searchpath + overrides)
             except BlendinError as err:
                 problems.append(f"  job {number} ({' '.join(overrides)}): {err}")
         if problems:
@@ -146,12 +147,13 @@ def check_job(config_name: str, overrides: list[str]) -> None:
     from hydra.errors import HydraException
 
     from .checks import check_run_config
+    from .cli import unknown_key
     from .errors import ConfigError
 
     try:
         cfg = compose(config_name=config_name, overrides=overrides)
     except HydraException as err:
-        raise ConfigError(str(err).replace("\n", " ")) from None
+        raise ConfigError(unknown_key(config_name, overrides, err) or str(err).replace("\n", " ")) from None
     check_run_config(cfg)
 
 
