@@ -208,7 +208,9 @@ def test_a_typo_in_a_key_is_refused_with_the_key_and_the_known_keys_named(tmp_pa
         timeout=120,
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.startswith("error: unknown config key benchmark.nn; known: data_dir, exclude_n, max_new_tokens, n,")
+    assert done.stderr.startswith(
+        "error: unknown config key benchmark.nn; known: data_dir, exclude_n, max_new_tokens, n,"
+    )
     assert "+benchmark.nn" not in done.stderr  # not Hydra's advice to add the key
 
 
@@ -217,7 +219,10 @@ def test_a_typo_in_a_key_is_refused_with_the_key_and_the_known_keys_named(tmp_pa
     [
         (["foo=1"], "error: unknown config key foo; known: base_view, batch_size, benchmark,"),
         (["-m", "method=blendin,nudging", "method.alhpa=0.3"], "error: unknown config key method.alhpa; known: alpha,"),
-        (["hydra/launcher=slurm", "hydra.launcher.partion=gpu"], "unknown config key hydra.launcher.partion; known: _target_,"),
+        (
+            ["hydra/launcher=slurm", "hydra.launcher.partion=gpu"],
+            "unknown config key hydra.launcher.partion; known: _target_,",
+        ),
         (
             ["-m", "method=blendin,forced", "method.lam=0.2"],
             "error: method.lam is not a key of method=nudging, the choice Hydra composes before it expands the "
@@ -233,6 +238,18 @@ def test_unknown_keys_are_named_for_runs_and_sweeps(capsys, argv, message):
     assert exit.value.code == 2 and message in capsys.readouterr().err
     refuse_unknown_keys("config", ["-m", "method=blendin,forced", "++method.lam=0.2", "benchmark.n=3"])  # fine
     refuse_unknown_keys("generate", ["method=blendin", "method.alpha=0.5", "overlap=true"])  # fine
+
+
+def test_tau_above_one_warns_once_per_run(model_dirs, tmp_path, monkeypatch):
+    import warnings
+
+    monkeypatch.setattr("blendin.methods._WARNED", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        execute(tiny(model_dirs, tmp_path, "benchmark=gsm8k", "method=nudging", "method.tau=2"))
+    assert [str(w.message) for w in caught if "every step" in str(w.message)] == [
+        "method.tau=2.0 > 1: the guidance is consulted at every step"
+    ]
 
 
 def test_overlap_is_a_setting_passed_to_the_decoder(model_dirs, tmp_path, monkeypatch):

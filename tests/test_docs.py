@@ -105,7 +105,12 @@ def commands_in(line: str) -> list[list[str]]:
         tokens = words(part.strip().removeprefix("$ "))
         while tokens and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", tokens[0]):  # environment assignments
             tokens = tokens[1:]
-        if tokens and tokens[0] in ("python", "python3") or tokens and re.match(r"^(blendin-[a-z-]+|make|bash)$", tokens[0]):
+        if (
+            tokens
+            and tokens[0] in ("python", "python3")
+            or tokens
+            and re.match(r"^(blendin-[a-z-]+|make|bash)$", tokens[0])
+        ):
             found.append(tokens)
     return found
 
@@ -223,7 +228,9 @@ class Configs:
                     for option in sorted(self.options.get(choice.split("@")[0], ())):
                         if (choice, option) not in added:
                             try:
-                                with_option = flatten(compose(primary, [f"{choice}={option}"], return_hydra_config=True))
+                                with_option = flatten(
+                                    compose(primary, [f"{choice}={option}"], return_hydra_config=True)
+                                )
                             except Exception:  # noqa: BLE001 - an option that does not compose alone
                                 with_option = set()
                             added[(choice, option)] = with_option - keys
@@ -323,7 +330,9 @@ def helps() -> dict[tuple[str, ...], tuple[int, str]]:
         module = inv[2] if inv[1] == "-m" else None
         if module and hydra_config_name(module):
             argv = [sys.executable, "-m", module, "--help"]
-            running[inv] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
+            running[inv] = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env
+            )
         else:
             texts[inv] = in_process_help(inv)
     for inv, process in running.items():
@@ -336,7 +345,6 @@ def in_process_help(inv: tuple[str, ...]) -> tuple[int, str]:
     import contextlib
     import io
     import runpy
-
     import warnings
 
     out = io.StringIO()
@@ -460,9 +468,11 @@ def repo_paths(text: str) -> list[str]:
     found = []
     for token in re.findall(r"[\w.<>*{}$@/-]+", text):
         token = token.rstrip(".,:;)")
-        if token.startswith(REPO_ROOTS + SRC_ROOTS) and (
-            "/" in token.strip("/") or token.endswith("/")
-        ) or token in FILES:
+        if (
+            token.startswith(REPO_ROOTS + SRC_ROOTS)
+            and ("/" in token.strip("/") or token.endswith("/"))
+            or token in FILES
+        ):
             found.append(token)
     return found
 
@@ -540,7 +550,9 @@ def test_python_imports():
             if lang != "python":
                 continue
             for n, text in enumerate(body.splitlines()):
-                m = re.match(r"\s*from\s+([\w.]+)\s+import\s+([\w, ]+)", text) or re.match(r"\s*import\s+([\w.]+)", text)
+                m = re.match(r"\s*from\s+([\w.]+)\s+import\s+([\w, ]+)", text) or re.match(
+                    r"\s*import\s+([\w.]+)", text
+                )
                 if not m:
                     continue
                 try:
@@ -548,7 +560,7 @@ def test_python_imports():
                 except ImportError as err:
                     problems.append(f"{page.relative_to(ROOT)}:{line + n}: {text.strip()}: {err}")
                     continue
-                for name in (m.group(2).split(",") if m.lastindex == 2 else []):
+                for name in m.group(2).split(",") if m.lastindex == 2 else []:
                     if not hasattr(module, name.strip()):
                         problems.append(f"{page.relative_to(ROOT)}:{line + n}: {m.group(1)} has no {name.strip()}")
     assert not problems, "\n".join(problems)

@@ -35,6 +35,7 @@ RUN_KEYS = {
     "guidance_schedule",
     "overlap",
     "decoding",
+    "plan",
 }
 PROTOCOL_KEYS = {"name", "plain_guidance"}
 PAIR_KEYS = {"name", "label", "base", "guidance", "aligned"}
@@ -60,6 +61,7 @@ def check_run_config(cfg) -> None:
             f"results_dir={plain.get('results_dir')!r} must be a directory path, e.g. results_dir=results"
         )
     _boolean("force", plain.get("force", False))
+    _boolean("plan", plain.get("plan", False))
     if plain.get("batch_size") != "auto":
         _positive_int("batch_size", plain.get("batch_size"))
     check_device(plain.get("device", "auto"), plain.get("dtype", "auto"))

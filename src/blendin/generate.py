@@ -78,7 +78,9 @@ def check(cfg: DictConfig) -> None:
             f"method={method['name']} needs each prompt's reference answer ({method_spec(method['name']).summary}); "
             f"generate has only a prompt. Fix: python -m blendin.run method={method['name']} benchmark=gsm8k"
         )
-    check_engine(cfg.get("compile", "none"), cfg.get("guidance_schedule", "auto"), cfg.device, cfg.get("overlap", "auto"))
+    check_engine(
+        cfg.get("compile", "none"), cfg.get("guidance_schedule", "auto"), cfg.device, cfg.get("overlap", "auto")
+    )
 
 
 def run(cfg: DictConfig) -> dict:

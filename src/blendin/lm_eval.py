@@ -494,7 +494,7 @@ def unscorable(spec, tasks: str = "") -> str:
 def usage() -> str:
     """What `python -m blendin.lm_eval --help` says before lm-eval's own options."""
     methods = ", ".join(name for name, spec in REGISTRY.items() if spec.decodes)
-    return f"""usage: python -m blendin.lm_eval --model blendin --model_args KEY=VALUE,... --tasks TASKS [lm-eval options]
+    return f"""usage: python -m blendin.lm_eval --model blendin --model_args KEY=VALUE,... --tasks TASKS [options]
 
 lm-evaluation-harness (lm-eval) with the model `blendin` registered: a pair of models and a decoding
 method evaluated on any lm-eval task, scored by lm-eval's own metrics (docs/lm_eval.md).
