@@ -198,6 +198,10 @@ def memory_table(pairs: list[str] | None = None, max_new_tokens: int = 512, gpus
     return "\n".join(lines)
 
 
+def _alone(model: str, sized: Size) -> str:
+    return f"{model} ({_billions(sized.parameters)}, {sized.weight_bytes / GIB:.1f} GiB)"
+
+
 def _billions(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 0.995e9 else f"{n / 1e6:.0f}M"
 
@@ -247,8 +251,8 @@ def grid_table(
     bandwidth = next(bw for key, bw in PEAK_BANDWIDTH.items() if key in gpu)
     cost = f" | at ${usd_per_hour:g} per GPU-hour" if usd_per_hour else ""
     lines = [
-        f"| experiment | runs: decoded + copied | outputs decoded | GPU-hours (floor, {gpu}, {bandwidth / 1e12:g} TB/s) "
-        f"| longest run{cost} |",
+        f"| experiment | runs: decoded + copied | outputs decoded | GPU-hours (floor, {gpu}, "
+        f"{bandwidth / 1e12:g} TB/s) | longest run{cost} |",
         "|---|---:|---:|---:|---:" + ("|---:|" if cost else "|"),
     ]
     with tempfile.TemporaryDirectory() as empty:  # nothing stored: every run is to be decoded or copied
