@@ -54,6 +54,7 @@ THIRD_PARTY_COMMANDS = {  # python -m X that the docs name and that are not the 
 HYDRA_FLAGS = {"-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--resolve",
                "--package", "-p", "--run", "-r", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
                "-cd", "--shell-completion", "-sc", "--experimental-rerun"}  # fmt: skip
+PLACEHOLDER_VALUES = {"value", "option", "val", "name"}  # key=value written as a pattern, not a setting
 PLACEHOLDER = re.compile(r"^([A-Z][A-Z0-9_]*|<[^>]*>.*|.*<[^>]*>|\.\.\.|.*\$.*|\{.*\}|\[\.\.\.\])$")
 REPO_ROOTS = ("src/", "conf/", "docs/", "scripts/", "tests/", "notebooks/", "results/", ".ci/")
 SRC_ROOTS = ("blendin/", "analysis/")  # paths the docs write relative to src/
@@ -251,7 +252,7 @@ class Configs:
     def override_like(self, text: str) -> bool:
         """A code span that reads as one Hydra override (`key=value`, `group=option`) or a dotted config
         key (`benchmark.part`), not a path, a module, a file name or a sentence."""
-        if " " in text or text.startswith(("-", "/", ".", "http")):
+        if " " in text or "==" in text or text.startswith(("-", "/", ".", "http")):
             return False
         key, eq, value = text.partition("=")
         key = key.lstrip("+~")
@@ -279,14 +280,15 @@ class Configs:
                 problems.append(f"model_args {key}={value}: no such {key} (conf/{key}/)")
         return problems
 
-    def check(self, override: str, primary: str | None = None) -> str | None:
+    def check(self, override: str, primary: str | None = None, own_configs: bool = False) -> str | None:
         """None if `override` (key=value, group=option, +key, ~key or a bare dotted key) can be used
-        with config `primary` (any config when None); else what is wrong."""
+        with config `primary` (any config when None); else what is wrong. own_configs: the command puts
+        a folder of the user's on the search path (hydra.searchpath), so a group may have more options."""
         keys = self.keys[primary] if primary else self.all_keys()
         where = f" of {primary}.yaml" if primary else ""
         text = override.strip("[]")
-        if text.startswith(("+", "++")):
-            return None  # adds a key on purpose
+        if text.startswith(("+", "++")) or text.partition("=")[2] in PLACEHOLDER_VALUES:
+            return None  # adds a key on purpose, or a pattern
         text = text.lstrip("~")
         key, _, value = text.partition("=")
         if "@" in key or "/" in key or key in self.options:  # a group choice
@@ -296,7 +298,9 @@ class Configs:
             if primary and group not in self.used_groups[primary]:
                 return f"config group {group!r} is not used by {primary}.yaml"
             for option in re.split(r"[,|]", value):
-                if option and not PLACEHOLDER.match(option) and option != "null" and option not in self.options[group]:
+                if own_configs or not option or PLACEHOLDER.match(option) or option == "null":
+                    continue
+                if option not in self.options[group]:
                     return f"{group}={option}: no such option (conf/{group}/: {', '.join(sorted(self.options[group]))})"
             return None
         if PLACEHOLDER.match(key) or (primary is None and key in self.lm_eval_keys()) or key in ALLOWED_KEYS:
@@ -385,12 +389,19 @@ def documented_invocations() -> list[tuple[str, ...]]:
     seen: dict[tuple[str, ...], None] = {}
     for _, tokens in all_commands():
         inv = invocation(tokens)
-        if inv and not inv[-1].endswith(".sh") and not PLACEHOLDER.match(inv[-1].split(".")[-1].rstrip(":")):
+        if inv and not inv[-1].endswith(".sh") and not PLACEHOLDER.match(inv[-1].split(".")[-1].rstrip(":") or "..."):
             seen[inv] = None
     return list(seen)
 
 
 # ------------------------------------------------------------------ the checks
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that does not exist, or not a module name
+        return False
 
 
 def test_commands_exist():
@@ -400,9 +411,9 @@ def test_commands_exist():
         head = tokens[0]
         if head in ("python", "python3") and len(tokens) > 2 and tokens[1] == "-m":
             module = tokens[2]
-            if PLACEHOLDER.match(module.split(".")[-1]) or module in THIRD_PARTY_COMMANDS:
+            if PLACEHOLDER.match(module) or PLACEHOLDER.match(module.split(".")[-1]) or module in THIRD_PARTY_COMMANDS:
                 continue
-            if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
+            if not _importable(module):
                 problems.append(f"{where}: python -m {module}: no such module")
         elif head in ("python", "python3", "bash") and len(tokens) > 1 and tokens[1].startswith("scripts/"):
             if not (ROOT / tokens[1]).is_file():
@@ -444,7 +455,7 @@ def test_command_arguments_exist(configs):
                 ):
                     problems.append(f"{where}: {' '.join(inv)} {flag}: its --help does not offer this flag")
             elif primary is not None and "=" in word and not PLACEHOLDER.match(word):
-                problem = configs.check(word, primary)
+                problem = configs.check(word, primary, own_configs=any(a.startswith("hydra.searchpath=") for a in args))
                 if problem:
                     problems.append(f"{where}: {' '.join(inv)} {word}: {problem}")
     assert not problems, "\n".join(problems)
@@ -591,7 +602,9 @@ def test_help_texts(configs):
             for group in re.findall(r"^([\w/]+):", listed.group(1), re.M):
                 if group not in configs.used_groups[primary]:
                     problems.append(f"{name} --help lists config group {group!r}, which {primary}.yaml never uses")
-        for word in re.findall(r"(?<![\w./-])([a-z_][\w.@/]*=[^\s,;)'\"`]+)", text):
+        usages = [m.start() for m in re.finditer(r"^usage: ", text, re.M)]
+        own = text[: usages[1]] if len(usages) > 1 else text  # a second usage line: another program's help
+        for word in re.findall(r"(?<![\w./-])([a-z_][\w.@/]*=[^\s,;)'\"`]+)", own):
             if "==" in word or word.startswith(("http", "--")) or not configs.override_like(word.rstrip(".")):
                 continue
             if word in ALLOWED_HELP_WORDS or word.split("=")[1].rstrip(".") in ("value", "option"):

@@ -80,11 +80,11 @@ def refuse_unknown_keys(config_name: str, argv: list[str]) -> None:
         except HydraException as err:
             message = unknown_key(name, first_job, err)
         else:
-            try:
-                if base is not None:
+            if base is not None:
+                try:
                     compose(config_name=name, overrides=base)
-            except HydraException as err:
-                message = _unknown_before_sweep(name, base, overrides, err)
+                except HydraException as err:
+                    message = _unknown_before_sweep(name, base, overrides, err)
     if message:
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
