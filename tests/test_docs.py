@@ -51,6 +51,7 @@ THIRD_PARTY_COMMANDS = {  # python -m X that the docs name and that are not the 
     "venv": "creates a virtual environment",
     "pytest": "the test runner",
 }
+LAUNCHERS = ("torchrun", "accelerate", "deepspeed")  # run `-m module args` in several processes
 HYDRA_FLAGS = {"-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--resolve",
                "--package", "-p", "--run", "-r", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
                "-cd", "--shell-completion", "-sc", "--experimental-rerun"}  # fmt: skip
@@ -106,6 +107,8 @@ def commands_in(line: str) -> list[list[str]]:
         tokens = words(part.strip().removeprefix("$ "))
         while tokens and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", tokens[0]):  # environment assignments
             tokens = tokens[1:]
+        if tokens and tokens[0] in LAUNCHERS and "-m" in tokens[:-1]:  # torchrun ... -m blendin.run ...
+            tokens = ["python", *tokens[tokens.index("-m") :]]
         if (
             tokens
             and tokens[0] in ("python", "python3")

@@ -137,9 +137,9 @@ def report(rows: list[Planned], command: str = "") -> str:
     table = [header]
     for r in rows:
         state = {"partial": f"partial ({r.stored} of {r.outputs} stored)", "reuse": r.note}.get(r.status, r.status)
-        estimate = (
-            "-" if r.status in ("done", "reuse") else (_duration(r.seconds) if r.seconds is not None else "no basis")
-        )
+        estimate = "-" if r.status in ("done", "reuse") else _duration(r.seconds)
+        if r.seconds is not None and "other methods" in r.basis:
+            estimate += "*"
         table.append((str(r.job), r.pair, r.benchmark, r.path.name, state, str(r.outputs - r.stored), estimate))
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
@@ -158,11 +158,11 @@ def report(rows: list[Planned], command: str = "") -> str:
         if not known:
             estimate = f"estimated decoding time: no basis for any of the {len(todo)} runs to decode (below)"
         else:
-            bases = sorted({r.basis.split(" run(s) of")[0].split(" ", 2)[-1] for r in known})
+            others = any("other methods" in r.basis for r in known)
             estimate += (
                 " (seconds per generated token of finished runs of the same pair and method on this device, "
                 "times the tokens left, at the share of the budget those runs filled"
-                + ("; some rest on the pair's other methods" if any("other methods" in b for b in bases) else "")
+                + ("; * marks those resting on the pair's other methods" if others else "")
                 + "; model loading not included)"
             )
         lines.append(estimate)
