@@ -182,6 +182,7 @@ def test_command_line_values_win_over_an_experiment():
         ("logger=wandb logger.mode=sometimes", "logger.mode='sometimes' must be one of offline, online, disabled"),
         ("judge=openai judge.kind=carrier-pigeon", "judge.kind='carrier-pigeon'"),
         ("+model=llama-3.1-8b", "Use model@pair.base=<name>"),
+        ("overlap=sometimes", "overlap='sometimes' must be auto, true or false"),
     ],
 )
 def test_a_bad_config_fails_before_any_model_loads_with_the_key_named(
@@ -198,7 +199,7 @@ def test_a_bad_config_fails_before_any_model_loads_with_the_key_named(
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_typo_in_a_key_is_refused_by_hydra_with_the_key_named(tmp_path):
+def test_a_typo_in_a_key_is_refused_with_the_key_and_the_known_keys_named(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "blendin.run", "benchmark.nn=5", f"results_dir={tmp_path}"],
         capture_output=True,
@@ -206,7 +207,63 @@ def test_a_typo_in_a_key_is_refused_by_hydra_with_the_key_named(tmp_path):
         cwd=CONF.parent,
         timeout=120,
     )
-    assert done.returncode != 0 and "benchmark.nn" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(
+        "error: unknown config key benchmark.nn; known: data_dir, exclude_n, max_new_tokens, n,"
+    )
+    assert "+benchmark.nn" not in done.stderr  # not Hydra's advice to add the key
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["foo=1"], "error: unknown config key foo; known: base_view, batch_size, benchmark,"),
+        (["-m", "method=blendin,nudging", "method.alhpa=0.3"], "error: unknown config key method.alhpa; known: alpha,"),
+        (
+            ["hydra/launcher=slurm", "hydra.launcher.partion=gpu"],
+            "unknown config key hydra.launcher.partion; known: _target_,",
+        ),
+        (
+            ["-m", "method=blendin,forced", "method.lam=0.2"],
+            "error: method.lam is not a key of method=nudging, the choice Hydra composes before it expands the "
+            "sweep (method=blendin,forced). Fix: ++method.lam=0.2",
+        ),
+    ],
+)
+def test_unknown_keys_are_named_for_runs_and_sweeps(capsys, argv, message):
+    from blendin.cli import refuse_unknown_keys
+
+    with pytest.raises(SystemExit) as exit:
+        refuse_unknown_keys("config", argv)
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+    refuse_unknown_keys("config", ["-m", "method=blendin,forced", "++method.lam=0.2", "benchmark.n=3"])  # fine
+    refuse_unknown_keys("generate", ["method=blendin", "method.alpha=0.5", "overlap=true"])  # fine
+
+
+def test_tau_above_one_warns_once_per_run(model_dirs, tmp_path, monkeypatch):
+    import warnings
+
+    monkeypatch.setattr("blendin.methods._WARNED", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        execute(tiny(model_dirs, tmp_path, "benchmark=gsm8k", "method=nudging", "method.tau=2"))
+    assert [str(w.message) for w in caught if "every step" in str(w.message)] == [
+        "method.tau=2.0 > 1: the guidance is consulted at every step"
+    ]
+
+
+def test_overlap_is_a_setting_passed_to_the_decoder(model_dirs, tmp_path, monkeypatch):
+    seen = []
+    decoder = Pair.decoder
+
+    def spy(self, method, **kwargs):
+        seen.append(kwargs.get("overlap"))
+        return decoder(self, method, **kwargs)
+
+    monkeypatch.setattr(Pair, "decoder", spy)
+    for value in ("true", "false", "auto"):
+        execute(tiny(model_dirs, tmp_path, "benchmark=gsm8k", "method=nudging", f"overlap={value}", "force=true"))
+    assert seen == [True, False, None]  # None: the engine's own default, on a GPU only
 
 
 def test_a_second_writer_of_the_same_run_is_refused(model_dirs, tmp_path):

@@ -385,6 +385,60 @@ def test_command_line_error_is_one_line(tmp_path, monkeypatch, capsys, model_dir
     assert "error: method.tau=-1.0 is out of range: it must be >= 0.0" in capsys.readouterr().err
 
 
+def _main(monkeypatch, capsys, argv) -> tuple[int, str]:
+    from blendin.lm_eval import main
+
+    monkeypatch.setattr(sys, "argv", ["blendin.lm_eval", *argv])
+    with pytest.raises(SystemExit) as exit:
+        main()
+    return exit.value.code, capsys.readouterr().err
+
+
+def test_a_method_without_a_distribution_is_refused_before_models_or_data_load(tmp_path, monkeypatch, capsys):
+    """cap has no next-token distribution: asked for a log-likelihood task, it is refused from the tasks'
+    configs, before a model loads or a task's data is read."""
+    import datasets
+
+    def no(*args, **kwargs):
+        raise AssertionError("loaded before the refusal")
+
+    monkeypatch.setattr("blendin.pair.load_model", no)
+    monkeypatch.setattr(datasets, "load_dataset", no)
+    argv = ["--model", "blendin", "--tasks", "tiny_gen,tiny_mc", "--include_path", str(_tasks(tmp_path))]
+    code, err = _main(monkeypatch, capsys, [*argv, "--model_args", "method=cap,device=cpu"])
+    assert code == 2
+    assert "error: method cap has no next-token distribution" in err and "tasks tiny_mc are scored" in err
+
+
+def test_task_data_out_of_reach_is_one_error_line(tmp_path, monkeypatch, capsys, model_dirs):
+    """Offline (or without network) a task whose data is not on the machine: an error that says how to get
+    the data, not the datasets library's ConnectionError traceback."""
+    import datasets
+
+    def offline(*args, **kwargs):  # what datasets raises with HF_DATASETS_OFFLINE=1 and nothing cached
+        raise ConnectionError("Couldn't reach 'tiny/data' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    args = f"base={model_dirs['shared_base']},guidance={model_dirs['shared_guidance']},method=nudging,device=cpu"
+    argv = ["--model", "blendin", "--tasks", "tiny_gen", "--include_path", str(_tasks(tmp_path))]
+    code, err = _main(monkeypatch, capsys, [*argv, "--model_args", args])
+    assert code == 2
+    assert "error: a task's data could not be fetched (Couldn't reach 'tiny/data'" in err
+    assert "HF_DATASETS_OFFLINE=1" in err and "Traceback" not in err
+
+
+def test_help_names_the_blendin_model_and_lm_evals_options(monkeypatch, capsys):
+    from blendin.lm_eval import main
+
+    monkeypatch.setattr(sys, "argv", ["blendin.lm_eval", "--help"])
+    with pytest.raises(SystemExit) as exit:
+        main()
+    out = capsys.readouterr().out
+    assert exit.value.code == 0
+    assert out.startswith("usage: python -m blendin.lm_eval --model blendin")
+    assert "--model_args of the model blendin" in out and "--tasks" in out and "--batch_size" in out
+
+
 def test_a_method_that_only_decodes_greedily_refuses_to_sample(cross_pair):
     lm = GuidedLM(pair=cross_pair, method="nudging_words", tau=0.4)
     req = Instance("generate_until", {}, ("Question: 2 + 2?", {"do_sample": True, "max_gen_toks": 4}), 0, ("t", 0, 1))

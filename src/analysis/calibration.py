@@ -1,4 +1,4 @@
-"""Does alpha's premise hold? Calibration and blend choices on teacher-forced traces (issue 10, item 2).
+"""Does alpha's premise hold? Calibration and blend choices on teacher-forced traces (docs/beyond.md).
 
     python -m analysis.calibration [--results results] [--out results/analysis] [--tau 0.4]
                                    [--n-boot 2000] [--seed 0] [--n N] [--protocol NAME]

@@ -741,7 +741,7 @@ def _json_tables(obj, prefix: str = "") -> list[tuple[str, pd.DataFrame]]:
 
 
 def subset_section(src: Sources) -> list[str]:
-    lines = ["## Is a 100-sample subset enough? (the review's main objection)", ""]
+    lines = ["## Is a 100-sample subset enough? (the paper's tables use 100 items)", ""]
     table = src.read("subset_vs_full.csv")
     if table is None or table.empty:
         return lines + [

@@ -1,4 +1,5 @@
-"""Does a 100-sample subset stand for the full benchmark? (the review's main objection), from data.
+"""Does a 100-sample subset stand for the full benchmark? The paper reports 100-item subsets; this
+answers from stored runs how far such a subset's score can sit from the full set's.
 
     python -m analysis.subset [--results results] [--out results/analysis] [--draws 10000]
 

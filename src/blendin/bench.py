@@ -673,7 +673,9 @@ def run(args) -> Path:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m blendin.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pair", default="smollm2_gemma3", help="a pair of conf/pair/ (default: the embedded one)")
     parser.add_argument(
         "--synthetic",

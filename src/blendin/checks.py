@@ -34,7 +34,9 @@ RUN_KEYS = {
     "compile",
     "guidance_schedule",
     "speculate",
+    "overlap",
     "decoding",
+    "plan",
 }
 PROTOCOL_KEYS = {"name", "plain_guidance"}
 PAIR_KEYS = {"name", "label", "base", "guidance", "aligned"}
@@ -60,10 +62,14 @@ def check_run_config(cfg) -> None:
             f"results_dir={plain.get('results_dir')!r} must be a directory path, e.g. results_dir=results"
         )
     _boolean("force", plain.get("force", False))
+    _boolean("plan", plain.get("plan", False))
     if plain.get("batch_size") != "auto":
         _positive_int("batch_size", plain.get("batch_size"))
     check_device(plain.get("device", "auto"), plain.get("dtype", "auto"))
-    check_engine(plain.get("compile", "none"), plain.get("guidance_schedule", "auto"), plain.get("device", "auto"))
+    check_engine(
+        plain.get("compile", "none"), plain.get("guidance_schedule", "auto"), plain.get("device", "auto"),
+        plain.get("overlap", "auto"),
+    )  # fmt: skip
     check_pair(plain.get("pair"))
     check_benchmark(plain.get("benchmark"))
     method = _node(plain, "method")
@@ -93,11 +99,24 @@ def check_decoding(decoding, method_name) -> Sampling:
     return sampling
 
 
-def check_engine(compile, schedule, device) -> None:
-    """compile and guidance_schedule: known values, and cudagraphs only where CUDA is."""
+def overlap_setting(value) -> bool | None:
+    """The `overlap` key as the engine takes it: auto -> None (on a GPU), true, false."""
+    if value == "auto" or value is None:
+        return None
+    if not isinstance(value, bool):
+        raise ConfigError(
+            f"overlap={value!r} must be auto, true or false (true: the next forward starts before the host "
+            "reads the step; auto: on a GPU)"
+        )
+    return value
+
+
+def check_engine(compile, schedule, device, overlap="auto") -> None:
+    """compile, guidance_schedule and overlap: known values, and cudagraphs only where CUDA is."""
     from .engine import SCHEDULES
     from .streams import check_compile
 
+    overlap_setting(overlap)
     check_compile(compile, resolve_device(device, strict=False))
     if schedule not in SCHEDULES:
         raise ConfigError(

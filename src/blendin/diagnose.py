@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from .cli import call
+from .cli import call, refuse_unknown_keys
 from .errors import ConfigError
 
 log = logging.getLogger("blendin.diagnose")
@@ -231,8 +232,13 @@ def diagnose(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="diagnose")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     call(diagnose, cfg)
+
+
+def main() -> None:
+    refuse_unknown_keys("diagnose", sys.argv[1:])
+    _hydra_main()
 
 
 if __name__ == "__main__":

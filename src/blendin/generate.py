@@ -20,8 +20,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .checks import check_decoding, check_engine, check_speculate
-from .cli import call
+from .checks import check_decoding, check_engine, check_speculate, overlap_setting
+from .cli import call, refuse_unknown_keys
 from .errors import ConfigError
 from .methods import make_policy
 from .methods import method as method_spec
@@ -56,6 +56,7 @@ SETTINGS = (
     "base_view",
     "guidance_schedule",
     "compile",
+    "overlap",
     "speculate",
     "decoding",
 )
@@ -78,7 +79,9 @@ def check(cfg: DictConfig) -> None:
             f"method={method['name']} needs each prompt's reference answer ({method_spec(method['name']).summary}); "
             f"generate has only a prompt. Fix: python -m blendin.run method={method['name']} benchmark=gsm8k"
         )
-    check_engine(cfg.get("compile", "none"), cfg.get("guidance_schedule", "auto"), cfg.device)
+    check_engine(
+        cfg.get("compile", "none"), cfg.get("guidance_schedule", "auto"), cfg.device, cfg.get("overlap", "auto")
+    )
     check_speculate(cfg.get("speculate", 0), method["name"], cfg.get("base_view", "ids"))
 
 
@@ -98,6 +101,7 @@ def run(cfg: DictConfig) -> dict:
         base_view=cfg.get("base_view", "ids"),
         guidance_schedule=cfg.get("guidance_schedule", "auto"),
         compile=cfg.get("compile", "none"),
+        overlap=overlap_setting(cfg.get("overlap", "auto")),
         sampling=sampling,
         speculate=cfg.get("speculate", 0),
     )
@@ -151,6 +155,7 @@ def main() -> None:
                 file=sys.stderr,
             )
             sys.exit(2)
+    refuse_unknown_keys("generate", sys.argv[1:])
     _hydra_main()
 
 

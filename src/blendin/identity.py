@@ -98,6 +98,15 @@ def run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.results_dir) / "runs" / cfg.pair.name / cfg.benchmark.name / run_name(cfg)
 
 
+def finished_twin(path: Path) -> Path | None:
+    """A finished run of the same name stored under another pair: for a one-model run (base, guidance,
+    aligned) the same model, benchmark and settings, so its outputs are this run's outputs."""
+    for metrics in sorted(path.parents[2].glob(f"*/{path.parent.name}/{path.name}/metrics.json")):
+        if metrics.parent != path and (metrics.parent / "tokens.parquet").is_file():
+            return metrics.parent
+    return None
+
+
 def protocol_summary(cfg, judge=None) -> dict:
     """The settings behind a run's numbers, as the analysis labels them."""
     benchmark = plain(cfg.benchmark)

@@ -3,7 +3,7 @@
     python -m blendin.judge_server --model embedded:smollm2-135m-instruct --port 8011
 
 Serves POST /v1/chat/completions (greedy, whatever temperature is asked) and GET /v1/models on
-127.0.0.1, so `judge=http judge.base_url=http://127.0.0.1:8011/v1` works without vLLM. Prints
+127.0.0.1, so `judge=openai judge.base_url=http://127.0.0.1:8011/v1` works without vLLM. Prints
 "listening on <url>" once ready. One request at a time; for real judging at scale use vLLM.
 """
 
@@ -70,7 +70,9 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8011, device: str = "
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m blendin.judge_server", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", required=True, help="hub id, folder, .gguf file or embedded:<name>")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8011, help="0 picks a free port")

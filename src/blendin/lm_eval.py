@@ -325,12 +325,8 @@ class GuidedLM(LM):
         return results
 
     def _check_scorable(self) -> None:
-        if self.spec.decoder != "token" or self.spec.stateful:
-            raise ConfigError(
-                f"method {self.spec.name} has no next-token distribution to score with: its choices depend on "
-                "what it generated before (a budget or word rounds). Fix: use it on generative tasks "
-                "(generate_until), or score with method=nudging"
-            )
+        if not scores(self.spec):
+            raise ConfigError(unscorable(self.spec))
 
     def _item(self, context: str, continuation: str) -> Item:
         """The lead's context and continuation ids, as lm-eval's hf model splits them for a model that
@@ -478,24 +474,82 @@ def _batch_size(value) -> int | str:
     return value
 
 
+SCORED_OUTPUTS = ("loglikelihood", "loglikelihood_rolling", "multiple_choice")  # lm-eval's output types scored
+# by log-likelihood; generate_until is the other
+
+
+def scores(spec) -> bool:
+    """Whether a method has a next-token distribution to score log-likelihoods with."""
+    return spec.decoder == "token" and not spec.stateful
+
+
+def unscorable(spec, tasks: str = "") -> str:
+    return (
+        f"method {spec.name} has no next-token distribution to score with: its choices depend on what it "
+        f"generated before (a budget or word rounds){tasks}. Fix: use it on generative tasks "
+        "(output_type generate_until, e.g. gsm8k), or score with method=nudging"
+    )
+
+
+def usage() -> str:
+    """What `python -m blendin.lm_eval --help` says before lm-eval's own options."""
+    methods = ", ".join(name for name, spec in REGISTRY.items() if spec.decodes)
+    return f"""usage: python -m blendin.lm_eval --model blendin --model_args KEY=VALUE,... --tasks TASKS [options]
+
+lm-evaluation-harness (lm-eval) with the model `blendin` registered: a pair of models and a decoding
+method evaluated on any lm-eval task, scored by lm-eval's own metrics (docs/lm_eval.md).
+
+    python -m blendin.lm_eval --model blendin --tasks arc_challenge \\
+        --model_args pair=smollm2_gemma3,method=blendin,tau=0.4 --batch_size 8
+
+--model_args of the model blendin (comma-separated KEY=VALUE):
+  pair                     a pair of conf/pair/ (default smollm2_gemma3)
+  base, guidance, aligned  replace that model of the pair: a hub id, a folder, a .gguf file, embedded:<name>
+  method                   {methods} (default blendin)
+  {", ".join(METHOD_ARGS)}
+                           the method's parameters (docs/methods.md); the method's config gives the rest
+  device, dtype            auto (cuda + bfloat16 if a GPU is visible, else cpu + float32), or as elsewhere
+  batch_size, max_batch_size, max_length, floor, seed   (docs/lm_eval.md)
+
+Every option of `lm-eval run` below works here too; `--model hf` and lm-eval's other models as well.
+"""
+
+
 def main() -> None:
     """`python -m blendin.lm_eval ...`: lm-eval's command line, with the model `blendin` registered. The
-    blendin model_args are checked first (before lm-eval reads its tasks); a configuration error is one
-    line, `error: ...`, exit status 2."""
+    blendin model_args are checked first (before lm-eval reads its tasks or loads a model); a
+    configuration error is one line, `error: ...`, exit status 2."""
     from lm_eval.__main__ import cli_evaluate
 
+    argv = sys.argv[1:]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        sys.argv = [sys.argv[0], "run", "--help"]  # lm-eval's own options: those of its run command
     try:
-        args = _blendin_model_args(sys.argv[1:])
+        args = _blendin_args(argv)
         if args is not None:
-            settings(**args)
+            checked = settings(**args["model_args"])
+            if not scores(checked["spec"]):
+                _refuse_scored_tasks(checked["spec"], args["tasks"], args["include_path"])
         cli_evaluate()
     except BlendinError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except ConnectionError as err:  # the datasets library, offline or without network: not a crash of ours
+        print(
+            f"error: a task's data could not be fetched ({err}). lm-eval reads each task's data from the "
+            "Hugging Face hub the first time. Fix: run once where the hub can be reached (the data is then "
+            "cached under $HF_HOME/datasets, by default ~/.cache/huggingface/datasets, and "
+            "HF_DATASETS_OFFLINE=1 reads it from there), or give the task a local copy of its data "
+            "(docs/lm_eval.md, 'Tasks without network')",
+            file=sys.stderr,
+        )
+        sys.exit(2)
 
 
-def _blendin_model_args(argv: list[str]) -> dict | None:
-    """The --model_args of a command line that runs --model blendin, parsed as lm-eval parses them."""
+def _blendin_args(argv: list[str]) -> dict | None:
+    """--model_args, --tasks and --include_path of a command line that runs --model blendin, parsed as
+    lm-eval parses them; None for another model."""
     import argparse
 
     try:
@@ -505,8 +559,41 @@ def _blendin_model_args(argv: list[str]) -> dict | None:
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--model", "-M")
     parser.add_argument("--model_args", "-a", nargs="+", action=MergeDictAction)
+    parser.add_argument("--tasks", "-t", nargs="+")
+    parser.add_argument("--include_path")
     known, _ = parser.parse_known_args(argv)
-    return dict(known.model_args or {}) if known.model == "blendin" else None
+    if known.model != "blendin":
+        return None
+    tasks = [t for item in known.tasks or [] for t in item.split(",") if t]
+    return {"model_args": dict(known.model_args or {}), "tasks": tasks, "include_path": known.include_path}
+
+
+def _refuse_scored_tasks(spec, tasks: list[str], include_path: str | None) -> None:
+    """A method without a next-token distribution, asked for tasks scored by log-likelihood: refuse now,
+    from the tasks' configs, before any model loads or any data is fetched."""
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=include_path) if include_path else TaskManager()
+    scored = sorted({name for task in tasks for name, kind in _output_types(manager, task) if kind in SCORED_OUTPUTS})
+    if scored:
+        raise ConfigError(unscorable(spec, f"; tasks {', '.join(scored)} are scored by log-likelihood"))
+
+
+def _output_types(manager, name: str, seen: frozenset = frozenset()) -> list[tuple[str, str]]:
+    """(task, output type) of a task, or of every task of a group or tag, read from lm-eval's task index
+    (configs only: no data). Names lm-eval does not know give nothing here (lm-eval reports them)."""
+    entry = manager.task_index.get(name)
+    if entry is None or name in seen:
+        return []
+    kind = getattr(entry.kind, "name", str(entry.kind))
+    cfg = entry.cfg or {}
+    if kind == "TASK":
+        return [(name, cfg["output_type"])] if cfg.get("output_type") else []
+    if kind == "GROUP":
+        members = [m if isinstance(m, str) else m.get("task", "") for m in cfg.get("task", [])]
+    else:  # a tag: every task that carries it
+        members = [n for n, e in manager.task_index.items() if name in (getattr(e, "tags", None) or ())]
+    return [found for member in members for found in _output_types(manager, member, seen | {name})]
 
 
 if __name__ == "__main__":

@@ -107,9 +107,14 @@ def integer(cfg: dict, key: str, low: int = 1) -> int:
     return value
 
 
+_WARNED: set[str] = set()  # method configs already warned about in this process
+
+
 def tau(cfg: dict) -> float:
     value = number(cfg, "tau", low=0.0)
-    if value > 1:
+    key = repr(sorted(cfg.items(), key=str))
+    if value > 1 and key not in _WARNED:  # once per method config: a run checks it, then builds its decoder
+        _WARNED.add(key)
         warnings.warn(f"method.tau={value} > 1: the guidance is consulted at every step", stacklevel=3)
     return value
 

@@ -48,7 +48,9 @@ def rescore(run_dir: Path, judge_cfg: dict | None = None) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m blendin.rescore", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--judge", choices=["none", "openai", "local"], help="default: the judge the run used")
     parser.add_argument("--judge-model")

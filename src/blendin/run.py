@@ -25,14 +25,16 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from . import plan
 from .benchmarks import Benchmark, benchmark_from_config
-from .checks import check_run_config
-from .cli import call
+from .checks import check_run_config, overlap_setting
+from .cli import call, refuse_unknown_keys
 from .data import CHECKOUT, REPO_ROOT
 from .identity import (
     begin_session,
     effective_pair,
     environment,
+    finished_twin,
     last_session,
     prompts_digest,
     protocol_summary,
@@ -91,6 +93,7 @@ def execute(cfg: DictConfig, pair: Pair | None = None) -> dict:
                 base_view=cfg.get("base_view", "ids"),
                 guidance_schedule=cfg.get("guidance_schedule", "auto"),
                 compile=cfg.get("compile", "none"),
+                overlap=overlap_setting(cfg.get("overlap", "auto")),
                 sampling=sampling,
                 speculate=cfg.get("speculate", 0),
             )
@@ -114,16 +117,12 @@ def execute(cfg: DictConfig, pair: Pair | None = None) -> dict:
 def _reuse(cfg: DictConfig, store: RunStore) -> str | None:
     """For a one-model run (base, guidance, aligned): copy the outputs of the same finished run
     stored under another pair that shares the model, instead of decoding them again."""
-    if not method_spec(cfg.method.name).solo:
+    source = finished_twin(store.path) if method_spec(cfg.method.name).solo else None
+    if source is None:
         return None
-    same_run = f"*/{store.path.parent.name}/{store.path.name}/metrics.json"  # under any pair
-    for metrics_path in sorted(store.path.parents[2].glob(same_run)):
-        source = metrics_path.parent
-        if source != store.path and (source / "tokens.parquet").is_file():
-            store.copy_outputs_from(source)
-            log.info("%s: outputs reused from %s (same model, benchmark and settings)", store.path.name, source)
-            return str(source)
-    return None
+    store.copy_outputs_from(source)
+    log.info("%s: outputs reused from %s (same model, benchmark and settings)", store.path.name, source)
+    return str(source)
 
 
 _PAIRS: dict[str, Pair] = {}
@@ -336,12 +335,19 @@ SUMMARY_KEYS = (
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> dict | None:
+def _hydra_main(cfg: DictConfig) -> dict | None:
+    if cfg.get("plan"):  # what this command would run; a sweep prints its plan before any job starts
+        return call(plan.show, cfg)
     if sweeping():  # one job of a multirun: a failure is recorded and reported at the end, not raised
         return run_job(cfg, execute, run_dir, SUMMARY_KEYS)
     metrics = call(execute, cfg)
     print(json.dumps({k: metrics.get(k) for k in SUMMARY_KEYS}))
     return None
+
+
+def main() -> None:
+    refuse_unknown_keys("config", sys.argv[1:])
+    _hydra_main()
 
 
 if __name__ == "__main__":

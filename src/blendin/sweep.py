@@ -102,10 +102,11 @@ def _share_cpu_threads(launcher) -> None:
 class SweepReport(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         jobs = job_overrides(config)
-        problems = []
+        problems, cfgs = [], []
+        searchpath = [o for o in config.hydra.overrides.hydra if o.startswith("hydra.searchpath")]  # own configs
         for number, overrides in enumerate(jobs):
             try:
-                check_job(config.hydra.job.config_name, overrides)
+                cfgs.append(check_job(config.hydra.job.config_name, searchpath + overrides))
             except BlendinError as err:
                 problems.append(f"  job {number} ({' '.join(overrides)}): {err}")
         if problems:
@@ -115,6 +116,11 @@ class SweepReport(Callback):
                 file=sys.stderr,
             )
             sys.exit(2)
+        if config.get("plan"):  # print what would run, start nothing
+            from . import plan
+
+            print(plan.report(plan.plan(cfgs), "this sweep"))
+            sys.exit(0)
         print(f"sweep: {len(jobs)} runs, configs checked; job records in {config.hydra.sweep.dir}", file=sys.stderr)
         _SWEEP.update(total=len(jobs), started=time.monotonic())
 
@@ -141,18 +147,21 @@ def job_overrides(config: DictConfig) -> list[list[str]]:
     return BasicSweeper.split_arguments(overrides, None)[0]
 
 
-def check_job(config_name: str, overrides: list[str]) -> None:
+def check_job(config_name: str, overrides: list[str]) -> DictConfig:
+    """The composed and checked config of one job (a BlendinError names what is wrong)."""
     from hydra import compose
     from hydra.errors import HydraException
 
     from .checks import check_run_config
+    from .cli import unknown_key
     from .errors import ConfigError
 
     try:
         cfg = compose(config_name=config_name, overrides=overrides)
     except HydraException as err:
-        raise ConfigError(str(err).replace("\n", " ")) from None
+        raise ConfigError(unknown_key(config_name, overrides, err) or str(err).replace("\n", " ")) from None
     check_run_config(cfg)
+    return cfg
 
 
 def report(records: list[dict], expected: int) -> str:

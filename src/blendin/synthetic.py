@@ -122,6 +122,129 @@ CONFIGS: dict[str, dict[str, Any]] = {  # name -> the model kind and its transfo
         head_dim=16,
         tie_word_embeddings=False,
     ),
+    # The rest of the paper's models (one entry per architecture: an instruct model and its pretrained
+    # sibling share it) and the embedded pair, for their sizes (`blendin.sizing`); kinds gemma2,
+    # gemma3_text and gemma3 (Gemma-3-4B, a vision-language model, with its vision tower) are not speed presets.
+    "llama-3.2-3b": dict(
+        kind="llama",
+        vocab_size=128256,
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=28,
+        num_attention_heads=24,
+        num_key_value_heads=8,
+        head_dim=128,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+    ),
+    "qwen3-1.7b": dict(
+        kind="qwen3",
+        vocab_size=151936,
+        hidden_size=2048,
+        intermediate_size=6144,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    ),
+    "qwen3-4b": dict(
+        kind="qwen3",
+        vocab_size=151936,
+        hidden_size=2560,
+        intermediate_size=9728,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    ),
+    "gemma-2-9b": dict(
+        kind="gemma2",
+        vocab_size=256000,
+        hidden_size=3584,
+        intermediate_size=14336,
+        num_hidden_layers=42,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=256,
+        sliding_window=4096,
+        query_pre_attn_scalar=256,
+        attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+        tie_word_embeddings=True,
+    ),
+    "gemma-3-1b": dict(
+        kind="gemma3_text",
+        vocab_size=262144,
+        hidden_size=1152,
+        intermediate_size=6912,
+        num_hidden_layers=26,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=256,
+        sliding_window=512,
+        query_pre_attn_scalar=256,
+        rope_theta=1000000.0,
+        tie_word_embeddings=True,
+    ),
+    "gemma-3-4b": dict(
+        kind="gemma3",
+        text_config=dict(
+            vocab_size=262208,
+            hidden_size=2560,
+            intermediate_size=10240,
+            num_hidden_layers=34,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            head_dim=256,
+            sliding_window=1024,
+            query_pre_attn_scalar=256,
+            rope_theta=1000000.0,
+        ),
+        vision_config=dict(
+            hidden_size=1152,
+            intermediate_size=4304,
+            num_hidden_layers=27,
+            num_attention_heads=16,
+            image_size=896,
+            patch_size=14,
+            vision_use_head=False,
+        ),
+        mm_tokens_per_image=256,
+    ),
+    "gemma-3-270m": dict(
+        kind="gemma3_text",
+        vocab_size=262144,
+        hidden_size=640,
+        intermediate_size=2048,
+        num_hidden_layers=18,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=256,
+        sliding_window=512,
+        query_pre_attn_scalar=256,
+        rope_theta=1000000.0,
+        tie_word_embeddings=True,
+    ),
+    "smollm2-135m": dict(
+        kind="llama",
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        rope_theta=100000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+    ),
 }
 PRESETS = {  # base, guidance, tokenizer seed of each (same seed = same tokenizer)
     "llama8b+llama1b": (("llama-3.1-8b", 1), ("llama-3.2-1b", 1)),
@@ -186,27 +309,39 @@ def synthetic_tokenizer(vocab_size: int, seed: int):
     )
 
 
-def synthetic_model(name: str, tokenizer, device: torch.device, dtype: torch.dtype):
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+def model_config(name: str, **settings):
+    """The transformers config of CONFIGS[name] (any of its kinds), with `settings` on top."""
+    from transformers import Gemma2Config, Gemma3Config, Gemma3TextConfig, LlamaConfig, Qwen3Config
 
-    settings = dict(CONFIGS[name])
-    kind = settings.pop("kind")
-    config_class, model_class = (LlamaConfig, LlamaForCausalLM) if kind == "llama" else (Qwen3Config, Qwen3ForCausalLM)
-    config = config_class(
-        **settings,
+    published = dict(CONFIGS[name])
+    kind = published.pop("kind")
+    classes = {"llama": LlamaConfig, "qwen3": Qwen3Config, "gemma2": Gemma2Config, "gemma3_text": Gemma3TextConfig}
+    return (Gemma3Config if kind == "gemma3" else classes[kind])(**published, **settings)
+
+
+def build(config, device: torch.device | str, dtype: torch.dtype):
+    """A randomly initialised causal LM of `config`, made on `device` in `dtype` ("meta": shapes only)."""
+    from transformers import AutoModelForCausalLM
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            return AutoModelForCausalLM.from_config(config)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def synthetic_model(name: str, tokenizer, device: torch.device, dtype: torch.dtype):
+    config = model_config(
+        name,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
         max_position_embeddings=8192,
     )
     config._attn_implementation = "sdpa"
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = model_class(config)
-    finally:
-        torch.set_default_dtype(previous)
+    model = build(config, device, dtype)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.eval()

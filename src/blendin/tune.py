@@ -18,13 +18,14 @@ trial. Config: conf/tune.yaml.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from .cli import call
+from .cli import call, refuse_unknown_keys
 from .diagnose import pair_overrides
 from .errors import ConfigError
 
@@ -175,8 +176,13 @@ def markdown(report: dict) -> str:
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="tune")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     call(tune, cfg)
+
+
+def main() -> None:
+    refuse_unknown_keys("tune", sys.argv[1:])
+    _hydra_main()
 
 
 if __name__ == "__main__":
