@@ -68,7 +68,8 @@ def check(cfg: dict) -> None:
     _whole("max_queue", cfg["max_queue"], 1)
     _whole("retry_after", cfg["retry_after"], 1)
     _whole("max_tokens_limit", cfg["max_tokens_limit"], 1)
-    _whole("max_tokens", cfg["max_tokens"], 1, cfg["max_tokens_limit"])
+    if cfg["max_tokens"] is not None:
+        _whole("max_tokens", cfg["max_tokens"], 1, cfg["max_tokens_limit"])
     if cfg["max_context"] is not None:
         _whole("max_context", cfg["max_context"], 2)
     _whole("max_n", cfg["max_n"], 1)
@@ -119,7 +120,7 @@ def build(cfg: dict, pair: Pair | None = None) -> tuple:
         temperature=float(cfg["temperature"]),
         top_p=float(cfg["top_p"]),
         top_k=cfg["top_k"],
-        max_tokens=cfg["max_tokens"],
+        max_tokens=cfg["max_tokens"] or cfg["max_tokens_limit"],
         max_tokens_limit=cfg["max_tokens_limit"],
         max_n=cfg["max_n"],
         max_logprobs=cfg["max_logprobs"],
@@ -226,9 +227,17 @@ def app(engine: ServeEngine, limits: Limits, api_key: str | None = None, retry_a
         async def send(data) -> None:
             await out.write(f"data: {json.dumps(data) if not isinstance(data, str) else data}\n\n".encode())
 
-        if kind == "chat":
-            for index in range(len(job.request.prompts) * job.request.n):
-                await send(role_chunk(rid, limits.model, index))
+        try:
+            if kind == "chat":
+                for index in range(len(job.request.prompts) * job.request.n):
+                    await send(role_chunk(rid, limits.model, index))
+            await relay(kind, rid, job, events, body, send)
+        except ConnectionResetError:  # the client left mid-stream: free its rows, nothing more to write
+            engine.cancel(job)
+        return out
+
+    async def relay(kind, rid, job, events, body, send) -> None:
+        """The engine's events as stream chunks, until the request is done (or failed)."""
         while True:
             event = await events.get()
             if event[0] == "text":
@@ -243,8 +252,6 @@ def app(engine: ServeEngine, limits: Limits, api_key: str | None = None, retry_a
                     await send(usage_chunk(kind, rid, limits.model, event[1]))
                 break
         await send("[DONE]")
-        await out.write_eof()
-        return out
 
     async def on_startup(_app) -> None:
         if engine._thread is None:

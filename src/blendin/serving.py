@@ -103,13 +103,13 @@ class Request:
 @dataclass
 class Answer:
     """One finished output, as plain data for the response: its text (after the prompt's, with echo),
-    why it ended (stop | length; None when nothing was generated), the per-step facts of who chose each
+    why it ended (stop | length: also where max_tokens 0 generated nothing), the per-step facts of who chose each
     token (`step_facts`), their summary, and the log-probabilities when asked for (OpenAI's
     completions layout: tokens, token_logprobs, top_logprobs, text_offset)."""
 
     index: int
     text: str
-    finish_reason: str | None
+    finish_reason: str
     tokens: list[dict]
     summary: dict
     logprobs: dict | None = None
@@ -121,7 +121,7 @@ class Job:
     def __init__(self, request: Request, emit: Callable[[tuple], object]):
         self.request, self.emit = request, emit
         self.cancelled = False  # set by the HTTP side when the client disconnects
-        self.failed = False
+        self.failed = self.finished = False
         self.rows_needed = len(request.prompts) * (request.n if request.max_tokens else 1)
         self.lead_ids: list[list[int]] = []
         self.guide_ids: list[list[int] | None] = []
@@ -389,7 +389,13 @@ class ServeEngine:
             groups.setdefault(live.batch_key, []).append(live)
         for key, lives in groups.items():
             if key not in self._batches:
-                self._batches[key] = _Batch(self.decoder(key[0]), self.max_tokens_limit, ())
+                try:
+                    decoder = self.decoder(key[0])
+                except Exception as err:  # settings the request checks let through but no decoder takes
+                    for live in lives:
+                        self._fail(live.job, ServeError(400, f"these settings cannot decode: {err}", "blendin"))
+                    continue
+                self._batches[key] = _Batch(decoder, self.max_tokens_limit, ())
                 self._members[key] = []
             batch = self._batches[key]
             self._members[key] += lives
@@ -409,7 +415,9 @@ class ServeEngine:
 
     def _step(self, key: tuple) -> None:
         """One step of one batch; settle every row's own stopping rules; stream; end the finished."""
-        batch = self._batches[key]
+        batch = self._batches.get(key)
+        if batch is None:  # taken apart earlier in this round
+            return
         try:
             finished = batch.step()
             rows = list(finished) + list(batch.rows)
@@ -571,7 +579,7 @@ class ServeEngine:
         return Answer(
             index,
             (job.texts[p] if request.echo else "") + text,
-            None if gen is None else ("length" if gen.stop_reason == "max_new_tokens" else "stop"),
+            "length" if gen is None or gen.stop_reason == "max_new_tokens" else "stop",
             step_facts(gen),
             self._summary(gen, request),
             logprobs,
@@ -615,6 +623,7 @@ class ServeEngine:
             else 0,
         }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        job.finished = True
         self.counts["finished"] += 1
         job.emit(("done", usage))
 
@@ -627,7 +636,10 @@ class ServeEngine:
         job.emit(("error", err))
 
     def _drop(self, job: Job, count: str | None) -> None:
-        """Take every row of a job out of the queue, the batches and the scoring list."""
+        """Take every row of a job out of the queue, the batches and the scoring list (`count`: the
+        counter it goes to; a job that already finished or failed is left alone)."""
+        if count and (job.finished or job.failed):
+            return
         for key in list(self._batches):
             mine = [live for live in self._members[key] if live.job is job]
             if not mine:
