@@ -204,10 +204,11 @@ class ServeEngine:
         self._uid = 0
         self.counts = {"requests": 0, "finished": 0, "cancelled": 0, "failed": 0, "rejected": 0, "steps": 0}
 
-    # ---- the HTTP side's calls (any thread) -------------------------------------------------------
-
     def decoder(self, settings: Settings):
         """The decoder for these settings (its policy checks the method's overrides: ConfigError)."""
+        if settings not in self._decoders and len(self._decoders) >= 64:  # forget settings no batch uses now
+            used = {key[0] for key in self._batches}
+            self._decoders = {s: d for s, d in self._decoders.items() if s in used}
         if settings not in self._decoders:
             self._decoders[settings] = self.pair.decoder(
                 {**self.method, **dict(settings.method)},
@@ -217,6 +218,8 @@ class ServeEngine:
                 sampling=settings.sampling,
             )
         return self._decoders[settings]
+
+    # ---- the HTTP side's calls (any thread) -------------------------------------------------------
 
     def submit(self, job: Job) -> None:
         """Queue a request, or raise QueueFull when its rows would not fit in the queue."""
@@ -263,10 +266,14 @@ class ServeEngine:
     # ---- the engine thread -------------------------------------------------------------------------
 
     def _run(self) -> None:
+        busy = False
         while True:
             with self._cv:
+                if busy and not (self._inbox or self._cancels or self._has_work()):
+                    release_freed_memory()  # idle now: give the allocator's freed blocks back
                 while not (self._inbox or self._cancels or self._closing or self._has_work()):
                     self._cv.wait()
+                busy = True
                 if self._closing:
                     break
                 inbox, self._inbox = self._inbox, []
@@ -296,9 +303,8 @@ class ServeEngine:
     def _intake(self, job: Job) -> None:
         """Render the prompts for each model and check their lengths; queue one row per output."""
         request = job.request
-        if job.cancelled:
+        if job.cancelled:  # its client left before it got here (counted when the cancel was taken)
             self._release(job.rows_needed)
-            self.counts["cancelled"] += 1
             return
         try:
             for prompt in request.prompts:
@@ -717,6 +723,17 @@ def check_servable(spec) -> None:
             f"method {spec.name} ({spec.summary}) does not decode token by token through the engine, so it "
             f"cannot be served. Fix: one of {', '.join(served)}"
         )
+
+
+def release_freed_memory() -> None:
+    """Hand the memory the C allocator keeps from freed tensors back to the system (glibc's
+    malloc_trim; elsewhere nothing), so that an idle server's resident memory is what it holds."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def memory(device: torch.device) -> dict:
