@@ -322,10 +322,10 @@ def main() -> int:
         ("chaos: no row or request left in the engine",
          (end["active_rows"], end["waiting_rows"], end["batches"], end["scoring"]) == (0, 0, 0, 0),
          f"active {end['active_rows']}, waiting {end['waiting_rows']}, batches {end['batches']}"),
-        ("chaos: every accepted request finished or was cancelled",
-         end["requests"] == end["finished"] + end["cancelled"] and end["failed"] == 0,
-         f"{end['requests']} accepted = {end['finished']} finished + {end['cancelled']} cancelled; "
-         f"{end['failed']} failed"),
+        ("chaos: every request taken finished, was cancelled or refused; none failed",
+         end["requests"] == end["finished"] + end["cancelled"] + end["refused"] and end["failed"] == 0,
+         f"{end['requests']} taken = {end['finished']} finished + {end['cancelled']} cancelled + "
+         f"{end['refused']} refused (prompt too long); {end['failed']} failed"),
         ("chaos: memory back to its start (idle RSS within 5% of the warmed-up server's)",
          end["rss_mb"] <= 1.05 * start["rss_mb"],
          f"{start['rss_mb']:.0f} MiB after warm-up, {after_clean['rss_mb']:.0f} after clean, "

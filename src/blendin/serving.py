@@ -202,7 +202,17 @@ class ServeEngine:
         self._scoring: list[Job] = []
         self._decoders: dict[Settings, object] = {}
         self._uid = 0
-        self.counts = {"requests": 0, "finished": 0, "cancelled": 0, "failed": 0, "rejected": 0, "steps": 0}
+        # requests taken = finished + cancelled (the client left) + refused (a 4xx after intake, e.g. a prompt
+        # too long) + failed (a 5xx); rejected: 503s of a full queue, never taken
+        self.counts = {
+            "requests": 0,
+            "finished": 0,
+            "cancelled": 0,
+            "refused": 0,
+            "failed": 0,
+            "rejected": 0,
+            "steps": 0,
+        }
 
     def decoder(self, settings: Settings):
         """The decoder for these settings (its policy checks the method's overrides: ConfigError)."""
@@ -637,7 +647,7 @@ class ServeEngine:
         if job.failed:
             return
         job.failed = True
-        self.counts["failed"] += 1
+        self.counts["refused" if err.status < 500 else "failed"] += 1
         self._drop(job, None)
         job.emit(("error", err))
 
