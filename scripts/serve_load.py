@@ -180,14 +180,19 @@ class Client:
             ]
         )
         data = bad[0] if isinstance(bad[0], str) else json.dumps(bad[0])
-        async with session.post(
-            self.url + "/v1/chat/completions", data=data, headers={"Content-Type": "application/json"}
-        ) as r:
-            out = await r.json()
-            if 400 <= r.status < 500 and out["error"]["param"] == bad[1]:
-                self.bad_answered += 1
-            else:
-                self.wrong.append(f"malformed request {bad[1]}: HTTP {r.status} {out}")
+        # a prompt too long is found when the engine takes the request: a full queue answers first
+        for _ in range(RETRIES):
+            async with session.post(
+                self.url + "/v1/chat/completions", data=data, headers={"Content-Type": "application/json"}
+            ) as r:
+                out = await r.json()
+                if r.status != 503:
+                    break
+            await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
+        if 400 <= r.status < 500 and out["error"]["param"] == bad[1]:
+            self.bad_answered += 1
+        else:
+            self.wrong.append(f"malformed request {bad[1]}: HTTP {r.status} {out}")
 
 
 async def phase(url: str, model: str, args, questions: list[str], clients: int, chaos: bool) -> tuple:
