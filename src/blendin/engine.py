@@ -421,19 +421,30 @@ class _Batch:
         self._record(values)
         finished = [r for r in self.rows if r.finished]
         if finished:
-            keep = [i for i, r in enumerate(self.rows) if not r.finished]
-            self.lead.select(keep)
-            if self.guide is not None:
-                self.guide.select(keep)
-            self.rows = [self.rows[i] for i in keep]
-            kept = to_device(keep, torch.long, counts.device)
-            self.counts, self.keys = counts[kept], keys[kept]
+            self._keep([i for i, r in enumerate(self.rows) if not r.finished])
         if self.rows:
             self._feed()
         d.clock.seconds["step"] = d.clock.seconds.get("step", 0.0) + time.perf_counter() - started
         if self.guide is not None and self.guide.forward_passes > guidance_before:
             d.stats["guidance_steps"] += 1
         return finished
+
+    def _keep(self, keep: list[int]) -> None:
+        """Keep only the rows at positions `keep`, in that order; the others leave the batch (their caches go)."""
+        self.lead.select(keep)
+        if self.guide is not None:
+            self.guide.select(keep)
+        self.rows = [self.rows[i] for i in keep]
+        assert self.counts is not None and self.keys is not None, "rows were admitted"
+        kept = to_device(keep, torch.long, self.counts.device)
+        self.counts, self.keys = self.counts[kept], self.keys[kept]
+
+    def remove(self, rows: Sequence["_Row"]) -> None:
+        """Take `rows` out of the batch between two steps, as if they had finished: a server frees the
+        row of a client that left, or of a request that ended by its own budget or stop strings."""
+        leaving = {id(row) for row in rows}
+        if leaving & {id(row) for row in self.rows}:
+            self._keep([i for i, row in enumerate(self.rows) if id(row) not in leaving])
 
     def _pack(self, step: Step, choice, sample_prob: torch.Tensor | None) -> torch.Tensor:
         """Every per-row fact the host needs from this step, as one [rows, PACKED] float64 table."""

@@ -27,6 +27,7 @@ per batch (left-padded so that every scored position sits at the end of its row)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,11 +36,13 @@ import torch
 from .facts import add_guidance_facts
 from .forcing import guidance_reads
 from .policies import SOURCE_BLEND, SOURCE_GUIDANCE, Step
+from .prompts import prefix_id
 from .streams import attention_masks
 from .views import _common_prefix_length
 
 CHUNK = 64  # positions whose full distributions are held at once (262k-token vocabularies are large)
 NEG_INF = float("-inf")
+FLOOR = math.log(1e-10)  # the log-probability lm-eval and the server give a token the method gives 0 (docs/lm_eval.md)
 
 
 @dataclass(frozen=True)
@@ -63,17 +66,12 @@ def method_logprob(policy, base_logp, ref, guide_logp=None, vocab=None) -> tuple
     base ids. guide_logp None: the lead model alone (base, guidance, aligned). The choice is the policy's
     own `decide`, so `is_greedy` follows exactly what decoding would emit along the reference.
     """
-    pb = base_logp.exp()
-    top_prob, top_id = pb.max(-1)
+    top_id, step, choice = _decide(policy, base_logp, guide_logp, vocab)
     base_ref = base_logp.gather(-1, ref[:, None]).squeeze(-1)
-    consulted = top_prob < getattr(policy, "tau", 0.0)
-    if guide_logp is None or not bool(consulted.any()):
+    if step is None or choice is None:
         return base_ref, top_id
-    zeros = torch.zeros_like(top_id)
-    step = Step(pb, top_prob, top_id, consulted, zeros, zeros, vocab=vocab)
-    pg = guide_logp.exp()
-    add_guidance_facts(step, pg)
-    choice = policy.decide(step)
+    assert guide_logp is not None and step.guide_probs is not None, "a step that consulted the guidance"
+    pg = step.guide_probs
     nudged = choice.applied & (choice.source == SOURCE_GUIDANCE)
     logp = torch.where(nudged, twin_logprob(guide_logp, ref, vocab), base_ref)
     blended = choice.applied & (choice.source == SOURCE_BLEND)
@@ -81,6 +79,48 @@ def method_logprob(policy, base_logp, ref, guide_logp=None, vocab=None) -> tuple
         blend = _blend_logprob(policy, step, vocab, choice.alpha, ref, base_ref, guide_logp, pg)
         logp = torch.where(blended, blend, logp)
     return logp, choice.token
+
+
+def _decide(policy, base_logp, guide_logp=None, vocab=None):
+    """(the base's top token, the Step a decoder builds here, the method's Choice) at n positions; the
+    Step and Choice are None where no position consults the guidance (the base keeps every token)."""
+    pb = base_logp.exp()
+    top_prob, top_id = pb.max(-1)
+    consulted = top_prob < getattr(policy, "tau", 0.0)
+    if guide_logp is None or not bool(consulted.any()):
+        return top_id, None, None
+    zeros = torch.zeros_like(top_id)
+    step = Step(pb, top_prob, top_id, consulted, zeros, zeros, vocab=vocab)
+    add_guidance_facts(step, guide_logp.exp())
+    return top_id, step, policy.decide(step)
+
+
+def method_top(policy, base_logp, k: int, guide_logp=None, vocab=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k most probable tokens of the method's distribution at n positions: (joint ids [n, k], their
+    log-probabilities [n, k]). The distribution is the one the method draws from there, as sampling
+    does (`sampling.sample`): the base's, the guidance's where the method hands it the step (a base
+    token gathers the mass of its guidance twins; a guidance token without a twin is base_size + its
+    id), the blend (`Blend.distribution`) where it blends."""
+    base_top, base_ids = base_logp.topk(min(k, base_logp.shape[-1]), dim=-1)
+    _, step, choice = _decide(policy, base_logp, guide_logp, vocab)
+    if step is None or choice is None:
+        return base_ids, base_top
+    ids, values = base_ids, base_top
+    assert step.guide_probs is not None and vocab is not None, "a step that consulted the guidance"
+    pg = step.guide_probs
+    nudged = choice.applied & (choice.source == SOURCE_GUIDANCE)
+    if bool(nudged.any()):
+        unmapped = pg * (vocab.guidance_to_base < 0)  # guidance tokens without a twin, in joint ids after the base's
+        joint = torch.cat([vocab.guidance_probs_on_base(pg), unmapped], dim=-1)
+        g_top, g_ids = joint.topk(k, dim=-1)
+        ids, values = torch.where(nudged[:, None], g_ids, ids), torch.where(nudged[:, None], g_top.log(), values)
+    blended = choice.applied & (choice.source == SOURCE_BLEND)
+    if bool(blended.any()):
+        candidates, probs = policy.distribution(step)
+        b_top, at = probs.topk(min(k, probs.shape[-1]), dim=-1)
+        b_ids = at if candidates is None else candidates.gather(-1, at)
+        ids, values = torch.where(blended[:, None], b_ids, ids), torch.where(blended[:, None], b_top.log(), values)
+    return ids, values
 
 
 def twin_logprob(guide_logp, ref, vocab) -> torch.Tensor:
@@ -134,39 +174,91 @@ def score(
     none). stats: if given, counts scored "tokens" and "floored" ones into it.
     """
     results: list[tuple[float, bool]] = [(0.0, True)] * len(items)  # an empty continuation has probability 1
+    with torch.inference_mode():
+        for i, base_logp, guide_logp, ref in _walk(items, policy, lead, guidance, vocab, batch_size):
+            logp, choice = method_logprob(policy, base_logp, ref, guide_logp, vocab)
+            zero = torch.isneginf(logp)
+            logp = torch.where(zero, floor, logp)
+            if stats is not None:
+                stats["tokens"] = stats.get("tokens", 0) + len(logp)
+                stats["floored"] = stats.get("floored", 0) + int(zero.sum())
+            total, greedy = results[i]
+            results[i] = (total + float(logp.double().sum()), greedy and bool((choice == ref).all()))
+    return results
+
+
+@dataclass
+class TokenScores:
+    """One item's continuation scored token by token: each token's log-probability under the method's
+    distribution, and per token the `top` most probable tokens there (joint ids) with theirs."""
+
+    logprobs: list[float]
+    top: list[list[tuple[int, float]]]
+
+
+def token_scores(
+    items: list[Item],
+    policy,
+    lead,
+    guidance=None,
+    vocab=None,
+    batch_size: int = 8,
+    floor: float = NEG_INF,
+    top: int = 0,
+) -> list[TokenScores]:
+    """`score` token by token (the same log-probabilities, `method_logprob`), with each position's `top`
+    most probable tokens (`method_top`). Where the scored token is among them, it carries its own
+    log-probability, so that "is it the most probable?" reads the same numbers."""
+    results = [TokenScores([], []) for _ in items]
+    with torch.inference_mode():
+        for i, base_logp, guide_logp, ref in _walk(items, policy, lead, guidance, vocab, batch_size):
+            logp, _ = method_logprob(policy, base_logp, ref, guide_logp, vocab)
+            logp = torch.where(torch.isneginf(logp), floor, logp)
+            results[i].logprobs += logp.tolist()
+            if top > 0:
+                ids, values = method_top(policy, base_logp, top, guide_logp, vocab)
+                values = torch.where(torch.isneginf(values), floor, values)
+                values = torch.where(ids == ref[:, None], logp[:, None].to(values.dtype), values)
+                results[i].top += [list(zip(a, b)) for a, b in zip(ids.tolist(), values.tolist())]
+    return results
+
+
+def plain_guide_context(base_tokenizer, guidance_tokenizer, identical: bool, context) -> tuple[int, ...]:
+    """What the guidance reads before a continuation of the base ids `context` when there is no question
+    (a text scored as it is, no chat template): the same ids with one tokenizer; else its own BOS and
+    its tokenization of the context's text."""
+    if identical:
+        return tuple(context)
+    text = base_tokenizer.decode(context, skip_special_tokens=True)
+    return (prefix_id(guidance_tokenizer), *guidance_tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _walk(items: list[Item], policy, lead, guidance, vocab, batch_size: int):
+    """Yield (item index, base log-probabilities [c, Vb], guidance log-probabilities [c, Vg] or None,
+    the continuation's ids [c]) for every slice of CHUNK positions of every non-empty continuation, in
+    order within each item. Continuations that share a context are read in one forward pass per model."""
     groups: dict[tuple, list[int]] = {}
     for i, item in enumerate(items):
         if item.continuation:
             groups.setdefault((item.context, item.guide_context), []).append(i)
     keys = sorted(groups, key=lambda k: -len(k[0]))  # like-sized contexts share a batch
     tau = getattr(policy, "tau", 0.0)
-    with torch.inference_mode():
-        for start in range(0, len(keys), batch_size):
-            batch = [(key, [items[i].continuation for i in groups[key]]) for key in keys[start : start + batch_size]]
-            order = [i for key, _ in batch for i in groups[key]]
-            base_logits = _branch_logits(lead, [(key[0], conts) for key, conts in batch])
-            guide_logits = None
-            if guidance is not None and any(_unsure(x, tau) for x in base_logits):
-                guide_logits = _guidance_logits(guidance, vocab, lead.tokenizer, batch)
-            for n, i in enumerate(order):
-                ref = torch.tensor(items[i].continuation, device=base_logits[n].device)
-                total, greedy = 0.0, True
-                for lo in range(0, len(ref), CHUNK):
-                    hi = lo + CHUNK
-                    base_logp = torch.log_softmax(base_logits[n][lo:hi].float(), -1)
-                    guide_logp = None
-                    if guide_logits is not None:
-                        guide_logp = torch.log_softmax(guide_logits[n][lo:hi].float(), -1).to(base_logp.device)
-                    logp, choice = method_logprob(policy, base_logp, ref[lo:hi], guide_logp, vocab)
-                    zero = torch.isneginf(logp)
-                    logp = torch.where(zero, floor, logp)
-                    if stats is not None:
-                        stats["tokens"] = stats.get("tokens", 0) + len(logp)
-                        stats["floored"] = stats.get("floored", 0) + int(zero.sum())
-                    total += float(logp.double().sum())
-                    greedy = greedy and bool((choice == ref[lo:hi]).all())
-                results[i] = (total, greedy)
-    return results
+    for start in range(0, len(keys), batch_size):
+        batch = [(key, [items[i].continuation for i in groups[key]]) for key in keys[start : start + batch_size]]
+        order = [i for key, _ in batch for i in groups[key]]
+        base_logits = _branch_logits(lead, [(key[0], conts) for key, conts in batch])
+        guide_logits = None
+        if guidance is not None and any(_unsure(x, tau) for x in base_logits):
+            guide_logits = _guidance_logits(guidance, vocab, lead.tokenizer, batch)
+        for n, i in enumerate(order):
+            ref = torch.tensor(items[i].continuation, device=base_logits[n].device)
+            for lo in range(0, len(ref), CHUNK):
+                hi = lo + CHUNK
+                base_logp = torch.log_softmax(base_logits[n][lo:hi].float(), -1)
+                guide_logp = None
+                if guide_logits is not None:
+                    guide_logp = torch.log_softmax(guide_logits[n][lo:hi].float(), -1).to(base_logp.device)
+                yield i, base_logp, guide_logp, ref[lo:hi]
 
 
 def _unsure(logits: torch.Tensor, tau: float) -> bool:

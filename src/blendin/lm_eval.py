@@ -29,20 +29,19 @@ from omegaconf import OmegaConf
 from .checks import check_device, check_pair
 from .cli import CONF_DIR
 from .errors import BlendinError, ConfigError
-from .likelihood import Item, score
+from .likelihood import FLOOR, Item, plain_guide_context, score
 from .memory import auto_batch_size
 from .methods import REGISTRY, Decoder, make_policy
 from .methods import method as method_spec
 from .models import LoadedModel, resolve_device
 from .pair import Pair, pair_spec
-from .prompts import Prompt
+from .prompts import Prompt, encode_as_is, prefix_id
 from .sampling import Sampling, sampling_from, stream_key
 
 HARNESS_ARGS = ("pair", "method", "base", "guidance", "aligned", "device", "dtype", "batch_size", "max_batch_size",
                 "seed", "max_length", "floor", "trust_remote_code")  # fmt: skip
 METHOD_ARGS = sorted({key for spec in REGISTRY.values() for key in spec.params})
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's hf model's default
-FLOOR = math.log(1e-10)  # the log-probability of a token the method's distribution gives 0 (docs/lm_eval.md)
 log = logging.getLogger(__name__)
 
 
@@ -298,8 +297,8 @@ class GuidedLM(LM):
         self._check_scorable()
         items, owners = [], []
         for n, req in enumerate(requests):
-            tokens = _encode(self.lead.tokenizer, req.args[0])
-            windows = get_rolling_token_windows(tokens, _prefix_id(self.lead.tokenizer), self.max_length, 1)
+            tokens = encode_as_is(self.lead.tokenizer, req.args[0])
+            windows = get_rolling_token_windows(tokens, prefix_id(self.lead.tokenizer), self.max_length, 1)
             for context, continuation in map(make_disjoint_window, windows):
                 items.append(Item(tuple(context), tuple(continuation), self._plain_guide_context(context)))
                 owners.append(n)
@@ -335,15 +334,15 @@ class GuidedLM(LM):
         lead = self.lead
         if context == "":
             cont = lead.tokenizer(continuation, add_special_tokens=False)["input_ids"]
-            prefix = _prefix_id(lead.tokenizer)
+            prefix = prefix_id(lead.tokenizer)
             ctx, cont = ([prefix], cont) if not cont or cont[0] != prefix else (cont[:1], cont[1:])
         else:
             spaces = len(context) - len(context.rstrip())
             if spaces:
                 context, continuation = context[:-spaces], context[-spaces:] + continuation
             if _reads_as_is(lead):
-                whole = _encode(lead.tokenizer, context + continuation)
-                ctx = _encode(lead.tokenizer, context)
+                whole = encode_as_is(lead.tokenizer, context + continuation)
+                ctx = encode_as_is(lead.tokenizer, context)
                 cont = whole[len(ctx) :]
             else:  # a chat model alone (method=guidance): its chat template, then its own tokens
                 ctx = _context_ids(lead, context)
@@ -356,11 +355,7 @@ class GuidedLM(LM):
         """What the guidance reads before a rolling window: the base's window context as plain text."""
         if self.guidance is None or self.vocab is None:
             return None
-        if self.vocab.identical:
-            return tuple(context)
-        text = self.lead.tokenizer.decode(context, skip_special_tokens=True)
-        tok = self.guidance.tokenizer
-        return (_prefix_id(tok), *tok(text, add_special_tokens=False)["input_ids"])
+        return plain_guide_context(self.lead.tokenizer, self.guidance.tokenizer, self.vocab.identical, context)
 
     def _score_batch(self, items: list[Item]) -> int:
         if self.batch_size != "auto":
@@ -404,7 +399,7 @@ class _Context(LoadedModel):
         return prompt.user
 
     def prompt_ids(self, prompt) -> list[int]:
-        ids = _encode(self.tokenizer, prompt.user)
+        ids = encode_as_is(self.tokenizer, prompt.user)
         return ids[-self.reading.limit :] if self.reading.limit else ids
 
 
@@ -412,23 +407,11 @@ def _reads_as_is(loaded: LoadedModel) -> bool:
     return loaded.spec.prompt_format == "plain"
 
 
-def _prefix_id(tokenizer) -> int:
-    """What stands before a text with no context: the BOS, else the EOS (lm-eval's prefix_token_id)."""
-    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-
-
-def _encode(tokenizer, text: str) -> list[int]:
-    """`text` as lm-eval's hf model tokenizes it: with the tokenizer's own special tokens (its BOS),
-    unless the text already starts with the BOS."""
-    special = not text.startswith(tokenizer.decode(_prefix_id(tokenizer)))
-    return tokenizer.encode(text, add_special_tokens=special)
-
-
 def _context_ids(loaded: LoadedModel, context: str) -> list[int]:
     """What a model reads before a continuation: its chat template around the context (the guidance),
     or the context as is (a plain-format model); its BOS alone for an empty context."""
     if not context.strip():
-        return [_prefix_id(loaded.tokenizer)]
+        return [prefix_id(loaded.tokenizer)]
     return loaded.prompt_ids(Prompt(context))
 
 

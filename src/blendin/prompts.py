@@ -66,3 +66,16 @@ def _apply_chat_template(tokenizer, prompt: Prompt, kwargs: dict) -> str:
             raise
         merged = {"role": "user", "content": f"{prompt.system}\n\n{prompt.user}"}
         return tokenizer.apply_chat_template([merged], tokenize=False, add_generation_prompt=True, **kwargs)
+
+
+def prefix_id(tokenizer) -> int:
+    """What stands before a text with no context: the BOS, else the EOS (lm-eval's prefix_token_id)."""
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+def encode_as_is(tokenizer, text: str) -> list[int]:
+    """`text` to be continued as it is (no newline added, unlike `plain_text`), tokenized as lm-eval's
+    hf model and an OpenAI-style completions server read it: with the tokenizer's own special tokens
+    (its BOS), unless the text already starts with the BOS."""
+    special = not text.startswith(tokenizer.decode(prefix_id(tokenizer)))
+    return tokenizer.encode(text, add_special_tokens=special)
