@@ -151,11 +151,7 @@ class SpeculativeBatch(_Batch):
         guide.commit(drafted_host)
         finished = [r for r in self.rows if r.finished]
         if finished:
-            keep = [i for i, r in enumerate(self.rows) if not r.finished]
-            self.lead.select(keep)
-            guide.select(keep)
-            self.rows = [self.rows[i] for i in keep]
-            self.keys = keys[to_device(keep, torch.long, keys.device)]
+            self._keep([i for i, r in enumerate(self.rows) if not r.finished])
         d.clock.seconds["step"] = d.clock.seconds.get("step", 0.0) + time.perf_counter() - started
         return finished
 
