@@ -411,7 +411,8 @@ class ServeEngine:
                     for live in lives:
                         self._fail(live.job, ServeError(400, f"these settings cannot decode: {err}", "blendin"))
                     continue
-                self._batches[key] = _Batch(decoder, self.max_tokens_limit, ())
+                # caches planned once for every row the server may decode (no regrowing as clients come)
+                self._batches[key] = _Batch(decoder, self.max_tokens_limit, (), self.batch_size)
                 self._members[key] = []
             batch = self._batches[key]
             self._members[key] += lives
