@@ -25,7 +25,7 @@ from .cli import call
 from .errors import ConfigError
 from .methods import make_policy
 from .methods import method as method_spec
-from .pair import Pair, pair_spec
+from .pair import Pair, missing_role, pair_spec
 from .prompts import Prompt
 from .sampling import sampling_from, stream_key
 
@@ -78,6 +78,9 @@ def check(cfg: DictConfig) -> None:
             f"generate has only a prompt. Fix: python -m blendin.run method={method['name']} benchmark=gsm8k"
         )
     check_engine(cfg.get("compile", "none"), cfg.get("guidance_schedule", "auto"), cfg.device)
+    problem = missing_role(method["name"], method_spec(method["name"]).roles, OmegaConf.to_container(cfg.pair))
+    if problem:
+        raise ConfigError(problem)
 
 
 def run(cfg: DictConfig) -> dict:

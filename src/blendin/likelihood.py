@@ -11,6 +11,9 @@ that defines it):
 - blendin: where u < tau, the renormalised blend whose argmax BlendIn emits (`policies.Blend`, the same
   weight alpha and the same top-k union or shared vocabulary); elsewhere the base's;
 - probe: the base's (it never applies the guidance).
+- kad_* (token-wise deferral) and proxy_tuning: the distribution the rule defines at every position
+  (`policies.Deferral.distribution`, `policies.ProxyTuning.distribution`); proxy-tuning also walks the
+  guidance's untuned twin along what the guidance reads.
 
 For guided methods the continuation is the base's tokens. The guidance's probability of a base token
 is that of its guidance twin (the guidance token with the same bytes; the sum where several guidance
@@ -34,7 +37,7 @@ import torch
 
 from .facts import add_guidance_facts
 from .forcing import guidance_reads
-from .policies import SOURCE_BLEND, SOURCE_GUIDANCE, Step
+from .policies import SOURCE_BLEND, SOURCE_GUIDANCE, Blend, Step
 from .streams import attention_masks
 from .views import _common_prefix_length
 
@@ -55,13 +58,16 @@ class Item:
 # ---- the method's distribution at a position -------------------------------------------------------
 
 
-def method_logprob(policy, base_logp, ref, guide_logp=None, vocab=None) -> tuple[torch.Tensor, torch.Tensor]:
+def method_logprob(
+    policy, base_logp, ref, guide_logp=None, vocab=None, untuned_logp=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The method's log-probability of each reference token, and the token the method itself would
     choose there (joint ids, as `Choice.token`), at n positions.
 
     base_logp [n, Vb] and guide_logp [n, Vg]: each model's log-probabilities after what it read; ref [n]
-    base ids. guide_logp None: the lead model alone (base, guidance, aligned). The choice is the policy's
-    own `decide`, so `is_greedy` follows exactly what decoding would emit along the reference.
+    base ids. guide_logp None: the lead model alone (base, guidance, aligned). untuned_logp [n, Vg]: the
+    guidance's untuned twin (proxy-tuning). The choice is the policy's own `decide`, so `is_greedy`
+    follows exactly what decoding would emit along the reference.
     """
     pb = base_logp.exp()
     top_prob, top_id = pb.max(-1)
@@ -73,14 +79,29 @@ def method_logprob(policy, base_logp, ref, guide_logp=None, vocab=None) -> tuple
     step = Step(pb, top_prob, top_id, consulted, zeros, zeros, vocab=vocab)
     pg = guide_logp.exp()
     add_guidance_facts(step, pg)
+    if untuned_logp is not None:
+        step.untuned_probs = untuned_logp.exp()
     choice = policy.decide(step)
     nudged = choice.applied & (choice.source == SOURCE_GUIDANCE)
     logp = torch.where(nudged, twin_logprob(guide_logp, ref, vocab), base_ref)
     blended = choice.applied & (choice.source == SOURCE_BLEND)
     if bool(blended.any()):
-        blend = _blend_logprob(policy, step, vocab, choice.alpha, ref, base_ref, guide_logp, pg)
+        if isinstance(policy, Blend):
+            blend = _blend_logprob(policy, step, vocab, choice.alpha, ref, base_ref, guide_logp, pg)
+        else:  # a rule with its own distribution (deferral, proxy-tuning): read ref off it
+            blend = _distribution_logprob(policy, step, ref)
         logp = torch.where(blended, blend, logp)
     return logp, choice.token
+
+
+def _distribution_logprob(policy, step: Step, ref) -> torch.Tensor:
+    """log of the probability a policy's `distribution` gives each base token `ref` (its columns summed)."""
+    ids, probs = policy.distribution(step)
+    if ids is None:
+        prob = probs.gather(-1, ref[:, None]).squeeze(-1)
+    else:
+        prob = (probs * (ids == ref[:, None])).sum(-1)
+    return prob.log()
 
 
 def twin_logprob(guide_logp, ref, vocab) -> torch.Tensor:
@@ -124,6 +145,7 @@ def score(
     batch_size: int = 8,
     floor: float = NEG_INF,
     stats: dict | None = None,
+    untuned=None,
 ) -> list[tuple[float, bool]]:
     """(log-likelihood, is_greedy) of each item under the method's distribution (`method_logprob`).
 
@@ -131,7 +153,8 @@ def score(
     and vocab: None for a one-model method. batch_size: contexts per forward pass. The guidance runs
     only for batches where the base is unsure somewhere (elsewhere every method is the base).
     floor: the log-probability given to a token the method's distribution gives probability 0 (-inf:
-    none). stats: if given, counts scored "tokens" and "floored" ones into it.
+    none). stats: if given, counts scored "tokens" and "floored" ones into it. untuned: the guidance's
+    untuned twin (proxy-tuning), read along what the guidance reads.
     """
     results: list[tuple[float, bool]] = [(0.0, True)] * len(items)  # an empty continuation has probability 1
     groups: dict[tuple, list[int]] = {}
@@ -145,19 +168,23 @@ def score(
             batch = [(key, [items[i].continuation for i in groups[key]]) for key in keys[start : start + batch_size]]
             order = [i for key, _ in batch for i in groups[key]]
             base_logits = _branch_logits(lead, [(key[0], conts) for key, conts in batch])
-            guide_logits = None
+            guide_logits = untuned_logits = None
             if guidance is not None and any(_unsure(x, tau) for x in base_logits):
                 guide_logits = _guidance_logits(guidance, vocab, lead.tokenizer, batch)
+                if untuned is not None:  # one tokenizer with the guidance: it reads the same tokens
+                    untuned_logits = _guidance_logits(untuned, vocab, lead.tokenizer, batch)
             for n, i in enumerate(order):
                 ref = torch.tensor(items[i].continuation, device=base_logits[n].device)
                 total, greedy = 0.0, True
                 for lo in range(0, len(ref), CHUNK):
                     hi = lo + CHUNK
                     base_logp = torch.log_softmax(base_logits[n][lo:hi].float(), -1)
-                    guide_logp = None
+                    guide_logp = untuned_logp = None
                     if guide_logits is not None:
                         guide_logp = torch.log_softmax(guide_logits[n][lo:hi].float(), -1).to(base_logp.device)
-                    logp, choice = method_logprob(policy, base_logp, ref[lo:hi], guide_logp, vocab)
+                    if untuned_logits is not None:
+                        untuned_logp = torch.log_softmax(untuned_logits[n][lo:hi].float(), -1).to(base_logp.device)
+                    logp, choice = method_logprob(policy, base_logp, ref[lo:hi], guide_logp, vocab, untuned_logp)
                     zero = torch.isneginf(logp)
                     logp = torch.where(zero, floor, logp)
                     if stats is not None:

@@ -234,6 +234,8 @@ def _record(sample, k: int, gen, seconds: float, decoder) -> dict:
         "intervention_rate": gen.intervention_rate,
         "override_rate": gen.override_rate,
         "consult_rate": gen.consult_rate,
+        "deferred_mass": gen.deferred_mass,
+        "guide_eos_max": gen.guide_eos_max,
         **gen.extras,
         # the output's log-probability under the distributions it was drawn from (tempered, filtered)
         "log_prob": sum(math.log(p) for p in drawn) if drawn and len(drawn) == gen.n_tokens else None,
@@ -285,6 +287,8 @@ def finish(store: RunStore, benchmark: Benchmark, outputs, judge, cfg, reused_fr
         "token_intervention_rate": token_rate,
         "consult_rate": mean([r.get("consult_rate", r["intervention_rate"]) for r in records]),
         "override_rate": mean([r["override_rate"] for r in records]),
+        # mean share of the base's probability handed to the guidance per step (None: not that kind of rule)
+        "deferred_mass": mean([r["deferred_mass"] for r in records if r.get("deferred_mass") is not None]),
         "tokens_generated": tokens,
         "wall_time_s": round(seconds, 3),
         "tokens_per_s": round(tokens / seconds, 3) if seconds > 0 else None,
