@@ -173,9 +173,7 @@ def compute(
         result = fit(group, n_permutations, seed)
         if len(group) < 3:
             notes.append(f"{benchmark} / {method} ({unit}): {len(group)} point(s), fewer than 3: no fit")
-        rows.append(
-            {"benchmark": benchmark, "method": method, "unit": unit, **result, "measure": group["measure"].iloc[0]}
-        )
+        rows.append({"benchmark": benchmark, "method": method, "unit": unit, **result})
     return pd.DataFrame(rows, columns=FIT_COLUMNS)
 
 
