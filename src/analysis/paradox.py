@@ -77,7 +77,7 @@ FIT_COLUMNS = [
 METHODS = tuple(name for name, spec in REGISTRY.items() if spec.threshold)
 MEASURE_AXIS = {
     "intervention_rate": "intervention rate",
-    "deferred_mass": "deferred mass (base probability handed to the guidance)",
+    "deferred_mass": "deferred mass",  # the share of the base's probability handed to the guidance
 }
 THRESHOLD = 0.20  # the paper's "excessive intervention" line
 
@@ -325,7 +325,8 @@ def plot(
             ax, group, fit_row.iloc[0] if len(fit_row) else None, norm_judge if judge_scale else norm_frac, cmap
         )
         ax.set_title(labels.benchmark_label(benchmark))
-        ax.set_xlabel(f"{MEASURE_AXIS[measure]} ({_unit_axis(unit)})")
+        axis = "% of the base's probability per token" if measure == "deferred_mass" else _unit_axis(unit)
+        ax.set_xlabel(f"{MEASURE_AXIS[measure]} ({axis})")
         ax.set_ylabel(_y_label(benchmark))
         if judge_scale and sc is not None:
             fig.colorbar(sc, ax=ax, shrink=0.9, pad=0.02).set_label("guidance − base (1-5 scale)", fontsize=9)
