@@ -155,6 +155,8 @@ def model_dirs(tmp_path_factory):
         "shared_guidance": _save(_llama(len(byte_tok), 2, b_eos, b_pad), byte_tok, root / "shared_guidance"),
         "cross_base": _save(_gemma(len(piece_tok), 3, p_eos, p_pad), piece_tok, root / "cross_base"),
         "cross_guidance": _save(_llama(len(byte_tok), 4, b_eos, b_pad), byte_tok, root / "cross_guidance"),
+        # the guidance's "untuned twin" for proxy-tuning: another model with the guidance's tokenizer
+        "untuned": _save(_llama(len(byte_tok), 5, b_eos, b_pad), byte_tok, root / "untuned"),
     }
 
 
@@ -189,7 +191,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def make_pair(model_dirs, kind: str):
+def make_pair(model_dirs, kind: str, untuned: bool = False):
+    """A tiny pair; untuned=True also names the guidance's untuned twin (proxy-tuning's third model)."""
     from blendin.pair import Pair, pair_spec
 
     return Pair(
@@ -198,6 +201,7 @@ def make_pair(model_dirs, kind: str):
                 "name": f"tiny_{kind}",
                 "base": {"source": model_dirs[f"{kind}_base"]},
                 "guidance": {"source": model_dirs[f"{kind}_guidance"]},
+                **({"guidance_untuned": {"source": model_dirs["untuned"]}} if untuned else {}),
             }
         ),
         device="cpu",

@@ -624,3 +624,57 @@ def test_optional_section_renders_csv_and_json(tmp_path):
     text = "\n".join(lines)
     assert "### Calibration" in text and "| a_b | 0.100 |" in text and "trials" in text
     assert report.render_optional_section("Nothing", [], tmp_path) == []
+
+
+# ---- the field's other rules and the failure detectors in the analysis ----------------------------
+
+
+def rules_store(results: Path) -> Path:
+    """GSM8K on one pair: base, NUDGING at three taus, KAD's token_wise at three thresholds (deferred mass
+    known) with the failure detectors' shares stored."""
+    write_run(results, "p", "gsm8k", "base", [0, 1, 0, 1])
+    for tau, scores in ((0.2, [1, 1, 0, 1]), (0.4, [1, 0, 0, 1]), (0.6, [0, 0, 0, 1])):
+        write_run(results, "p", "gsm8k", "nudging", scores, tau=tau, rate=tau / 2)
+    for threshold, mass, scores in ((0.1, 0.05, [1, 1, 1, 0]), (0.4, 0.3, [1, 0, 1, 0]), (0.8, 0.7, [0, 0, 0, 0])):
+        write_run(
+            results,
+            "p",
+            "gsm8k",
+            "kad_token_wise",
+            scores,
+            rate=1.0,  # every step defers some mass: its intervention rate says little
+            name_suffix=f"-t{threshold}",
+            extra_metrics={
+                "method_params": {"name": "kad_token_wise", "threshold": threshold},
+                "tau": None,
+                "deferred_mass": mass,
+                "buried_share": 0.25,
+                "runaway_share": 0.5,
+                "loop_share": 0.0,
+                "foreign_share": 0.0,
+            },
+        )
+    return results
+
+
+def test_figure3_and_the_side_by_side_table_include_the_deferral_rules(tmp_path):
+    from analysis import compare
+
+    frame = load_runs(rules_store(tmp_path / "results"))
+    points = paradox.compute_points(frame)
+    kad = points[points["method"] == "kad_token_wise"].sort_values("threshold")
+    assert kad["threshold"].tolist() == [0.1, 0.4, 0.8] and set(kad["measure"]) == {"deferred_mass"}
+    assert kad["x"].tolist() == [0.05, 0.3, 0.7]  # the deferred mass, not the intervention rate (1.0)
+    nudging = points[points["method"] == "nudging"].sort_values("threshold")
+    assert nudging["x"].tolist() == pytest.approx([0.1, 0.2, 0.3]) and set(nudging["measure"]) == {"intervention_rate"}
+    fits = paradox.compute(frame, points=points)
+    row = fits[fits["method"] == "kad_token_wise"].iloc[0]
+    assert row["pearson_r"] == pytest.approx(sps.pearsonr([0.05, 0.3, 0.7], [0.75, 0.5, 0.0]).statistic)
+    fig = paradox.plot(points, fits, "kad_token_wise", "token", frame)
+    assert "deferred mass" in fig.axes[0].get_xlabel()
+    table = compare.compute(frame)
+    assert table["method"].tolist()[:2] == ["base", "nudging"] and table["method"].iloc[-1] == "kad_token_wise"
+    kad_rows = table[table["method"] == "kad_token_wise"]
+    assert kad_rows["buried_share"].tolist() == [0.25] * 3 and kad_rows["deferred_mass"].notna().all()
+    [(title, shown)] = compare.blocks(table)
+    assert title == "GSM8K" and "KAD tok." in set(shown["method"]) and shown["buried"].iloc[-1] == "25%"

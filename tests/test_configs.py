@@ -115,6 +115,7 @@ PAPER_GRIDS = [
         ("smoke", 6),
         ("embedded_overview", 42),
         ("embedded_tau_sweep", 20),
+        ("embedded_rules", 28),
         ("calibration", 2),
         *PAPER_GRIDS,
         *((f"{name}_reference", runs) for name, runs in PAPER_GRIDS),

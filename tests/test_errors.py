@@ -82,5 +82,7 @@ def test_guidance_without_chat_template(model_dirs):
 
 
 def test_aligned_method_without_aligned_model(shared_pair):
-    with pytest.raises(ConfigError, match="method aligned needs an aligned model.*pair.aligned.source"):
+    with pytest.raises(
+        ConfigError, match="method=aligned needs pair.aligned, and pair tiny_shared has none.*pair.aligned.source"
+    ):
         shared_pair.decoder({"name": "aligned"})

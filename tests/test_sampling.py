@@ -189,7 +189,7 @@ def test_temperature_zero_is_todays_greedy_output_for_every_method(cross_pair):
 
     prompts = [Prompt("Question: What is 12 plus 30?"), Prompt("Write a poem about the sea.")]
     for name, spec in REGISTRY.items():
-        if not spec.decodes or name == "aligned":
+        if not spec.decodes or set(spec.roles) - {"base", "guidance"}:  # a model the tiny pair does not name
             continue
         method = {"name": name, "tau": 0.6} if "tau" in spec.params else {"name": name}
         greedy = [g.text for g in cross_pair.decoder(method).generate(prompts, max_new_tokens=12)]

@@ -261,6 +261,31 @@ def test_extractor_agrees_with_answers_phrased_by_other_writers():
     assert sum(scoring.extract_choice(r["output"], r["options"]) is None for r in nulls) >= len(nulls) - 2
 
 
+def test_extractor_reads_the_kinds_it_used_to_miss():
+    """tests/labelled/mc_kinds.jsonl: 49 answers of the four kinds the rules missed (a bold label with the
+    option's text, a letter in LaTeX inline math, a letter alone on the first line then the reasoning, an
+    option's content without its letter), 9 of them committing to nothing; labelled before the rules that
+    read them were written (the rules before read 10 of 49)."""
+    rows = _read("mc_kinds.jsonl")
+    assert len(rows) == 49 and {r["kind"] for r in rows} == {
+        "bold-label-text",
+        "latex-letter",
+        "first-line-letter",
+        "content-no-letter",
+    }
+    wrong = [(r, got) for r in rows if (got := scoring.extract_choice(r["output"], r["options"])) != r["label"]]
+    by_kind = {k: sum(r["kind"] == k for r, _ in wrong) for k in sorted({r["kind"] for r in rows})}
+    report = f"extract_choice agrees with the labels on {len(rows) - len(wrong)}/{len(rows)}; misses by kind {by_kind}"
+    listing = "\n".join(f"  {r['note'][:50]}: label {r['label']}, extracted {got}" for r, got in wrong)
+    print(f"{report}\n{listing}")
+    assert len(wrong) <= 2, f"{report}\n{listing}"
+    # two options' texts: nothing, and counted ambiguous (a reader may doubt it)
+    assert scoring.choice_detail("Either high temperature and low pressure or high temperature and high pressure.", [
+        "High temperature and high pressure", "High temperature and low pressure", "High volume and high temperature",
+        "Low temperature and low pressure",
+    ]) == (None, True)  # fmt: skip
+
+
 def _refusal_scores(rows: list[dict], classify, contextual: bool = False) -> dict:
     """Accuracy, refusal recall and compliance precision of a classifier against the labels
     (contextual: strmatch_v3 told whether each prompt asked for something harmful)."""

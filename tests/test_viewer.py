@@ -98,6 +98,10 @@ def build_store(results: Path) -> Path:
         config = yaml.safe_load((run / "config.yaml").read_text())
         config["pair"]["base"]["source"] = str(tokenizer)
         (run / "config.yaml").write_text(yaml.safe_dump(config))
+        if method == "blendin":  # what the failure detectors found in BlendIn's outputs
+            flags = {"gsm8k-0": {"loop": True}, "gsm8k-1": {"loop": False}, "gsm8k-2": {"buried": True}}
+            lines = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+            (run / "samples.jsonl").write_text("".join(json.dumps({**r, **flags[r["id"]]}) + "\n" for r in lines))
     # XSTest: no text_offset stored (an older run) and a base model whose tokenizer is not here
     write_run(results, PAIR, "xstest", "nudging", [1.0, 0.0], ids=["xstest-0", "xstest-1"], rate=0.5)
     return results
@@ -375,6 +379,26 @@ def test_filters_change_what_is_shown(browser, page):
     assert shown() == ["xstest-0", "xstest-1"]
     # a run without text_offset shows one element per step, labelled with the chosen token id
     assert len(browser.find_elements("css selector", '.text[data-sample="xstest-0"] .tok.idtok')) == 6
+    assert severe(browser) == []
+
+
+def test_the_failure_filter_shows_the_outputs_a_detector_flagged(browser, page):
+    from selenium.webdriver.support.ui import Select
+
+    runs = index_of(page)["runs"]
+    blendin = next(k for k, r in enumerate(runs) if r["method"] == "blendin" and r["run"].split("/")[1] == "gsm8k")
+    assert runs[blendin]["fail"] == [["loop"], [], ["buried"]]
+    assert all(flags == [] for r in runs if r["method"] == "base" for flags in r["fail"])  # none stored: none shown
+    open_page(browser, page)
+    Select(browser.find_element("id", "f-ref")).select_by_value(str(blendin))
+
+    def shown():
+        return [a.get_attribute("data-id") for a in browser.find_elements("css selector", "article.item")]
+
+    for failure, ids in (("buried", ["gsm8k-2"]), ("loop", ["gsm8k-0"]), ("none", ["gsm8k-1"]), ("any", IDS)):
+        Select(browser.find_element("id", "f-failure")).select_by_value(failure)
+        wait_for_items(browser, len(ids))
+        assert shown() == ids, failure
     assert severe(browser) == []
 
 

@@ -72,6 +72,13 @@ RUN_COLUMNS = [
     "token_intervention_rate",
     "override_rate",
     "consult_rate",
+    "deferred_mass",
+    "measure",
+    "buried_share",
+    "runaway_share",
+    "runaway_guide_eos_share",
+    "loop_share",
+    "foreign_share",
     "tokens_generated",
     "wall_time_s",
     "tokens_per_s",
@@ -258,6 +265,16 @@ def run_row(run_dir: Path) -> dict:
         ),
         "override_rate": _num(metrics.get("override_rate")),
         "consult_rate": _num(metrics.get("consult_rate")),
+        # mean share of the base's probability handed to the guidance per step (NaN for runs stored before it)
+        "deferred_mass": _num(metrics.get("deferred_mass")),
+        # what the method's intervention paradox plots: intervention_rate or deferred_mass (`blendin.methods`)
+        "measure": REGISTRY[method].measure if method in REGISTRY else "intervention_rate",
+        # the failure detectors' shares of the run's outputs (`blendin.failures`; NaN where not computed)
+        "buried_share": _num(metrics.get("buried_share")),
+        "runaway_share": _num(metrics.get("runaway_share")),
+        "runaway_guide_eos_share": _num(metrics.get("runaway_guide_eos_share")),
+        "loop_share": _num(metrics.get("loop_share")),
+        "foreign_share": _num(metrics.get("foreign_share")),
         "tokens_generated": _num(metrics.get("tokens_generated")),
         "wall_time_s": _num(metrics.get("wall_time_s")),
         "tokens_per_s": _num(metrics.get("tokens_per_s")),
@@ -344,6 +361,8 @@ OPTIONAL_TOKEN_COLUMNS = {
     "text_offset": -1,
     "sample": 0,  # the output's index among its item's (decoding.samples)
     "sample_prob": np.nan,  # the drawn token's probability (NaN: greedy)
+    "deferred_mass": np.nan,  # the share of the base's probability handed to the guidance
+    "guide_eos_prob": np.nan,  # the guidance's probability of its own end of sequence
 }
 
 

@@ -1,4 +1,4 @@
-"""Figure 3, the intervention paradox: intervention rate vs score of NUDGING runs, per benchmark.
+"""Figure 3, the intervention paradox: intervention vs score of each threshold rule's runs, per benchmark.
 
     python -m analysis.paradox [--results results] [--out results/analysis] [--n 100] [--protocol ours]
 
@@ -11,10 +11,17 @@ with fewer than 3 points. Token-level (`nudging`) and word-level
 and its own figure. Points are coloured by guidance-minus-base score where both single-model runs
 exist in the same setting.
 
+Every method with a threshold (`blendin.methods`: NUDGING's tau, a KAD deferral rule's threshold) gets
+its own figure. The x axis is the method's intervention measure: the intervention rate (the share of
+tokens where the guidance was applied) for NUDGING, the deferred mass (the mean share of the base's
+probability handed to the guidance per token) for rules that defer part of a step; for NUDGING the two
+are the same number.
+
 Each point carries the 95% interval of its score (the run's own, from metrics.json) as an error bar:
 at 12 items per run that bar is most of the axis. Writes paradox_points.csv (pair, benchmark,
 method, tau, intervention_rate, score, base_score, run_dir, then unit, guidance_score, setting,
-ci_low, ci_high, n), paradox.csv (benchmark, method, unit, n_points,
+ci_low, ci_high, n, then threshold (the value of the method's threshold), measure and x (the plotted
+value)), paradox.csv (benchmark, method, unit, n_points,
 pearson_r, pearson_p, r_ci95_low, r_ci95_high, spearman_rho, spearman_p, permutation_p),
 figure3.png/.pdf (token-level NUDGING; figure3_<method>.png for other methods; each only when it has
 points) and paradox_notes.md.
@@ -29,6 +36,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.colors import TwoSlopeNorm
+
+from blendin.methods import REGISTRY
 
 from . import cli, labels, select, stats, write
 
@@ -47,6 +56,9 @@ POINT_COLUMNS = [
     "ci_low",
     "ci_high",
     "n",
+    "threshold",
+    "measure",
+    "x",
 ]
 FIT_COLUMNS = [
     "benchmark",
@@ -61,7 +73,12 @@ FIT_COLUMNS = [
     "spearman_p",
     "permutation_p",
 ]
-METHODS = ("nudging", "nudging_words")
+# every method whose threshold traces a paradox: NUDGING (token and word level) and KAD's deferral rules
+METHODS = tuple(name for name, spec in REGISTRY.items() if spec.threshold)
+MEASURE_AXIS = {
+    "intervention_rate": "intervention rate",
+    "deferred_mass": "deferred mass",  # the share of the base's probability handed to the guidance
+}
 THRESHOLD = 0.20  # the paper's "excessive intervention" line
 
 
@@ -80,7 +97,9 @@ def compute_points(
     frame = select.filter_runs(frame, n, protocol)
     runs = frame[frame["method"].isin(methods)]
     notes += select.excluded_notes(runs)
-    runs = runs[runs["score"].notna() & runs["intervention_rate"].notna()]
+    measure = runs["measure"]
+    runs = runs.assign(x=[float(r[m]) for (_, r), m in zip(runs.iterrows(), measure)])
+    runs = runs[runs["score"].notna() & runs["x"].notna()]
     # per method too: word-level NUDGING may run under another protocol than token-level NUDGING
     chosen = select.choose_settings(runs, prefer_full=False, by=["benchmark", "method"])
     runs = select.in_chosen_settings(runs, chosen, by=["benchmark", "method"], notes=notes, what="paradox ")
@@ -104,6 +123,9 @@ def compute_points(
             "ci_low": runs["ci_low"].values,
             "ci_high": runs["ci_high"].values,
             "n": runs["n_samples"].values,
+            "threshold": [_threshold(m, p) for m, p in zip(runs["method"], runs["method_params"])],
+            "measure": runs["measure"].values,
+            "x": runs["x"].values,
         },
         columns=POINT_COLUMNS,
     )
@@ -117,10 +139,20 @@ def compute_points(
     )
 
 
+def _threshold(method: str, params_json: str) -> float:
+    """The value of the method's threshold parameter in a run (NaN where it has none)."""
+    import json
+
+    name = REGISTRY[method].threshold if method in REGISTRY else None
+    value = json.loads(params_json).get(name) if name else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
 def fit(points: pd.DataFrame, n_permutations: int = 10_000, seed: int = 0) -> dict:
     """The correlation statistics of one group of points; refuses a mix of intervention units."""
     select.require_one_unit(points["unit"], "this fit")
-    return stats.correlation(points["intervention_rate"], points["score"], n_permutations, seed)
+    x = points["x"] if "x" in points else points["intervention_rate"]  # points built before x existed
+    return stats.correlation(x, points["score"], n_permutations, seed)
 
 
 def compute(
@@ -145,6 +177,9 @@ def compute(
     return pd.DataFrame(rows, columns=FIT_COLUMNS)
 
 
+_SYMBOL = {"tau": "τ", "threshold": "λ"}  # how a threshold is written beside its point
+
+
 def _unit_axis(unit: str) -> str:
     return "% of generated words" if unit == "word" else "% of generated tokens"
 
@@ -162,7 +197,7 @@ def _eq_p(p) -> str:
 
 
 def _panel(ax, group: pd.DataFrame, fit_row, norm, cmap):
-    x = 100 * group["intervention_rate"].to_numpy(float)
+    x = 100 * group["x"].to_numpy(float)
     y = group["score"].to_numpy(float)
     gap = (group["guidance_score"] - group["base_score"]).to_numpy(float)
     has = np.isfinite(gap)
@@ -197,12 +232,17 @@ def _panel(ax, group: pd.DataFrame, fit_row, norm, cmap):
             label="no guidance/base run",
         )
     if len(group) <= 8:  # few points: name them (one pair: the threshold alone says which point)
-        several_tau = group.groupby("pair")["tau"].nunique().max() > 1
+        several_tau = group.groupby("pair")["threshold"].nunique().max() > 1
+        symbol = (
+            _SYMBOL.get(REGISTRY[group["method"].iloc[0]].threshold or "", "t")
+            if group["method"].iloc[0] in REGISTRY
+            else "τ"
+        )
         one_pair = group["pair"].nunique() == 1
         order = np.argsort(x)
         for rank, i in enumerate(order):
             row = group.iloc[i]
-            tau = f"τ={row['tau']:g}" if several_tau else ""
+            tau = f"{symbol}={row['threshold']:g}" if several_tau else ""
             text = tau if one_pair and tau else (labels.pair_short(row["pair"]) + (" " + tau if tau else ""))
             # alternate above and below the point, so that neighbours on one score level do not overlap
             ax.annotate(
@@ -214,7 +254,7 @@ def _panel(ax, group: pd.DataFrame, fit_row, norm, cmap):
                 color="0.25",
                 ha="center",
             )
-    slope, intercept = stats.fit_line(group["intervention_rate"], group["score"])
+    slope, intercept = stats.fit_line(group["x"], group["score"])
     if fit_row is not None and np.isfinite(fit_row["pearson_r"]):
         xs = np.linspace(x.min(), x.max(), 50)
         ax.plot(xs, intercept + slope * xs / 100, color="#D55E00", lw=1.8, zorder=2)
@@ -263,6 +303,7 @@ def plot(
     """One panel per benchmark for one (method, unit): points with their intervals, fit line, r and p, the 20%
     line. `frame` (the runs) only turns the footer's settings into short lines."""
     pts = points[(points["method"] == method) & (points["unit"] == unit)]
+    measure = pts["measure"].iloc[0] if len(pts) else "intervention_rate"
     benchmarks = labels.order_benchmarks(pts["benchmark"])
     ncols = min(3, max(1, len(benchmarks)))
     nrows = max(1, math.ceil(len(benchmarks) / ncols))
@@ -284,7 +325,8 @@ def plot(
             ax, group, fit_row.iloc[0] if len(fit_row) else None, norm_judge if judge_scale else norm_frac, cmap
         )
         ax.set_title(labels.benchmark_label(benchmark))
-        ax.set_xlabel(f"intervention rate ({_unit_axis(unit)})")
+        axis = "% of the base's probability per token" if measure == "deferred_mass" else _unit_axis(unit)
+        ax.set_xlabel(f"{MEASURE_AXIS[measure]} ({axis})")
         ax.set_ylabel(_y_label(benchmark))
         if judge_scale and sc is not None:
             fig.colorbar(sc, ax=ax, shrink=0.9, pad=0.02).set_label("guidance − base (1-5 scale)", fontsize=9)
@@ -303,12 +345,15 @@ def plot(
             "point colour: guidance − base score (fraction; grey "
             "triangles: no guidance or base run in the same setting)"
         )
-    per = "one point per pair and τ" if pts.groupby("pair")["tau"].nunique().max() > 1 else "one point per pair"
+    symbol = _SYMBOL.get(REGISTRY[method].threshold or "", "τ") if method in REGISTRY else "τ"
+    several = pts.groupby("pair")["threshold"].nunique().max() > 1
+    per = f"one point per pair and {symbol}" if several else "one point per pair"
     n = sorted({int(v) for v in pts["n"] if np.isfinite(v)})
     items = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}" if n else "?"
     fig.suptitle(
-        f"Figure 3: intervention rate vs score ({labels.method_label(method)}, {unit}-level rate); {per}\n"
-        f"bars: each run's 95% interval ({items} items per run)",
+        f"Figure 3: {MEASURE_AXIS[measure].split(' (')[0]} vs score ({labels.method_label(method)}, {unit}-level); "
+        f"{per}\nbars: each run's 95% interval ({items} items per run)"
+        + (f"; λ: the rule's threshold ({REGISTRY[method].summary.split(', ', 1)[-1]})" if symbol == "λ" else ""),
         fontsize=13,
     )
     settings = select.short_settings([f"x: {s}" for s in pts["setting"]], frame)

@@ -37,7 +37,7 @@ import yaml
 from blendin.cli import CONF_DIR
 from blendin.methods import REGISTRY
 
-from . import calibration, cli, heatmap, labels, overlap, paper, paradox, select, subset, tables, write
+from . import calibration, cli, compare, heatmap, labels, overlap, paper, paradox, select, subset, tables, write
 from .load import load_runs, unfinished_runs
 from .viewer import write_viewer
 
@@ -48,6 +48,7 @@ COMMANDS = [
     ("tables", tables.main),
     ("subset", subset.main),
     ("calibration", calibration.main),
+    ("compare", compare.main),
 ]
 PAPER_EXPERIMENTS = {  # experiment -> what it reproduces
     "paper_fig2": "Figure 2 (and the data of Figures 3-4, Table 4)",
@@ -776,6 +777,23 @@ def calibration_section(src: Sources) -> list[str]:
     return lines + _notes(src, "calibration_notes.md")
 
 
+def compare_section(src: Sources) -> list[str]:
+    """Every method side by side with the failure detectors' shares (`analysis.compare`); [] if it computed nothing."""
+    if src.path("compare.md") is None:
+        return []
+    lines = [
+        "## Every method side by side: score, intervention and failures",
+        "",
+        "All methods of each benchmark's chosen setting, the field's other rules (KAD's token-wise deferral, "
+        "proxy-tuning) included, labelled as `blendin.methods` names them. Beside each score: how much the "
+        "guidance intervened, and the share of outputs that bury the gold answer where the scorer does not read "
+        "it, run away to the token budget where the base alone stopped, end in a loop, or switch language.",
+        "",
+    ]
+    body = src.include("compare.md", 2)
+    return lines + [line for line in body if not line.startswith("###")] + _notes(src, "compare_notes.md")
+
+
 def ambiguity_section(frame: pd.DataFrame) -> list[str]:
     """How many outputs the rule-based scorers found ambiguous, and how far that could move the rates."""
     lines = ["## Outputs the rules may have misread", ""]
@@ -974,6 +992,7 @@ def build(results: Path, src: Sources, failed: Sequence[str] = (), viewer: bool 
     if len(frame):
         body += figure2_section(src, values)
         body += figure3_section(src)
+        body += compare_section(src)
         body += overlap_section(src, values)
         body += tables_section(src, values)
         body += disagreement_section(values)

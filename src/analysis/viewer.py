@@ -13,8 +13,9 @@ it in any browser straight from disk: it needs no server and no network. It show
   with their probabilities, the guidance token's rank in the base distribution, whether it was spelled;
 - the same item under several methods side by side (same pair, benchmark and setting; aligned by
   sample id) with prompt, gold, prediction and score, and a strip showing where the guidance acted;
-- filters (benchmark, pair, methods, correct or wrong, intervention rate) and sorting (by rate, or by
-  the difference between two methods on the item).
+- filters (benchmark, pair, methods, correct or wrong, intervention rate, a failure the detectors of
+  `blendin.failures` found: buried answer, runaway, loop, another language) and sorting (by rate, or
+  by the difference between two methods on the item).
 
 Data: `data/index.js` holds the list of runs and one summary line per sample (score, rate); each
 run's samples and traces are split into small files `data/<run>-<chunk>.js` that the page loads only
@@ -260,6 +261,14 @@ def _sample_trace(steps: pd.DataFrame, output: str) -> dict:
     }
 
 
+FAILURES = ("buried", "runaway", "loop", "foreign")  # the detectors of blendin.failures the filter offers
+
+
+def failures_of(record) -> list[str]:
+    """The failure detectors that flagged an output (its samples.jsonl fields; none in older runs)."""
+    return [name for name in FAILURES if record.get(name) is True]
+
+
 def _decode(tokenizer, ids) -> dict:
     out = {}
     for i in sorted({int(i) for i in ids if int(i) >= 0}):
@@ -365,7 +374,7 @@ def _write_run(k, g, row, samples, trace, ids, data_dir: Path, results: Path) ->
             "tok": tok,
         }
 
-    summary: dict[str, list] = {"score": [], "rate": [], "steps": [], "chunk": []}
+    summary: dict[str, list] = {"score": [], "rate": [], "steps": [], "chunk": [], "fail": []}
     chunks: dict[int, dict] = {}
     for sid in ids:
         if sid not in position:
@@ -394,6 +403,7 @@ def _write_run(k, g, row, samples, trace, ids, data_dir: Path, results: Path) ->
         summary["rate"].append(rate)
         summary["steps"].append(0 if steps is None else len(steps))
         summary["chunk"].append(c)
+        summary["fail"].append(failures_of(record))
     for c, chunk in chunks.items():
         vocab = _decode(tokenizer, chunk.pop("ids")) if tokenizer is not None else None
         body = _js({"samples": chunk["samples"], "vocab": vocab})

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from . import data as D
 from . import scoring
 from .errors import ConfigError
+from .failures import buried_choice, buried_number
 from .intervals import bootstrap_ci
 from .prompts import Prompt
 from .scoring import (
@@ -309,6 +310,8 @@ class Benchmark:
             # outputs the rules read one way where a careful reader might read them another
             "n_ambiguous": sum(bool(s.get("ambiguous")) for s in scored),
         }
+        if any("buried" in s for s in scored):  # the gold stated where the scorer does not read it (failures.py)
+            summary["buried_share"] = mean([float(bool(s.get("buried"))) for s in scored])
         if self.VOTES and max((s.get("sample", 0) for s in scored), default=0) > 0:
             summary.update(repeated(scored))
         return summary
@@ -352,6 +355,7 @@ class GSM8K(Benchmark):
             "strict_prediction": strict,
             "strict_score": float(same_number(strict, sample.gold)),
             "ambiguous": ambiguous,
+            "buried": buried_number(output, sample.gold),  # the gold is the output's result, not its last number
         }
 
     def summarize(self, scored):
@@ -374,6 +378,7 @@ class MultipleChoice(Benchmark):
         letter, ambiguous = choice_detail(output, list(sample.options))
         correct = float(letter == sample.gold)
         result = {"prediction": letter, "score": correct, "rule_score": correct, "ambiguous": ambiguous}
+        result["buried"] = buried_choice(output, list(sample.options), sample.gold, letter)
         if judge is not None:
             from .judges import judge_equivalence
 

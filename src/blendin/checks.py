@@ -15,7 +15,7 @@ from .judges import make_judge
 from .methods import make_policy
 from .methods import method as method_spec
 from .models import resolve_device, resolve_dtype
-from .pair import pair_spec
+from .pair import missing_role, pair_spec
 from .sampling import Sampling, sampling_from
 
 RUN_KEYS = {
@@ -39,7 +39,7 @@ RUN_KEYS = {
     "plan",
 }
 PROTOCOL_KEYS = {"name", "plain_guidance"}
-PAIR_KEYS = {"name", "label", "base", "guidance", "aligned"}
+PAIR_KEYS = {"name", "label", "base", "guidance", "aligned", "guidance_untuned"}
 # every benchmark's keys, plus the benchmark-specific ones (TruthfulQA shuffle, XSTest part, ...);
 # check_settings refuses a specific key on a benchmark it does not apply to
 BENCHMARK_KEYS = set(COMMON_KEYS) | {key for cls in BENCHMARKS.values() for key in cls.OPTIONS}
@@ -75,12 +75,10 @@ def check_run_config(cfg) -> None:
     method = _node(plain, "method")
     make_policy(method)
     check_speculate(plain.get("speculate", 0), method.get("name"), plain.get("base_view", "ids"))
-    if "aligned" in method_spec(method.get("name")).roles and not plain["pair"].get("aligned"):
-        raise ConfigError(
-            f"method=aligned needs pair.aligned, and pair {plain['pair'].get('name')} has none. "
-            "Fix: set pair.aligned.source (or model@pair.aligned=<name>) to the base model's "
-            "instruct sibling"
-        )
+    name = str(method.get("name"))
+    problem = missing_role(name, method_spec(name).roles, plain["pair"])
+    if problem:
+        raise ConfigError(problem)
     check_decoding(plain.get("decoding"), method.get("name"))
     make_judge(plain.get("judge"))
     check_logger(plain.get("logger"))
@@ -132,7 +130,7 @@ def check_speculate(speculate, method_name, base_view="ids") -> None:
     if check_value(speculate) == 0:
         return
     spec = method_spec(method_name)
-    if spec.decoder != "token" or spec.roles[0] != "base":
+    if spec.decoder != "token" or spec.roles[0] != "base" or len(spec.roles) > 2:
         raise ConfigError(
             f"speculate={speculate}: method {method_name} cannot speculate (speculative decoding checks the "
             "guidance's drafts with the base, one token-level step at a time). Fix: speculate=0"

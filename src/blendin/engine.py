@@ -24,7 +24,7 @@ import torch
 
 from .errors import ConfigError
 from .facts import add_guidance_facts, top_p_size
-from .policies import SOURCE_BASE, Greedy, Step
+from .policies import SOURCE_BASE, SOURCE_GUIDANCE, Greedy, Step
 from .prompts import Prompt
 from .sampling import Sampling, sample, stream_key, uniforms
 from .streams import check_compile
@@ -52,6 +52,8 @@ TRACE_COLUMNS = (
     "top100_overlap",
     "text_offset",
     "sample_prob",
+    "deferred_mass",
+    "guide_eos_prob",
 )
 BASE_VIEWS = ("ids", "text")
 
@@ -83,6 +85,19 @@ class Generation:
     @property
     def consult_rate(self) -> float:
         return self.n_consulted / self.n_tokens if self.n_tokens else 0.0
+
+    @property
+    def deferred_mass(self) -> float | None:
+        """Mean share of the base's probability handed to the guidance per step (None where the method
+        hands none over in that sense, e.g. proxy-tuning; see `policies.Choice.deferred`)."""
+        values = self.trace.get("deferred_mass") or []
+        return sum(values) / len(values) if values and all(v == v for v in values) else None
+
+    @property
+    def guide_eos_max(self) -> float | None:
+        """The largest probability the guidance gave its end of sequence at a step where it was read."""
+        values = [v for v in self.trace.get("guide_eos_prob") or [] if v == v]
+        return max(values) if values else None
 
 
 def check_generate_args(max_new_tokens, batch_size) -> None:
@@ -167,6 +182,8 @@ class TokenDecoder:
         trace), and on CUDA run the guidance on its own stream beside the base; None = on CUDA. Same
         outputs (tests force it on the CPU); False switches both off.
     sampling: `sampling.Sampling` (the `decoding` settings); None or temperature 0 = greedy.
+    untuned: a third model for proxy-tuning (the guidance before its tuning, same tokenizer), kept in
+        step with the guidance's own reading of every row (`_Batch._untuned_probs`).
     """
 
     def __init__(
@@ -181,8 +198,10 @@ class TokenDecoder:
         compile: str = "none",
         overlap: bool | None = None,
         sampling: Sampling | None = None,
+        untuned=None,
     ):
         self.lead, self.guidance, self.vocab = lead, guidance, vocab
+        self.untuned = untuned  # proxy-tuning: the guidance's untuned twin, reading what the guidance reads
         self.policy = policy or Greedy()
         self.sampling = sampling or Sampling()
         self.use_cache = use_cache
@@ -264,7 +283,7 @@ class TokenDecoder:
             )
         add_stats(self.stats, batch.lead, batch.guide, SYNCS.count - syncs)
         if self.compile == "cudagraphs":
-            for role, view in (("lead", batch.lead), ("guidance", batch.guide)):
+            for role, view in (("lead", batch.lead), ("guidance", batch.guide), ("untuned", batch.untuned)):
                 if view is not None:
                     self.kept_caches[role] = view.stream.cache
         finished = [r for r in results if r is not None]
@@ -292,6 +311,8 @@ PACKED = (
     "base_top_p_size",
     "top100_overlap",
     "latch",
+    "deferred_mass",
+    "guide_eos_prob",
 )
 _COLUMN = {name: i for i, name in enumerate(PACKED)}
 _BOOLS = ("consulted", "applied", "guide_top_in_base_top_p", "guide_top_spelled")
@@ -337,6 +358,22 @@ class _Batch:
                 rows=rows,
                 cache=decoder.kept_caches.get("guidance"),
             )
+        self.untuned = None  # proxy-tuning's third model: read on the steps the guidance is read
+        if decoder.untuned is not None:
+            self.untuned = TokenView(
+                decoder.untuned,
+                by_text=not decoder.vocab.identical,
+                use_cache=decoder.use_cache,
+                headroom=2 * headroom,
+                clock=decoder.clock,
+                role="untuned",
+                compile=decoder.compile,
+                rows=rows,
+                cache=decoder.kept_caches.get("untuned"),
+            )
+        self.guide_eos = None  # the guidance's end ids, for `guide_eos_prob`
+        if decoder.guidance is not None:
+            self.guide_eos = to_device(sorted(decoder.guidance.eos_ids), torch.long, decoder.lead.device)
         self.side = torch.cuda.Stream(decoder.lead.device) if decoder.side_stream else None
         self.rows: list[_Row] = []
         self.counts: torch.Tensor | None = None  # [rows, 3] on the device: steps, applied, latched
@@ -353,6 +390,9 @@ class _Batch:
         if self.guide is not None:
             assert guide_prompts is not None, "a pair with a guidance model renders guidance prompts"
             self.guide.admit(guide_prompts)
+        if self.untuned is not None:
+            assert guide_prompts is not None, "the untuned twin reads the guidance's prompts"
+            self.untuned.admit(guide_prompts)  # the same prompt ids as the guidance: one tokenizer
         tokenizer = self.d.lead.tokenizer
         self.rows += [_Row(i, Detokenizer(tokenizer, p[-1:])) for i, p in zip(indices, lead_prompts)]
         fresh = torch.zeros((len(indices), 3), dtype=torch.long, device=self.d.lead.device)
@@ -392,6 +432,7 @@ class _Batch:
         policy = d.policy if guide_logits is not None else Greedy()  # no row uncertain: the base keeps every step
         if guide_logits is not None:
             add_guidance_facts(step, torch.softmax(guide_logits, dim=-1), exact=d.exact_top_p)
+            step.untuned_probs = self._untuned_probs()
         choice = policy.decide(step)
         sample_prob = None
         if not d.sampling.greedy:  # draw from the distribution the rule chose (blendin.sampling)
@@ -434,6 +475,8 @@ class _Batch:
         self.lead.select(keep)
         if self.guide is not None:
             self.guide.select(keep)
+        if self.untuned is not None:
+            self.untuned.select(keep)
         self.rows = [self.rows[i] for i in keep]
         assert self.counts is not None and self.keys is not None, "rows were admitted"
         kept = to_device(keep, torch.long, self.counts.device)
@@ -445,6 +488,13 @@ class _Batch:
         leaving = {id(row) for row in rows}
         if leaving & {id(row) for row in self.rows}:
             self._keep([i for i, row in enumerate(self.rows) if id(row) not in leaving])
+
+    def _untuned_probs(self) -> torch.Tensor | None:
+        """Proxy-tuning's third model, caught up with every row as the guidance reads it (on every step
+        the guidance is read; it never runs ahead of the guidance)."""
+        if self.untuned is None:
+            return None
+        return torch.softmax(self.untuned.follow(self.rows), dim=-1)
 
     def _pack(self, step: Step, choice, sample_prob: torch.Tensor | None) -> torch.Tensor:
         """Every per-row fact the host needs from this step, as one [rows, PACKED] float64 table."""
@@ -462,6 +512,7 @@ class _Batch:
             "source": choice.source,
             "joint": choice.token,
             "latch": choice.latch if choice.latch is not None else torch.zeros_like(consulted),
+            "deferred_mass": choice.deferred if choice.deferred is not None else default_deferred(choice),
         }
         if sample_prob is not None:
             columns["sample_prob"] = sample_prob
@@ -481,6 +532,9 @@ class _Batch:
                     "top100_overlap": step.top100_overlap,
                 }
             )
+        if step.guide_probs is not None and self.guide_eos is not None:  # where the guidance would have stopped
+            eos = step.guide_probs.index_select(-1, self.guide_eos).sum(-1)
+            columns["guide_eos_prob"] = torch.where(consulted, eos, math.nan)
         no = torch.zeros_like(nan)  # a step without the guidance: no guidance facts
         blank = {
             "guide_top_id": minus,
@@ -597,6 +651,14 @@ class _Batch:
             row.finish("stop_string", self.stop_strings)
         elif row.n_steps >= self.max_new_tokens:
             row.finish("max_new_tokens", self.stop_strings)
+
+
+def default_deferred(choice) -> torch.Tensor:
+    """The share of the base's probability a choice handed to the guidance, for policies that do not say:
+    all of it where the guidance took the step, alpha where BlendIn blended, none where the base kept it."""
+    alpha = choice.alpha.to(torch.float32)
+    handed = torch.where(choice.source == SOURCE_GUIDANCE, 1.0, 0.0)
+    return torch.where((choice.source != SOURCE_BASE) & (choice.source != SOURCE_GUIDANCE), alpha, handed)
 
 
 def cut_at_stop(text: str, stop_strings) -> str:

@@ -277,6 +277,8 @@ class ForcedDecoder:
             "guide_top_spelled": step.guide_top_spelled,
             "base_top_p_size": step.base_top_p_size,
             "top100_overlap": step.top100_overlap,
+            "deferred_mass": torch.zeros(n),  # nothing is decoded, so nothing is handed over
+            "guide_eos_prob": pg[:, sorted(self.guidance.eos_ids)].sum(-1),
             "ref_id": ref,
             "base_prob_of_ref": pb.gather(-1, ref.unsqueeze(-1)).squeeze(-1),
             "base_rank_of_ref": base_rank,

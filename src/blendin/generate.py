@@ -25,7 +25,7 @@ from .cli import call, refuse_unknown_keys
 from .errors import ConfigError
 from .methods import make_policy
 from .methods import method as method_spec
-from .pair import Pair, pair_spec
+from .pair import Pair, missing_role, pair_spec
 from .prompts import Prompt
 from .sampling import sampling_from, stream_key
 
@@ -83,6 +83,9 @@ def check(cfg: DictConfig) -> None:
         cfg.get("compile", "none"), cfg.get("guidance_schedule", "auto"), cfg.device, cfg.get("overlap", "auto")
     )
     check_speculate(cfg.get("speculate", 0), method["name"], cfg.get("base_view", "ids"))
+    problem = missing_role(method["name"], method_spec(method["name"]).roles, OmegaConf.to_container(cfg.pair))
+    if problem:
+        raise ConfigError(problem)
 
 
 def run(cfg: DictConfig) -> dict:

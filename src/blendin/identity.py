@@ -47,6 +47,9 @@ def effective_pair(cfg) -> dict:
         model = pair.get(role)
         if model and model.get("source") in plain_sources:
             pair[role] = dict(model, prompt_format="plain")
+    untuned = pair.get("guidance_untuned")  # the guidance's untuned twin reads what the guidance reads
+    if untuned and (pair.get("guidance") or {}).get("prompt_format") == "plain":
+        pair["guidance_untuned"] = dict(untuned, prompt_format="plain")
     return pair
 
 

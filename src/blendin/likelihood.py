@@ -11,6 +11,9 @@ that defines it):
 - blendin: where u < tau, the renormalised blend whose argmax BlendIn emits (`policies.Blend`, the same
   weight alpha and the same top-k union or shared vocabulary); elsewhere the base's;
 - probe: the base's (it never applies the guidance).
+- kad_* (token-wise deferral) and proxy_tuning: the distribution the rule defines at every position
+  (`policies.Deferral.distribution`, `policies.ProxyTuning.distribution`); proxy-tuning also walks the
+  guidance's untuned twin along what the guidance reads.
 
 For guided methods the continuation is the base's tokens. The guidance's probability of a base token
 is that of its guidance twin (the guidance token with the same bytes; the sum where several guidance
@@ -35,7 +38,7 @@ import torch
 
 from .facts import add_guidance_facts
 from .forcing import guidance_reads
-from .policies import SOURCE_BLEND, SOURCE_GUIDANCE, Step
+from .policies import SOURCE_BLEND, SOURCE_GUIDANCE, Blend, Step
 from .prompts import prefix_id
 from .streams import attention_masks
 from .views import _common_prefix_length
@@ -58,15 +61,18 @@ class Item:
 # ---- the method's distribution at a position -------------------------------------------------------
 
 
-def method_logprob(policy, base_logp, ref, guide_logp=None, vocab=None) -> tuple[torch.Tensor, torch.Tensor]:
+def method_logprob(
+    policy, base_logp, ref, guide_logp=None, vocab=None, untuned_logp=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The method's log-probability of each reference token, and the token the method itself would
     choose there (joint ids, as `Choice.token`), at n positions.
 
     base_logp [n, Vb] and guide_logp [n, Vg]: each model's log-probabilities after what it read; ref [n]
-    base ids. guide_logp None: the lead model alone (base, guidance, aligned). The choice is the policy's
-    own `decide`, so `is_greedy` follows exactly what decoding would emit along the reference.
+    base ids. guide_logp None: the lead model alone (base, guidance, aligned). untuned_logp [n, Vg]: the
+    guidance's untuned twin (proxy-tuning). The choice is the policy's own `decide`, so `is_greedy`
+    follows exactly what decoding would emit along the reference.
     """
-    top_id, step, choice = _decide(policy, base_logp, guide_logp, vocab)
+    top_id, step, choice = _decide(policy, base_logp, guide_logp, vocab, untuned_logp)
     base_ref = base_logp.gather(-1, ref[:, None]).squeeze(-1)
     if step is None or choice is None:
         return base_ref, top_id
@@ -76,12 +82,15 @@ def method_logprob(policy, base_logp, ref, guide_logp=None, vocab=None) -> tuple
     logp = torch.where(nudged, twin_logprob(guide_logp, ref, vocab), base_ref)
     blended = choice.applied & (choice.source == SOURCE_BLEND)
     if bool(blended.any()):
-        blend = _blend_logprob(policy, step, vocab, choice.alpha, ref, base_ref, guide_logp, pg)
+        if isinstance(policy, Blend):
+            blend = _blend_logprob(policy, step, vocab, choice.alpha, ref, base_ref, guide_logp, pg)
+        else:  # a rule with its own distribution (deferral, proxy-tuning): read ref off it
+            blend = _distribution_logprob(policy, step, ref)
         logp = torch.where(blended, blend, logp)
     return logp, choice.token
 
 
-def _decide(policy, base_logp, guide_logp=None, vocab=None):
+def _decide(policy, base_logp, guide_logp=None, vocab=None, untuned_logp=None):
     """(the base's top token, the Step a decoder builds here, the method's Choice) at n positions; the
     Step and Choice are None where no position consults the guidance (the base keeps every token)."""
     pb = base_logp.exp()
@@ -92,17 +101,21 @@ def _decide(policy, base_logp, guide_logp=None, vocab=None):
     zeros = torch.zeros_like(top_id)
     step = Step(pb, top_prob, top_id, consulted, zeros, zeros, vocab=vocab)
     add_guidance_facts(step, guide_logp.exp())
+    if untuned_logp is not None:  # proxy-tuning's third model
+        step.untuned_probs = untuned_logp.exp()
     return top_id, step, policy.decide(step)
 
 
-def method_top(policy, base_logp, k: int, guide_logp=None, vocab=None) -> tuple[torch.Tensor, torch.Tensor]:
+def method_top(
+    policy, base_logp, k: int, guide_logp=None, vocab=None, untuned_logp=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The k most probable tokens of the method's distribution at n positions: (joint ids [n, k], their
     log-probabilities [n, k]). The distribution is the one the method draws from there, as sampling
     does (`sampling.sample`): the base's, the guidance's where the method hands it the step (a base
     token gathers the mass of its guidance twins; a guidance token without a twin is base_size + its
     id), the blend (`Blend.distribution`) where it blends."""
     base_top, base_ids = base_logp.topk(min(k, base_logp.shape[-1]), dim=-1)
-    _, step, choice = _decide(policy, base_logp, guide_logp, vocab)
+    _, step, choice = _decide(policy, base_logp, guide_logp, vocab, untuned_logp)
     if step is None or choice is None:
         return base_ids, base_top
     ids, values = base_ids, base_top
@@ -121,6 +134,16 @@ def method_top(policy, base_logp, k: int, guide_logp=None, vocab=None) -> tuple[
         b_ids = at if candidates is None else candidates.gather(-1, at)
         ids, values = torch.where(blended[:, None], b_ids, ids), torch.where(blended[:, None], b_top.log(), values)
     return ids, values
+
+
+def _distribution_logprob(policy, step: Step, ref) -> torch.Tensor:
+    """log of the probability a policy's `distribution` gives each base token `ref` (its columns summed)."""
+    ids, probs = policy.distribution(step)
+    if ids is None:
+        prob = probs.gather(-1, ref[:, None]).squeeze(-1)
+    else:
+        prob = (probs * (ids == ref[:, None])).sum(-1)
+    return prob.log()
 
 
 def twin_logprob(guide_logp, ref, vocab) -> torch.Tensor:
@@ -164,6 +187,7 @@ def score(
     batch_size: int = 8,
     floor: float = NEG_INF,
     stats: dict | None = None,
+    untuned=None,
 ) -> list[tuple[float, bool]]:
     """(log-likelihood, is_greedy) of each item under the method's distribution (`method_logprob`).
 
@@ -171,12 +195,15 @@ def score(
     and vocab: None for a one-model method. batch_size: contexts per forward pass. The guidance runs
     only for batches where the base is unsure somewhere (elsewhere every method is the base).
     floor: the log-probability given to a token the method's distribution gives probability 0 (-inf:
-    none). stats: if given, counts scored "tokens" and "floored" ones into it.
+    none). stats: if given, counts scored "tokens" and "floored" ones into it. untuned: the guidance's
+    untuned twin (proxy-tuning), read along what the guidance reads.
     """
     results: list[tuple[float, bool]] = [(0.0, True)] * len(items)  # an empty continuation has probability 1
     with torch.inference_mode():
-        for i, base_logp, guide_logp, ref in _walk(items, policy, lead, guidance, vocab, batch_size):
-            logp, choice = method_logprob(policy, base_logp, ref, guide_logp, vocab)
+        for i, base_logp, guide_logp, untuned_logp, ref in _walk(
+            items, policy, lead, guidance, vocab, batch_size, untuned
+        ):
+            logp, choice = method_logprob(policy, base_logp, ref, guide_logp, vocab, untuned_logp)
             zero = torch.isneginf(logp)
             logp = torch.where(zero, floor, logp)
             if stats is not None:
@@ -205,18 +232,21 @@ def token_scores(
     batch_size: int = 8,
     floor: float = NEG_INF,
     top: int = 0,
+    untuned=None,
 ) -> list[TokenScores]:
     """`score` token by token (the same log-probabilities, `method_logprob`), with each position's `top`
     most probable tokens (`method_top`). Where the scored token is among them, it carries its own
     log-probability, so that "is it the most probable?" reads the same numbers."""
     results = [TokenScores([], []) for _ in items]
     with torch.inference_mode():
-        for i, base_logp, guide_logp, ref in _walk(items, policy, lead, guidance, vocab, batch_size):
-            logp, _ = method_logprob(policy, base_logp, ref, guide_logp, vocab)
+        for i, base_logp, guide_logp, untuned_logp, ref in _walk(
+            items, policy, lead, guidance, vocab, batch_size, untuned
+        ):
+            logp, _ = method_logprob(policy, base_logp, ref, guide_logp, vocab, untuned_logp)
             logp = torch.where(torch.isneginf(logp), floor, logp)
             results[i].logprobs += logp.tolist()
             if top > 0:
-                ids, values = method_top(policy, base_logp, top, guide_logp, vocab)
+                ids, values = method_top(policy, base_logp, top, guide_logp, vocab, untuned_logp)
                 values = torch.where(torch.isneginf(values), floor, values)
                 values = torch.where(ids == ref[:, None], logp[:, None].to(values.dtype), values)
                 results[i].top += [list(zip(a, b)) for a, b in zip(ids.tolist(), values.tolist())]
@@ -233,10 +263,11 @@ def plain_guide_context(base_tokenizer, guidance_tokenizer, identical: bool, con
     return (prefix_id(guidance_tokenizer), *guidance_tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _walk(items: list[Item], policy, lead, guidance, vocab, batch_size: int):
+def _walk(items: list[Item], policy, lead, guidance, vocab, batch_size: int, untuned=None):
     """Yield (item index, base log-probabilities [c, Vb], guidance log-probabilities [c, Vg] or None,
-    the continuation's ids [c]) for every slice of CHUNK positions of every non-empty continuation, in
-    order within each item. Continuations that share a context are read in one forward pass per model."""
+    the untuned twin's [c, Vg] or None (proxy-tuning), the continuation's ids [c]) for every slice of
+    CHUNK positions of every non-empty continuation, in order within each item. Continuations that
+    share a context are read in one forward pass per model."""
     groups: dict[tuple, list[int]] = {}
     for i, item in enumerate(items):
         if item.continuation:
@@ -247,18 +278,22 @@ def _walk(items: list[Item], policy, lead, guidance, vocab, batch_size: int):
         batch = [(key, [items[i].continuation for i in groups[key]]) for key in keys[start : start + batch_size]]
         order = [i for key, _ in batch for i in groups[key]]
         base_logits = _branch_logits(lead, [(key[0], conts) for key, conts in batch])
-        guide_logits = None
+        guide_logits = untuned_logits = None
         if guidance is not None and any(_unsure(x, tau) for x in base_logits):
             guide_logits = _guidance_logits(guidance, vocab, lead.tokenizer, batch)
+            if untuned is not None:  # one tokenizer with the guidance: it reads the same tokens
+                untuned_logits = _guidance_logits(untuned, vocab, lead.tokenizer, batch)
         for n, i in enumerate(order):
             ref = torch.tensor(items[i].continuation, device=base_logits[n].device)
             for lo in range(0, len(ref), CHUNK):
                 hi = lo + CHUNK
                 base_logp = torch.log_softmax(base_logits[n][lo:hi].float(), -1)
-                guide_logp = None
+                guide_logp = untuned_logp = None
                 if guide_logits is not None:
                     guide_logp = torch.log_softmax(guide_logits[n][lo:hi].float(), -1).to(base_logp.device)
-                yield i, base_logp, guide_logp, ref[lo:hi]
+                if untuned_logits is not None:
+                    untuned_logp = torch.log_softmax(untuned_logits[n][lo:hi].float(), -1).to(base_logp.device)
+                yield i, base_logp, guide_logp, untuned_logp, ref[lo:hi]
 
 
 def _unsure(logits: torch.Tensor, tau: float) -> bool:

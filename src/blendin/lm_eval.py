@@ -34,7 +34,7 @@ from .memory import auto_batch_size
 from .methods import REGISTRY, Decoder, make_policy
 from .methods import method as method_spec
 from .models import LoadedModel, resolve_device
-from .pair import Pair, pair_spec
+from .pair import Pair, missing_role, pair_spec
 from .prompts import Prompt, encode_as_is, prefix_id
 from .sampling import Sampling, sampling_from, stream_key
 
@@ -88,10 +88,10 @@ def settings(
         if source is not None:  # a model given inline, like pair.base.source=... elsewhere in the project
             cfg["pair"][role] = {**(cfg["pair"].get(role) or {}), "source": str(source)}
     if isinstance(pair, Pair):  # a pair already built (and checked)
-        name, has_aligned = pair.spec.name, pair.spec.aligned is not None
+        pair_cfg = {"name": pair.spec.name, **vars(pair.spec)}
     else:
         check_pair(cfg["pair"])
-        name, has_aligned = cfg["pair"]["name"], bool(cfg["pair"].get("aligned"))
+        pair_cfg = cfg["pair"]
     method_cfg = {**cfg["method"], **params}
     policy = make_policy(method_cfg)
     spec = method_spec(method_cfg["name"])
@@ -100,8 +100,9 @@ def settings(
             f"method {spec.name} walks given answers ({spec.summary}); it is no language model for lm-eval. "
             "Fix: method=base, guidance, nudging, blendin, ..."
         )
-    if "aligned" in spec.roles and not has_aligned:
-        raise ConfigError(f"method=aligned needs pair.aligned, and pair {name} has none")
+    problem = missing_role(spec.name, spec.roles, pair_cfg)
+    if problem:
+        raise ConfigError(problem)
     for key, value, low in (("max_length", max_length, 1), ("max_batch_size", max_batch_size, 1), ("seed", seed, 0)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             raise ConfigError(f"{key}={value!r} must be an integer >= {low}")
@@ -165,6 +166,7 @@ class GuidedLM(LM):
         self.reading = _AsRead(self.pair)
         self.lead = self.reading.model(self.spec.roles[0])
         self.guidance = None if self.spec.solo else self.reading.model(self.spec.roles[1])
+        self.untuned = self.reading.model(self.spec.roles[2]) if len(self.spec.roles) > 2 else None
         self.vocab = None if self.spec.solo else self.reading.vocab
         self._max_length = max_length
         self._device = self.lead.device
@@ -311,7 +313,17 @@ class GuidedLM(LM):
 
     def _score(self, items: list[Item], batch_size: int) -> list[tuple[float, bool]]:
         stats: dict[str, int] = {}
-        results = score(items, self.policy, self.lead, self.guidance, self.vocab, batch_size, self.floor, stats)
+        results = score(
+            items,
+            self.policy,
+            self.lead,
+            self.guidance,
+            self.vocab,
+            batch_size,
+            self.floor,
+            stats,
+            untuned=self.untuned,
+        )
         if stats.get("floored"):
             log.warning(
                 "method %s gives %d of %d scored tokens probability 0 (outside its candidates or without a "

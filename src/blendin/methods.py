@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 from .errors import ConfigError
-from .policies import Blend, Capped, Filtered, Greedy, Nudging, Probe
+from .policies import KAD_RULES, Blend, Capped, Deferral, Filtered, Greedy, Nudging, Probe, ProxyTuning
 
 
 class Decoder(Protocol):
@@ -55,7 +55,11 @@ class Method:
     consult_rate where interventions are off by design). inputs: extra per-sample inputs the decoder
     needs besides prompts (teacher forcing's references), None for decoding methods. samples: whether
     it can sample (`blendin.sampling`) rather than only decode greedily. stateful: its choice at a step
-    depends on what it chose before, so a given text has no per-position distribution to score."""
+    depends on what it chose before, so a given text has no per-position distribution to score.
+    threshold: the parameter whose settings trace its intervention paradox (Figure 3), None where it
+    has none. measure: what Figure 3 plots against the score for it: `intervention_rate` (steps where
+    the guidance was applied) or `deferred_mass` (mean share of the base's probability handed to the
+    guidance per step, for rules that defer part of a step)."""
 
     name: str
     label: str
@@ -70,6 +74,8 @@ class Method:
     inputs: Callable | None = None
     samples: bool = True  # it can sample from its distribution (`decoding.temperature` > 0)
     stateful: bool = False  # its choice depends on its own earlier choices (a budget, word rounds)
+    threshold: str | None = None
+    measure: str = "intervention_rate"
 
     @property
     def solo(self) -> bool:
@@ -179,6 +185,26 @@ def _forced(c: dict):
     return Forced(tau=tau(c), lam=number(c, "lam", low=0.0), top_k=top_k(c), source=source)
 
 
+def _deferral(rule: str, low: float) -> Callable[[dict], Deferral]:
+    def build(c: dict) -> Deferral:
+        return Deferral(rule=rule, threshold=number(c, "threshold", low=low, high=1.0), name=f"kad_{rule}")
+
+    return build
+
+
+# KAD's rules (policies.KAD_RULES) as methods; `max` is `nudging` and `token_max` is `kad_token_v2` at 0.
+# Thresholds compared with a difference of probabilities may be negative (max_q_plus at -x is max_q_minus at x).
+KAD_METHODS = {
+    "token_wise": ("KAD tok.", 0.0),
+    "token_v2": ("KAD tok.v2", 0.0),
+    "max_q_minus": ("KAD q-", -1.0),
+    "max_q_plus": ("KAD q+", -1.0),
+    "max_p_plus": ("KAD p+", -1.0),
+    "minus_max_p_plus": ("KAD -p+", -1.0),
+    "budget_lr": ("KAD budget", 0.0),
+}
+
+
 def _references(cfg, samples) -> dict:
     from .forcing import references
 
@@ -202,7 +228,7 @@ REGISTRY: dict[str, Method] = {
         ),
         Method(
             "nudging", "NUDG.", "where the base is unsure (u < tau), take the guidance's top token",
-            GUIDED, lambda c: Nudging(tau=tau(c)),
+            GUIDED, lambda c: Nudging(tau=tau(c)), threshold="tau",
         ),
         Method(
             "blendin", "BlendIn", "where u < tau, the argmax of a confidence-weighted blend of both distributions",
@@ -231,7 +257,19 @@ REGISTRY: dict[str, Method] = {
         Method(
             "nudging_words", "NUDG. (words)", "NUDGING on words in rounds, as Fei et al. (2025) published it",
             {**GUIDED, "draft_tokens": 16, "max_rounds": 150, "max_repeats": 3}, _word_nudging,
-            decoder="words", unit="word", samples=False, stateful=True,
+            decoder="words", unit="word", samples=False, stateful=True, threshold="tau",
+        ),
+        *(
+            Method(
+                f"kad_{rule}", label, f"token-wise deferral (KAD), {KAD_RULES[rule]}", {"threshold": 0.4},
+                _deferral(rule, low), threshold="threshold", measure="deferred_mass",
+            )
+            for rule, (label, low) in KAD_METHODS.items()
+        ),
+        Method(
+            "proxy_tuning", "Proxy-T.", "proxy-tuning: base logits + alpha * (guidance - its untuned twin) logits",
+            {"alpha": 1.0}, lambda c: ProxyTuning(alpha=number(c, "alpha", low=0.0)),
+            roles=("base", "guidance", "guidance_untuned"),
         ),
         Method(
             "forced", "forced", "teacher forcing: walk both models along a known answer (no decoding)",

@@ -1,4 +1,5 @@
-"""A model pair (base, guidance, optional aligned sibling) and the decoder each method needs.
+"""A model pair (base, guidance, optional aligned sibling and untuned guidance twin) and the decoder
+each method needs.
 
 Models load on first use, so a `base` run never loads the guidance model, and a process that runs
 several methods on one pair loads each model once.
@@ -28,6 +29,24 @@ class PairSpec:
     base: ModelSpec
     guidance: ModelSpec
     aligned: ModelSpec | None = None
+    guidance_untuned: ModelSpec | None = None  # the guidance before its tuning (proxy-tuning's third model)
+
+
+# What a method that needs an optional role says when the pair lacks it (checked before anything loads).
+OPTIONAL_ROLES = {
+    "aligned": "Fix: set pair.aligned.source (or model@pair.aligned=<name>) to the base model's instruct sibling",
+    "guidance_untuned": "Fix: set pair.guidance_untuned.source (or model@pair.guidance_untuned=<name>) to the "
+    "guidance model before its tuning (the same tokenizer, e.g. the base checkpoint an instruct model was tuned from)",
+}
+
+
+def missing_role(method_name: str, roles, pair_cfg) -> str | None:
+    """The error for a method whose roles include an optional model the pair config does not name, else None."""
+    for role in roles:
+        if role in OPTIONAL_ROLES and not (pair_cfg or {}).get(role):
+            pair = (pair_cfg or {}).get("name")
+            return f"method={method_name} needs pair.{role}, and pair {pair} has none. {OPTIONAL_ROLES[role]}"
+    return None
 
 
 def _model_spec(cfg, role: str, default_format: str, pair: str) -> ModelSpec:
@@ -52,12 +71,15 @@ def _plain(value):
 def pair_spec(cfg) -> PairSpec:
     """Validate a `pair` config node (or dict) into a PairSpec."""
     name = cfg.get("name") or "pair"
-    aligned = cfg.get("aligned")
+    aligned, untuned = cfg.get("aligned"), cfg.get("guidance_untuned")
+    guidance = _model_spec(cfg.get("guidance"), "guidance", "chat", name)
     return PairSpec(
         name=name,
         base=_model_spec(cfg.get("base"), "base", "plain", name),
-        guidance=_model_spec(cfg.get("guidance"), "guidance", "chat", name),
+        guidance=guidance,
         aligned=_model_spec(aligned, "aligned", "chat", name) if aligned else None,
+        # the twin reads exactly what the guidance reads: its prompt format unless the pair says otherwise
+        guidance_untuned=_model_spec(untuned, "guidance_untuned", guidance.prompt_format, name) if untuned else None,
     )
 
 
@@ -72,10 +94,11 @@ class Pair:
             spec = getattr(self.spec, role)
             if spec is None:
                 raise ConfigError(
-                    f"method aligned needs an aligned model, and pair {self.spec.name} names none. "
-                    "Fix: set pair.aligned.source to the base model's instruct sibling"
+                    f"a method needs pair.{role}, and pair {self.spec.name} names none. {OPTIONAL_ROLES[role]}"
                 )
             self._models[role] = load_model(spec, self.device, self.dtype)
+            if role == "guidance_untuned":
+                _check_twin(self._models[role], self.model("guidance"), self.spec.name)
         return self._models[role]
 
     @property
@@ -111,15 +134,19 @@ class Pair:
         policy = make_policy(method)
         if sampling is not None and not sampling.greedy and not spec.samples:
             raise ConfigError(f"method {spec.name} decodes greedily only ({spec.summary}); it cannot sample")
+        problem = missing_role(spec.name, spec.roles, {"name": self.spec.name, **vars(self.spec)})
+        if problem:
+            raise ConfigError(problem)
         check_speculate(speculate)
-        if speculate and (spec.decoder != "token" or spec.roles[0] != "base"):
+        if speculate and (spec.decoder != "token" or spec.roles[0] != "base" or len(spec.roles) > 2):
             raise ConfigError(
-                f"method {spec.name} cannot speculate: speculative decoding checks drafts with the base, "
-                "one token-level step at a time. Fix: speculate=0"
+                f"method {spec.name} cannot speculate: speculative decoding checks the guidance's drafts with "
+                "the base, one token-level step at a time. Fix: speculate=0"
             )
         lead = self.model(spec.roles[0])
         drafter = speculate and spec.solo  # the guidance drafts for the base alone; it never steers
         guidance = self.model("guidance") if not spec.solo or drafter else None
+        untuned = self.model(spec.roles[2]) if len(spec.roles) > 2 else None
         vocab = self.vocab if guidance is not None else None
         if spec.decoder == "forced":
             return ForcedDecoder(lead, policy, guidance, vocab)
@@ -132,7 +159,20 @@ class Pair:
             compile=compile,
             overlap=overlap,
             sampling=sampling,
+            untuned=untuned,
         )
         if speculate:
             return SpeculativeDecoder(lead, policy, guidance, vocab, speculate, **settings)
         return TokenDecoder(lead, policy, guidance, vocab, **settings)
+
+
+def _check_twin(untuned: LoadedModel, guidance: LoadedModel, pair: str) -> None:
+    """Proxy-tuning subtracts the twin's logits from the guidance's token by token: one vocabulary."""
+    from .vocab import same_tokenizer
+
+    if not same_tokenizer(untuned.tokenizer, guidance.tokenizer) or untuned.vocab_size != guidance.vocab_size:
+        raise ConfigError(
+            f"pair {pair}: pair.guidance_untuned ({untuned.spec.source}) has another tokenizer or vocabulary size "
+            f"than the guidance ({guidance.spec.source}); proxy-tuning compares their logits token by token. "
+            "Fix: name the checkpoint the guidance was tuned from"
+        )

@@ -50,6 +50,8 @@ class Step:
     guide_top_spelled: torch.Tensor | None = None
     base_top_p_size: torch.Tensor | None = None
     top100_overlap: torch.Tensor | None = None
+    # proxy-tuning's third model: the guidance's untuned twin, read along the guidance's own tokens
+    untuned_probs: torch.Tensor | None = None  # [B, Vg]; rows not consulted hold garbage
 
     _tops: dict = field(default_factory=dict, repr=False)
 
@@ -77,6 +79,9 @@ class Choice:
     alpha: torch.Tensor  # blend weight, NaN where no blend happened
     blend_prob: torch.Tensor  # renormalized blended probability of the chosen token, NaN where no blend
     latch: torch.Tensor | None = None  # bool: rows whose guidance is switched off from now on (cap latch)
+    # share of the base's probability handed to the guidance this step (`deferred_mass`); None: the
+    # engine reads it off the source (1 where the guidance took the step, alpha where BlendIn blended)
+    deferred: torch.Tensor | None = None
 
 
 def _choose(step: Step, take_guidance: torch.Tensor, source: int = SOURCE_GUIDANCE) -> Choice:
@@ -307,3 +312,152 @@ def joint_ids(guidance_ids: torch.Tensor, step: Step) -> torch.Tensor:
     assert step.vocab is not None, "guidance ids map to base ids through the pair's vocabulary map"
     mapped = step.vocab.guidance_to_base[guidance_ids]
     return torch.where(mapped >= 0, mapped, guidance_ids + step.base_size)
+
+
+# ---- token-wise deferral (KAD) ---------------------------------------------------------------------
+
+# The deferral rules of Hammal, Zweigenbaum and Corro (KAD, EACL 2026), named as their code names them
+# (`DeferralRule` in src/model/cascade_generation.py). d(y) = 1 defers base token y; `threshold` is
+# their `alpha`. p: the base's distribution, q: the guidance's, on base tokens where a rule reads q(y).
+KAD_RULES = {
+    "max": "d = 1 for every token where max p < threshold: NUDGING (tau = threshold)",
+    "token_wise": "d(y) = [p(y) < threshold]: defer each unlikely token",
+    "token_v2": "d(y) = [p(y) < max p - threshold]: defer the tokens far below the base's top token",
+    "token_max": "d(y) = [p(y) < max p]: defer every token but the base's top one (token_v2 at 0)",
+    "max_q_minus": "d(y) = [p(y) < max q - threshold]: defer below the guidance's confidence, less a margin",
+    "max_q_plus": "d(y) = [p(y) < max q + threshold]: defer below the guidance's confidence, plus a margin",
+    "max_p_plus": "d(y) = [q(y) < max p + threshold]: defer the tokens the guidance does not rate above the base's top",
+    "minus_max_p_plus": "d(y) = [q(y) > max p + threshold]: defer the tokens the guidance rates above the base's top",
+    "budget_lr": "defer the least likely tokens while their mass stays within the budget `threshold` (the primal "
+    "knapsack approximation)",
+}
+
+
+@dataclass(frozen=True)
+class Deferral:
+    """Token-wise deferral (KAD): next-token distribution (1 - d) * p + q * sum_y d(y) p(y), where d is the
+    rule's deferral set on base tokens. The base keeps the mass of the tokens it does not defer; the
+    deferred mass goes to the guidance's distribution, whose tokens without a single base twin keep their
+    share (as joint ids, spelled with base tokens when chosen). Greedy decoding takes its argmax;
+    sampling draws from it (`distribution`). The guidance is read at every step (`tau` > 1), since
+    the rules defer some mass almost everywhere; a step counts as applied where it defers any mass."""
+
+    rule: str = "token_wise"
+    threshold: float = 0.4
+    name: str = "kad_token_wise"
+    tau: float = field(default=2.0, init=False)  # consult at every step
+    sources: ClassVar[tuple] = (SOURCE_BASE, SOURCE_BLEND)
+
+    def deferred_set(self, step: Step) -> torch.Tensor:
+        """d [R, Vb] as 0/1 floats, exactly as the rule reads p and q."""
+        p, lam = step.base_probs, self.threshold
+        top_p = p.max(-1, keepdim=True).values
+        rule = self.rule
+        if rule == "max":
+            return (top_p < lam).expand_as(p).float()
+        if rule == "token_wise":
+            return (p < lam).float()
+        if rule == "token_v2":
+            return (p < top_p - lam).float()
+        if rule == "token_max":
+            return (p < top_p).float()
+        if rule == "budget_lr":
+            return _budget(p, lam)
+        assert step.guide_probs is not None and step.vocab is not None, "these rules read the guidance"
+        top_q = step.guide_probs.max(-1, keepdim=True).values
+        if rule == "max_q_minus":
+            return (p < top_q - lam).float()
+        if rule == "max_q_plus":
+            return (p < top_q + lam).float()
+        q = step.vocab.guidance_probs_on_base(step.guide_probs)  # q(y) of each base token
+        if rule == "max_p_plus":
+            return (q < top_p + lam).float()
+        if rule == "minus_max_p_plus":
+            return (q > top_p + lam).float()
+        raise ValueError(f"unknown deferral rule {rule!r}")
+
+    def distribution(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
+        """(joint ids [R, Vb + Vg], probabilities): the base's columns, then each guidance token without
+        a base twin (its id base_size + g); each token once, summing to 1 per row."""
+        mixed, unmapped, _ = self._mixture(step)
+        vb, vg = mixed.shape[-1], unmapped.shape[-1]
+        ids = torch.cat([torch.arange(vb, device=mixed.device), vb + torch.arange(vg, device=mixed.device)])
+        return ids.expand(mixed.shape[0], -1), torch.cat([mixed, unmapped], dim=-1)
+
+    def _mixture(self, step: Step):
+        """The mixture on base ids [R, Vb], on guidance tokens without a twin [R, Vg], and the deferred mass."""
+        assert step.guide_probs is not None and step.vocab is not None, "deferral hands mass to the guidance"
+        p, q = step.base_probs, step.guide_probs
+        d = self.deferred_set(step)
+        mass = (d * p).sum(-1, keepdim=True)
+        mixed = (1 - d) * p + mass * step.vocab.guidance_probs_on_base(q)
+        unmapped = mass * q * (step.vocab.guidance_to_base < 0)
+        return mixed, unmapped, mass.squeeze(-1)
+
+    def decide(self, step: Step) -> Choice:
+        mixed, unmapped, mass = self._mixture(step)
+        best, token = torch.cat([mixed, unmapped], dim=-1).max(-1)
+        applied = step.consulted & (mass > 0)
+        nan = torch.full_like(mass, math.nan)
+        return Choice(
+            torch.where(applied, token, step.base_top_id),
+            applied,
+            torch.where(applied, SOURCE_BLEND, SOURCE_BASE),
+            nan,
+            torch.where(applied, best, nan),
+            deferred=torch.where(step.consulted, mass, torch.zeros_like(mass)),
+        )
+
+
+def _budget(p: torch.Tensor, budget: float) -> torch.Tensor:
+    """KAD's budget_lr: the least likely tokens (the highest -log p first) are deferred while their
+    running mass stays within the budget; every token when the whole distribution fits in it."""
+    order = p.argsort(dim=-1, stable=True)  # ascending p: descending -log p
+    within = p.gather(-1, order).cumsum(-1) <= budget
+    return torch.zeros_like(p).scatter(-1, order, within.float())
+
+
+# ---- proxy-tuning ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProxyTuning:
+    """Proxy-tuning (Liu et al., 2024): softmax(s_base + alpha * (s_tuned - s_untuned)) over the shared
+    vocabulary, where s are logits (log-probabilities: a constant per row cancels in the softmax), the
+    tuned model is the guidance and the untuned one its twin before tuning (`pair.guidance_untuned`).
+    alpha = 1 is the published rule; alpha scales the steer. Base tokens without a guidance twin get
+    no probability, and a base token with several guidance twins reads their summed probability.
+    Every step is a blend of the three models: applied everywhere."""
+
+    alpha: float = 1.0
+    name: str = "proxy_tuning"
+    tau: float = field(default=2.0, init=False)  # the guidance models are read at every step
+    sources: ClassVar[tuple] = (SOURCE_BASE, SOURCE_BLEND)
+
+    def distribution(self, step: Step) -> tuple[None, torch.Tensor]:
+        """(None: the base vocabulary's columns, probabilities [R, Vb]) summing to 1 per row."""
+        vocab = step.vocab
+        assert vocab is not None and step.guide_probs is not None and step.untuned_probs is not None, (
+            "proxy-tuning reads the guidance and its untuned twin"
+        )
+        tuned = vocab.guidance_probs_on_base(step.guide_probs)
+        untuned = vocab.guidance_probs_on_base(step.untuned_probs)
+        shared = vocab.shared_base_mask
+        tiny = torch.finfo(tuned.dtype).tiny
+        steer = tuned.clamp_min(tiny).log() - untuned.clamp_min(tiny).log()
+        scores = step.base_probs.clamp_min(tiny).log() + self.alpha * steer
+        return None, torch.softmax(scores.masked_fill(~shared, -math.inf), dim=-1)
+
+    def decide(self, step: Step) -> Choice:
+        _, probs = self.distribution(step)
+        best, token = probs.max(-1)
+        consulted = step.consulted
+        nan = torch.full_like(best, math.nan)
+        return Choice(
+            torch.where(consulted, token, step.base_top_id),
+            consulted.clone(),
+            torch.where(consulted, SOURCE_BLEND, SOURCE_BASE),
+            nan,
+            torch.where(consulted, best, nan),
+            deferred=nan.clone(),  # no mass is handed over: a product of the three models' distributions
+        )

@@ -30,6 +30,7 @@ from .benchmarks import Benchmark, benchmark_from_config
 from .checks import check_run_config, overlap_setting
 from .cli import call, refuse_unknown_keys
 from .data import CHECKOUT, REPO_ROOT
+from .failures import EOS_WANTED, foreign, loop, runaway
 from .identity import (
     begin_session,
     effective_pair,
@@ -235,6 +236,8 @@ def _record(sample, k: int, gen, seconds: float, decoder) -> dict:
         "intervention_rate": gen.intervention_rate,
         "override_rate": gen.override_rate,
         "consult_rate": gen.consult_rate,
+        "deferred_mass": gen.deferred_mass,
+        "guide_eos_max": gen.guide_eos_max,
         **gen.extras,
         # the output's log-probability under the distributions it was drawn from (tempered, filtered)
         "log_prob": sum(math.log(p) for p in drawn) if drawn and len(drawn) == gen.n_tokens else None,
@@ -246,14 +249,20 @@ def finish(store: RunStore, benchmark: Benchmark, outputs, judge, cfg, reused_fr
     """Score every stored output (rule-based or judge) and write the final files. outputs: the run's
     (sample, sample index) pairs, in order."""
     by_key = {output_key(r): r for r in store.samples()}
+    base_stops = base_stop_reasons(cfg, store)
     records = []
     for sample, k in outputs:
         record = {"id": sample.id, "sample": k, **by_key[(sample.id, k)]}
-        for key in [k for k in record if k.startswith("judge_")] + ["prediction", "score"]:
+        for key in [k for k in record if k.startswith("judge_")] + ["prediction", "score", "buried"]:
             record.pop(key, None)
         record.update(gold=sample.gold, **benchmark.score(sample, record["output"], judge))
+        record.update(
+            runaway=runaway(record["stop_reason"], base_stops.get((sample.id, k))),
+            loop=loop(record["output"]),
+            foreign=foreign(record["output"], sample.prompt.user),
+        )
         records.append(record)
-    summary = benchmark.summarize(records)
+    summary = {**benchmark.summarize(records), **failure_shares(records)}
     method = OmegaConf.to_container(cfg.method, resolve=True)
     tokens = sum(r["n_tokens"] for r in records)
     seconds = sum(r["gen_seconds"] for r in records)
@@ -286,6 +295,8 @@ def finish(store: RunStore, benchmark: Benchmark, outputs, judge, cfg, reused_fr
         "token_intervention_rate": token_rate,
         "consult_rate": mean([r.get("consult_rate", r["intervention_rate"]) for r in records]),
         "override_rate": mean([r["override_rate"] for r in records]),
+        # mean share of the base's probability handed to the guidance per step (None: not that kind of rule)
+        "deferred_mass": mean([r["deferred_mass"] for r in records if r.get("deferred_mass") is not None]),
         "tokens_generated": tokens,
         "wall_time_s": round(seconds, 3),
         "tokens_per_s": round(tokens / seconds, 3) if seconds > 0 else None,
@@ -298,6 +309,35 @@ def finish(store: RunStore, benchmark: Benchmark, outputs, judge, cfg, reused_fr
     }
     store.finalize(records, metrics)
     return metrics
+
+
+def base_stop_reasons(cfg, store: RunStore) -> dict:
+    """(sample id, sample index) -> how the base alone ended that output, from the base run of the same
+    setting (same pair's base model, benchmark settings and decoding) when it is stored; {} if none is."""
+    if method_spec(cfg.method.name).solo:
+        return {}
+    base_cfg = cfg.copy()
+    base_cfg.method = {"name": "base"}
+    path = run_dir(base_cfg) / "samples.jsonl"
+    if path.parent == store.path or not path.is_file():
+        return {}
+    return {output_key(r): r.get("stop_reason") for r in RunStore(path.parent).samples()}
+
+
+def failure_shares(records: list[dict]) -> dict:
+    """Each failure detector's share of the run's outputs (`blendin.failures`); runaway over the outputs whose
+    base output is known, and among the runaway ones, how often the guidance wanted to stop."""
+    known = [r for r in records if r.get("runaway") is not None]
+    ran = [r for r in known if r["runaway"]]
+    eos = [r["guide_eos_max"] for r in ran if r.get("guide_eos_max") is not None]
+    return {
+        "runaway_share": mean([float(r["runaway"]) for r in known]),
+        "n_runaway_known": len(known),
+        "runaway_guide_eos_share": mean([float(e >= EOS_WANTED) for e in eos]),
+        "runaway_guide_eos_max": mean(eos),
+        "loop_share": mean([float(r["loop"]) for r in records]),
+        "foreign_share": mean([float(r["foreign"]) for r in records]),
+    }
 
 
 def _git_commit() -> str:

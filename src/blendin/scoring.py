@@ -101,7 +101,7 @@ def choice_detail(output: str, options: list[str]) -> tuple[str | None, bool]:
     of two options without a letter. A repeated option list, or an option the question does not
     have, is clear: it commits to nothing."""
     letters = LETTERS[: len(options)]
-    lines = _answer_block(output)
+    lines = _answer_block(_unlatex(output))
     stated = [(letter, rest) for i, (letter, rest) in _statements(lines) if not _opens_list(letter, lines[i + 1 :])]
     if stated:
         letter, rest = stated[-1]  # the last statement: a correction counts
@@ -112,6 +112,10 @@ def choice_detail(output: str, options: list[str]) -> tuple[str | None, bool]:
         chosen = _checked(letter, rest, options)
         conflicting = len({s[0] for s in stated}) > 1 and not _CORRECTION.search(output)
         return chosen, conflicting or (chosen is None and letter in letters)
+    labelled_texts = [_text_answer(m.group(1), options) for line in lines if (m := _LABEL_TEXT.match(line))]
+    labelled_texts = [found for found in labelled_texts if found != (None, False)]
+    if labelled_texts:  # "**Answer:** Richard Nixon": a label followed by an option's text
+        return labelled_texts[-1]
     bare = re.fullmatch(rf"\s*\(?({_LETTER})\)?[.)]?\s*", output)
     if bare:
         return (bare.group(1) if bare.group(1) in letters else None), False
@@ -122,9 +126,26 @@ def choice_detail(output: str, options: list[str]) -> tuple[str | None, bool]:
     named = {
         LETTERS[i] for i in _distinctive(options) for piece in _pieces(plain) if _states(piece, _plain(options[i]))
     }
+    if not named and not labelled:  # the option's content inside a sentence (not in a walk through the options)
+        named = {LETTERS[i] for i in _distinctive(options) for piece in _pieces(plain) if _mentions(piece, options[i])}
     if len(named) == 1:
         return named.pop(), False
     return None, len(named) > 1
+
+
+# LaTeX that wraps a letter: \text{(C)}, \mathbf{B}, $A$, \(A\), $= \text{D}$ read as the letter itself.
+_LATEX_WRAP = re.compile(r"\\(?:text|mathrm|mathbf|textbf|textrm|mathit|textit|mbox)\{([^{}$]*)\}")
+_LATEX_LETTER = re.compile(r"\$\s*(=\s*)?(\(?[A-Z]\)?)\s*\$")
+
+
+def _unlatex(output: str) -> str:
+    """The output with inline math that holds only a letter ("$\\text{(B)}$", "$B$", "\\(B\\)") written as
+    plain text; other math is left as it is."""
+    if "$" not in output and "\\" not in output:
+        return output
+    text = output.replace("\\(", "$").replace("\\)", "$")
+    text = _LATEX_WRAP.sub(r"\1", text)
+    return _LATEX_LETTER.sub(lambda m: (m.group(1) or "") + m.group(2), text)
 
 
 # A capital letter standing alone: not followed by a word character, and for A and I, the two
@@ -146,11 +167,12 @@ _STATEMENTS = [
     re.compile(pattern)
     for pattern in (
         rf"\b{_WORDS}\b(?:[^.\n]{{0,60}}?\b(?i:is|would be|should be|must be|has to be|would have to be)\b)?"
-        rf"[ \t]*(?::|-+|\u2013|\u2014)?[ \t]*[*_]*[ \t]*(?i:option[ \t]+)?{_OPEN}?({_LETTER})",
+        rf"[ \t]*(?::|=|-+|\u2013|\u2014)?[ \t]*[*_]*[ \t]*(?i:option[ \t]+)?{_OPEN}?({_LETTER})",
         rf"(?<![\w'])(?:(?i:option|choice|answer)[ \t]+)?[*_]*{_OPEN}?({_ANY}){_CLOSE}?[*_]*[ \t]+"
         rf"(?i:is|seems|looks)[ \t]+"
         rf"(?i:the[ \t]+)?(?i:correct|right|best|true|one\b|answer|most (?:accurate|likely|appropriate|correct))",
-        rf"\bI(?:'d|'ll| would| will)?[ \t]+(?i:pick|choose|select|go with|go for|opt for|vote for|lean towards?)"
+        rf"\b(?:I|[Ww]e)(?:'d|'ll| would| will)?[ \t]+"
+        rf"(?i:pick|choose|select|go with|go for|opt for|vote for|lean towards?)"
         rf"[ \t]+(?i:option[ \t]+|answer[ \t]+|choice[ \t]+)?{_OPEN}?({_ANY})",
         rf"(?i:\b(?:has to|must|should|would have to|could only) be|\bit'?s|\bit is|\bprobably|\bmaybe|\bperhaps"
         rf"|\blikely)[ \t]+(?i:option[ \t]+)?{_OPEN}?({_LETTER})",
@@ -168,6 +190,11 @@ _OPENING_LETTER = re.compile(
     rf"\s*[*_]*{_OPEN}?({_ANY}){_CLOSE}?[*_]*[ \t]*(?:,?[ \t]*(?i:because|since)\b"
     rf"|[ \t]*(?:-+|\u2013|\u2014)[ \t])"
 )
+# A letter alone on the first line, the reasoning on the lines below: "B\n\nIdeal behaviour needs ...".
+_LONE_LETTER = re.compile(rf"\s*[*_]*{_OPEN}?({_ANY}){_CLOSE}?[.:]?[*_]*\s*")
+# A label followed by an option's text rather than its letter: "**Answer:** Richard Nixon",
+# "**Correct option:** dead organisms", "__Answer__: slower".
+_LABEL_TEXT = re.compile(rf"^[\s*_#>]*(?:\w+[ \t]+){{0,2}}{_WORDS}[ \t*_]*(?::|=|-+|\u2013|\u2014)+[ \t*_]*(\S.*)$")
 # A label alone on its line ("Answer:", "**Final answer**"), the letter on the next non-empty line.
 _LABEL_LINE = re.compile(rf"\W*{_WORDS}\W*$")
 _LETTER_LINE = re.compile(rf"\W*({_ANY})(?:[.):]|\s|$)")
@@ -189,6 +216,8 @@ def _statements(lines: list[str]) -> list[tuple[int, tuple[str, str]]]:
         )
         if i == 0 and (m := _OPENING_LETTER.match(line)):
             hits.insert(0, (m.start(), m.group(1), line[m.end(1) :]))
+        elif i == 0 and (m := _LONE_LETTER.fullmatch(line)) and any(later.strip() for later in lines[1:]):
+            hits.insert(0, (m.start(), m.group(1), ""))
         if _LABEL_LINE.match(line):
             following = next((j for j in range(i + 1, len(lines)) if lines[j].strip()), None)
             if following is not None and (m := _LETTER_LINE.match(lines[following])):
@@ -275,6 +304,41 @@ def _pieces(lines: list[str]) -> list[str]:
         pieces.append(_plain(line))
         pieces += [_plain(s) for s in re.split(r"(?<=[.!?])\s+", line.strip())]
     return [p for p in pieces if p]
+
+
+def _text_answer(text: str, options: list[str]) -> tuple[str | None, bool]:
+    """The option whose text a label's answer begins with ("Richard Nixon, in 1972"); (None, True) when
+    it names another option too ("Ronald Reagan or Richard Nixon"); (None, False) when it names none."""
+    plain = _plain(text)
+    starts = [i for i, option in enumerate(options) if _begins(plain, _plain(option))]
+    if not starts:
+        return None, False
+    first = max(starts, key=lambda i: len(options[i]))  # "WPA2" begins "WPA2", not "WPA"
+    others = [i for i in _distinctive(options) if i != first and _mentions(plain, options[i])]
+    return (None, True) if others else (LETTERS[first], False)
+
+
+def _begins(text: str, option: str) -> bool:
+    return bool(option) and (text == option or text.startswith((option + " ", option + ",", option + " (")))
+
+
+# Words before an option's text that keep the sentence from stating it as the answer: a negation ("not
+# Berlin"), a reason or condition that merely mentions it ("because London is big", "if Berlin"), or
+# someone else's view ("some say ...").
+_NOT_ASSERTED = re.compile(
+    r"(?i)\b(?:not|never|no|isn't|aren't|wasn't|don't|doesn't|didn't|neither|nor|incorrect|wrong"
+    r"|because|since|if|unless|although|though|whereas"
+    r"|(?:some|others|people|many|they)\s+(?:say|said|claim|claimed|think|thought|believe|believed))\b"
+)
+
+
+def _mentions(piece: str, option: str) -> bool:
+    """Whether a sentence names the option's text (whole words), with no negation, reason or condition
+    before it."""
+    option = _normalize(option)
+    text = _normalize(piece)
+    at = f" {text} ".find(f" {option} ") if option else -1
+    return at >= 0 and not _NOT_ASSERTED.search(text[:at])
 
 
 def _states(piece: str, option: str) -> bool:

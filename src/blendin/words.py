@@ -356,6 +356,8 @@ class WordNudgingDecoder:
                 top100_overlap=math.nan,
                 text_offset=end,
                 sample_prob=math.nan,  # word-level NUDGING decodes greedily
+                deferred_mass=1.0 if nudged else 0.0,  # a nudged token is the guidance's whole
+                guide_eos_prob=math.nan,  # the guidance's drafts are not traced per base token
             )
             for key, value in entry.items():
                 trace[key].append(value)

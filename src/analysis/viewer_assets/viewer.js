@@ -148,6 +148,13 @@
       });
     }
     if (lo > 0 || hi < 1) list = list.filter((j) => ref.rate[j] != null && ref.rate[j] >= lo && ref.rate[j] <= hi);
+    const failure = $("f-failure").value; // the failure detectors' flags of the run's output (blendin.failures)
+    if (failure !== "any") {
+      list = list.filter((j) => {
+        const flags = (ref.fail || [])[j] || [];
+        return failure === "none" ? ref.fail != null && flags.length === 0 : flags.includes(failure);
+      });
+    }
     const sort = $("f-sort").value;
     const A = RUNS[Number($("f-a").value)];
     const B = RUNS[Number($("f-b").value)];
@@ -256,7 +263,8 @@
       badge + " score " + fmt(score, score != null && Number.isInteger(score) ? 0 : 2) +
       ' &middot; prediction <b class="pred">' + esc(out.prediction || "n/a") + "</b>" +
       " &middot; intervention " + pct(run.rate[j]) + (run.unit !== "token" ? " of " + esc(run.unit) + "s" : "") +
-      " (" + acted + " of " + t.s.length + " steps) &middot; stop: " + esc(out.stop || "n/a");
+      " (" + acted + " of " + t.s.length + " steps) &middot; stop: " + esc(out.stop || "n/a") +
+      ((run.fail || [])[j] && run.fail[j].length ? ' &middot; <b class="fail">' + esc(run.fail[j].join(", ")) + "</b>" : "");
     return (
       '<section class="col" data-run="' + run.key + '">' + head + pickerHtml(k, g.ids[j], sample, n) +
       '<p class="meta">' + meta + "</p>" + stripSvg(t) + '<div class="text" data-run="' + k + '" data-sample="' +
@@ -422,7 +430,7 @@
     $("f-benchmark").addEventListener("change", fillPairs);
     $("f-pair").addEventListener("change", fillSettings);
     $("f-setting").addEventListener("change", fillMethods);
-    ["f-methods", "f-ref", "f-outcome", "f-rate-min", "f-rate-max", "f-sort", "f-a", "f-b", "f-size"].forEach((id) =>
+    ["f-methods", "f-ref", "f-outcome", "f-failure", "f-rate-min", "f-rate-max", "f-sort", "f-a", "f-b", "f-size"].forEach((id) =>
       $(id).addEventListener("change", changed)
     );
     $("f-u").addEventListener("change", () => document.body.classList.toggle("show-u", $("f-u").checked));
