@@ -42,6 +42,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 ALLOWED_FLAGS: dict[str, str] = {}  # "command --flag": reason
 ALLOWED_KEYS = {  # key=value words in the pages that are not the project's settings
     "do_sample": "lm-eval's generation setting (--gen_kwargs do_sample=True), passed through to the model",
+    "add_bos_token": "a model_args setting of lm-eval's local-completions model (docs/serve.md)",
 }
 ALLOWED_HELP_WORDS = {  # key=value words of a --help that are not the project's keys
     "pretrained=gpt2": "lm-eval's own example in its help, for its hf model",
@@ -103,6 +104,7 @@ def words(command: str) -> list[str]:
 def commands_in(line: str) -> list[list[str]]:
     """The commands of one shell line (split at && ; | ||), each as words without leading VAR=value."""
     found = []
+    line = re.sub(r"(^|\s)#.*$", "", line)  # a trailing comment, before a ';' inside it splits anything
     for part in re.split(r"&&|\|\||;|\|", line):
         tokens = words(part.strip().removeprefix("$ "))
         while tokens and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", tokens[0]):  # environment assignments

@@ -21,7 +21,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .checks import check_device, check_engine, check_pair
-from .cli import call
+from .cli import call, refuse_unknown_keys
 from .errors import ConfigError
 from .methods import make_policy
 from .methods import method as method_spec
@@ -348,6 +348,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    refuse_unknown_keys("serve", sys.argv[1:])
     _hydra_main()
 
 
