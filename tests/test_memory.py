@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import weakref
 
 import pandas as pd
@@ -19,6 +20,18 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from blendin import memory
 from blendin.prompts import Prompt
 from blendin.run import execute, run_dir, shared_pair
+
+
+def _same_records(a: list[dict], b: list[dict]) -> bool:
+    """The same outputs, counts and texts; probabilities equal up to float32 rounding (kernels sum in
+    another order for another batch shape)."""
+
+    def same(x, y):
+        if isinstance(x, float) and isinstance(y, float):
+            return math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-6)
+        return x == y
+
+    return len(a) == len(b) and all(x.keys() == y.keys() and all(same(x[k], y[k]) for k in x) for x, y in zip(a, b))
 
 
 def _without_times(samples):
@@ -48,7 +61,7 @@ def test_out_of_memory_halves_the_batch_and_keeps_every_output(method, model_dir
     finally:
         hook.remove()
     assert calls["raised"], "the test should inject an out-of-memory error"
-    assert _without_times(read_samples(run_dir(cfg))) == _without_times(read_samples(run_dir(plain)))
+    assert _same_records(_without_times(read_samples(run_dir(cfg))), _without_times(read_samples(run_dir(plain))))
     # the same tokens; probabilities equal up to float32 rounding (kernels sum in another order for
     # another batch shape, so a batch of 2 and a batch of 4 may differ in the last digits)
     pd.testing.assert_frame_equal(
