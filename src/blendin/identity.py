@@ -50,6 +50,11 @@ def effective_pair(cfg) -> dict:
     return pair
 
 
+def _placeless(model: dict | None) -> dict | None:
+    """A model's config without where it runs (`device`): the same model decodes the same outputs anywhere."""
+    return {k: v for k, v in model.items() if k != "device"} if model else model
+
+
 def resolved_dtype(cfg) -> str:
     return str(resolve_dtype(cfg.dtype, resolve_device(cfg.device, strict=False)))
 
@@ -67,7 +72,7 @@ def run_name(cfg: DictConfig) -> str:
     roles = spec.roles
     benchmark = {k: v for k, v in plain(cfg.benchmark).items() if k not in SCORING_ONLY_KEYS}
     shaping = {
-        "pair": {role: pair.get(role) for role in roles},
+        "pair": {role: _placeless(pair.get(role)) for role in roles},
         "method": method,
         "dtype": resolved_dtype(cfg),
         "benchmark": benchmark,
@@ -129,7 +134,9 @@ def environment(cfg) -> dict:
     import torch
     import transformers
 
-    return {
+    from .parallel import ranks
+
+    env = {
         "device": str(resolve_device(cfg.device, strict=False)),
         "dtype": resolved_dtype(cfg),
         "batch_size": cfg.batch_size,
@@ -139,6 +146,13 @@ def environment(cfg) -> dict:
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
     }
+    guidance_device = ((cfg.get("pair") or {}).get("guidance") or {}).get("device")
+    if guidance_device:
+        env["guidance_device"] = str(guidance_device)
+    placed = ranks()
+    if placed.world > 1:  # only where set, so that one-process sessions read as they always have
+        env.update(processes=placed.world, tp=placed.tp)
+    return env
 
 
 def prompts_digest(rendered: list[tuple[str, str | None]]) -> str:

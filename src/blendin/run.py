@@ -10,6 +10,7 @@ Config: conf/config.yaml.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -25,6 +26,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from . import parallel
 from .benchmarks import Benchmark, benchmark_from_config
 from .checks import check_run_config
 from .cli import call
@@ -63,26 +65,36 @@ def load_benchmark(cfg_benchmark) -> Benchmark:
 def execute(cfg: DictConfig, pair: Pair | None = None) -> dict:
     """Decode what is not yet stored, score, and write metrics.json; return the metrics.
 
-    The config is checked first, so a bad value fails before any data or model loads.
+    The config is checked first, so a bad value fails before any data or model loads. Under torchrun
+    the processes share the work (`blendin.parallel`): rank 0 prepares the run directory and writes
+    what is written once, each group decodes its share of the pending outputs.
     """
     check_run_config(cfg)
+    settings = cfg.get("parallel") or {}
+    ranks = parallel.setup(settings.get("tp", 1), settings.get("timeout_s", 60), cfg.device)
+    try:
+        metrics = _execute(cfg, pair, ranks)
+    except BaseException as err:
+        ranks.fail(err)  # the other ranks stop, naming this one and the cause
+        raise
+    return metrics
+
+
+def _execute(cfg: DictConfig, pair: Pair | None, ranks: parallel.Ranks) -> dict:
     benchmark = load_benchmark(cfg.benchmark)
     samples = benchmark.samples(cfg.benchmark.n)
     judge = make_judge(cfg.get("judge"))
-    store = RunStore(run_dir(cfg))
-    with store.lock():
-        if store.finished and not cfg.force:
-            log.info("finished run, skipped (force=true to redo): %s", store.path)
+    store = RunStore(run_dir(cfg), writer=ranks.writer)
+    sampling = sampling_from(cfg.get("decoding"))
+    outputs = [(s, k) for s in samples for k in range(sampling.samples)]  # k: the sample index of an item
+    with store.lock() if ranks.main else contextlib.nullcontext():  # rank 0 holds it for every process
+        start = ranks.from_main("start", lambda: _start(cfg, store, outputs))
+        if start["finished"]:
+            if ranks.main:
+                log.info("finished run, skipped (force=true to redo): %s", store.path)
             return json.loads(store.metrics_path.read_text())
-        if cfg.force:
-            store.reset()
-        atomic_write_text(store.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        sampling = sampling_from(cfg.get("decoding"))
-        outputs = [(s, k) for s in samples for k in range(sampling.samples)]  # k: the sample index of an item
-        done = {output_key(r) for r in store.samples()}
-        store.prune_parts(done)
-        pending = [(s, k) for s, k in outputs if (s.id, k) not in done]
-        reused = _reuse(cfg, store) if pending and not done else None
+        pending = [outputs[i] for i in start["pending"]]
+        reused = start["reused"]
         if pending and not reused:
             log.info("%s: %d of %d samples to decode -> %s", store.path.name, len(pending), len(outputs), store.path)
             pair = pair or shared_pair(cfg)
@@ -101,14 +113,39 @@ def execute(cfg: DictConfig, pair: Pair | None = None) -> dict:
                 )
                 for s in samples
             ]
-            batch_size = resolved_batch_size(cfg, decoder, [s for s, _ in pending], store.path if done else None)
-            begin_session(
-                store.path, prompts_digest(rendered), dict(environment(cfg), batch_size=batch_size), resuming=bool(done)
-            )
-            _decode(cfg, decoder, pending, store, batch_size, sampling)
-        metrics = finish(store, benchmark, outputs, judge, cfg, reused_from=reused)
-    log_run(cfg, metrics, store.samples(), store.path)
+            resuming = store.path if start["resuming"] else None
+            # every rank decodes with the same batch size: the smallest that fits each one's memory
+            batch_size = resolved_batch_size(cfg, decoder, [s for s, _ in pending], resuming)
+            batch_size = ranks.agree_min("batch_size", batch_size)
+            env = dict(environment(cfg), batch_size=batch_size)
+            digest = prompts_digest(rendered)
+
+            def session() -> None:  # rank 0 records it; the others wait, so none decodes a refused resume
+                begin_session(store.path, digest, env, resuming=bool(resuming))
+
+            ranks.from_main("session", session)
+            _decode(cfg, decoder, ranks.share(pending), store, batch_size, sampling)
+        ranks.barrier("decoded")  # every group's outputs are stored
+        metrics = ranks.from_main("finish", lambda: finish(store, benchmark, outputs, judge, cfg, reused_from=reused))
+    if ranks.main:
+        log_run(cfg, metrics, store.samples(), store.path)
     return metrics
+
+
+def _start(cfg: DictConfig, store: RunStore, outputs) -> dict:
+    """Rank 0's start of a session (the only process then touching the directory): skip a finished run,
+    or clear it (force), write config.yaml, repair what a kill left, and list the outputs still to decode
+    (positions in `outputs`) or copy them from another pair's run."""
+    if store.finished and not cfg.force:
+        return {"finished": True}
+    if cfg.force:
+        store.reset()
+    atomic_write_text(store.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    done = {output_key(r) for r in store.samples()}
+    store.prune_parts(done)
+    pending = [i for i, (s, k) in enumerate(outputs) if (s.id, k) not in done]
+    reused = _reuse(cfg, store) if pending and not done else None
+    return {"finished": False, "pending": pending, "resuming": bool(done), "reused": reused}
 
 
 def _reuse(cfg: DictConfig, store: RunStore) -> str | None:
@@ -133,14 +170,17 @@ def shared_pair(cfg: DictConfig) -> Pair:
     """One Pair per (pair config, device, dtype) in this process: the runs of a sweep that share a
     pair load its models once (a Pair loads each model on first use)."""
     pair = effective_pair(cfg)
-    key = json.dumps([pair, cfg.device, cfg.dtype], sort_keys=True)
+    split = cfg.get("parallel") or {}
+    tp, guidance = split.get("tp", 1), split.get("guidance", "whole")
+    key = json.dumps([pair, cfg.device, cfg.dtype, tp, guidance], sort_keys=True)
     if key not in _PAIRS:
         if _PAIRS:  # keep one pair in memory: a sweep over pairs should not pile them up
             _PAIRS.clear()
             gc.collect()  # a model refers to itself through its compiled forward: only the collector frees it
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        _PAIRS[key] = Pair(pair_spec(pair), device=cfg.device, dtype=cfg.dtype)
+        device = parallel.local_device(cfg.device)
+        _PAIRS[key] = Pair(pair_spec(pair), device=device, dtype=cfg.dtype, tp=tp, guidance=guidance)
     return _PAIRS[key]
 
 
@@ -154,7 +194,9 @@ def _decode(cfg, decoder, pending, store: RunStore, batch_size: int, sampling: S
     method = cfg.method.name
     spec = method_spec(method)
     stop = list(cfg.benchmark.get("stop") or [])
-    bar = tqdm(total=len(pending), desc=f"{cfg.benchmark.name}/{method}", unit="sample", file=sys.stderr)
+    ranks = parallel.ranks()  # a group's first rank stores its outputs; rank 0 shows its group's progress
+    desc = f"{cfg.benchmark.name}/{method}"
+    bar = tqdm(total=len(pending), desc=desc, unit="sample", file=sys.stderr, disable=not ranks.main)
     totals = {"tokens": 0, "applied": 0, "start": time.perf_counter(), "last": time.perf_counter()}
     todo = list(pending)
 
@@ -172,7 +214,8 @@ def _decode(cfg, decoder, pending, store: RunStore, batch_size: int, sampling: S
                 trace.setdefault(key, []).extend(values)
             totals["tokens"] += gen.n_tokens
             totals["applied"] += gen.n_applied
-        store.append(records, trace)
+        if ranks.leader:
+            store.append(records, trace)
         bar.update(len(generations))
         bar.set_postfix(
             tok_s=f"{totals['tokens'] / (now - totals['start']):.1f}",
@@ -193,8 +236,8 @@ def _decode(cfg, decoder, pending, store: RunStore, batch_size: int, sampling: S
             )
             break
         except Exception as err:  # noqa: BLE001 - only out-of-memory is handled; the rest is re-raised
-            if not is_out_of_memory(err) or batch_size == 1:
-                raise
+            if not is_out_of_memory(err) or batch_size == 1 or ranks.world > 1:
+                raise  # several processes: a rank out of memory ends the run (rerun with a smaller batch_size)
         release_after_out_of_memory()  # the failed batch's tensors, graphs and cached blocks
         stored = {output_key(r) for r in store.samples()}
         todo = [(s, k) for s, k in todo if (s.id, k) not in stored]
@@ -340,7 +383,8 @@ def main(cfg: DictConfig) -> dict | None:
     if sweeping():  # one job of a multirun: a failure is recorded and reported at the end, not raised
         return run_job(cfg, execute, run_dir, SUMMARY_KEYS)
     metrics = call(execute, cfg)
-    print(json.dumps({k: metrics.get(k) for k in SUMMARY_KEYS}))
+    if parallel.ranks().main:  # one summary line, however many processes decoded
+        print(json.dumps({k: metrics.get(k) for k in SUMMARY_KEYS}))
     return None
 
 
