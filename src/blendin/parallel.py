@@ -289,9 +289,10 @@ def setup(tp: int = 1, timeout_s: float = 60.0, device: str = "auto") -> Ranks:
         )
     if not _RANKS.main:  # one voice: rank 0 logs the run's progress, the others only what goes wrong
         logging.getLogger().setLevel(logging.WARNING)
-    _Watch(_RANKS, timeout_s).start()
+    watch = _Watch(_RANKS, timeout_s)
+    watch.start()
     _on_sigterm(_RANKS)
-    atexit.register(_leave)
+    atexit.register(_leave, watch)
     log.info("rank %d of %d: group %d of %d (tp=%d)", here.rank, here.world, _RANKS.group, _RANKS.groups, tp)
     return _RANKS
 
@@ -308,12 +309,19 @@ def local_device(device: str) -> str:
     return device
 
 
-def _leave() -> None:
-    """At a clean exit: this rank's watcher stops expecting heartbeats from it. Rank 0, which may hold
-    the store itself (srun without torchrun), waits briefly for the others to leave first."""
+def _leave(watch: "_Watch") -> None:
+    """At a clean exit: stop this rank's watch (a thread left inside a store call while the interpreter
+    shuts down aborts the process), and tell the rank watching this one not to expect more heartbeats.
+    Rank 0, which may hold the store itself (srun without torchrun), waits briefly for the others."""
+    watch.stopping.set()
+    watch.join(timeout=10)
     r = ranks()
     if r.store is None:
         return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
     try:
         r.store.set(f"left/{r.rank}", "1")
         left = r.store.add("left", 1)
@@ -338,6 +346,7 @@ class _Watch(threading.Thread):
         super().__init__(name="blendin-watch", daemon=True)
         self.rank, self.world, self.timeout = ranks.rank, ranks.world, float(timeout_s)
         self.interval = min(1.0, self.timeout / 10)
+        self.stopping = threading.Event()
 
     def run(self) -> None:
         import torch.distributed as dist
@@ -352,7 +361,7 @@ class _Watch(threading.Thread):
             return
         watched = (self.rank + 1) % self.world
         seen, since = -1, time.monotonic()
-        while True:
+        while not self.stopping.is_set():
             try:
                 store.add(f"beat/{self.rank}", 1)
                 failed = failures(store, self.world)
@@ -374,7 +383,7 @@ class _Watch(threading.Thread):
                     f"lost the run's store at {address} ({type(err).__name__}): the launcher, or the process "
                     "or node that held it, has ended",
                 )
-            time.sleep(self.interval)
+            self.stopping.wait(self.interval)
 
 
 def _on_sigterm(r: Ranks) -> None:

@@ -47,7 +47,8 @@ def run_job(cfg: DictConfig, execute, run_dir, summary_keys) -> dict:
     hydra_cfg = HydraConfig.get()
     _share_cpu_threads(hydra_cfg.launcher)
     record = {"job": hydra_cfg.job.num, "overrides": list(hydra_cfg.overrides.task)}
-    print(progress_line(hydra_cfg.job.num), file=sys.stderr, flush=True)
+    if place().rank == 0:
+        print(progress_line(hydra_cfg.job.num), file=sys.stderr, flush=True)
     try:
         path = run_dir(cfg)
         record["run_dir"] = str(path)
