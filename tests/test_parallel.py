@@ -184,9 +184,8 @@ def test_a_rank_that_fails_stops_the_ranks_waiting_for_it_with_its_cause():
     assert main.from_main("plan", lambda: {"pending": [1, 2]}) == {"pending": [1, 2]}
     assert other.from_main("plan", lambda: None) == {"pending": [1, 2]}
     main.fail(ValueError("judge server down"))
-    with pytest.raises(
-        RankFailed, match="rank 1 stops waiting for finish: rank 0 failed: ValueError: judge server down"
-    ):
+    cause = r"rank 1: stopping \(waiting for finish\), because rank 0 failed: ValueError: judge server down"
+    with pytest.raises(RankFailed, match=cause):
         other.from_main("finish", lambda: None)
 
 
@@ -279,7 +278,7 @@ def _free_port() -> int:
 INJECTED = """
 import os, sys
 from blendin.store import RunStore
-if os.environ["RANK"] == "1":
+if os.environ["SLURM_PROCID"] == "1":
     def fails(self, records, trace):
         raise OSError("disk full (injected)")
     RunStore.append = fails
@@ -291,19 +290,29 @@ main()
 
 @pytest.mark.parametrize("fault", ["exception", "kill"])
 def test_without_torchrun_a_failed_or_silent_rank_ends_the_other_naming_it(model_dirs, tmp_path, fault):
-    """Ranks started one by one (as srun starts them, with no torchrun agent to stop the rest): a rank's
-    exception is recorded for the others; a rank killed without a word is noticed by its heartbeat."""
+    """Ranks started one by one (as srun starts them, with no torchrun agent to stop the rest; the first
+    case with SLURM's variables only): a rank's exception is recorded for the others; a rank killed
+    without a word is noticed by its heartbeat."""
     script = tmp_path / "rank.py"
     script.write_text(INJECTED)
     overrides = tiny(model_dirs, tmp_path, "method=nudging", "benchmark.n=6", "benchmark.max_new_tokens=24",
                      "batch_size=1", "parallel.timeout_s=3")  # fmt: skip
     command = [sys.executable, str(script)] if fault == "exception" else [sys.executable, "-m", "blendin.run"]
-    place = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    port = str(_free_port())
+
+    def place(rank: int) -> dict:
+        if fault == "exception":  # srun's task variables: rank 0 holds the store on the job's first node
+            return {"SLURM_PROCID": str(rank), "SLURM_NTASKS": "2", "SLURM_LOCALID": str(rank), "SLURM_JOB_ID": "1",
+                    "SLURM_JOB_NODELIST": "127.0.0.1", "MASTER_PORT": port}  # fmt: skip
+        return {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port}  # fmt: skip
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in ("RANK", "WORLD_SIZE")}
     procs = [
         subprocess.Popen(
             [*command, *overrides],
             cwd=REPO,
-            env={**os.environ, **ENV, **place, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            env={**clean, **ENV, **place(rank)},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

@@ -75,9 +75,12 @@ def _export_slurm_rendezvous() -> None:
 
     env = os.environ
     if "MASTER_ADDR" not in env:
-        nodes = subprocess.run(
-            ["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]], capture_output=True, text=True
-        ).stdout.split()
+        try:
+            nodes = subprocess.run(
+                ["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]], capture_output=True, text=True
+            ).stdout.split()
+        except OSError:  # no scontrol here: a plain list of host names
+            nodes = []
         env["MASTER_ADDR"] = nodes[0] if nodes else env["SLURM_JOB_NODELIST"].split(",")[0]
     env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
     p = place()
@@ -221,7 +224,7 @@ class Ranks:
         while not self.store.check([key]):
             failed = failures(self.store, self.world)
             if failed:
-                raise RankFailed(f"rank {self.rank} stops waiting for {what}: " + "; ".join(failed))
+                raise RankFailed(f"rank {self.rank}: stopping (waiting for {what}), because " + "; ".join(failed))
             time.sleep(POLL_S)
 
     def fail(self, error: BaseException) -> None:
