@@ -24,7 +24,7 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from . import parallel
 from .benchmarks import Benchmark, benchmark_from_config
@@ -33,7 +33,6 @@ from .cli import call
 from .data import CHECKOUT, REPO_ROOT
 from .identity import (
     begin_session,
-    effective_pair,
     environment,
     last_session,
     prompts_digest,
@@ -47,7 +46,8 @@ from .judges import make_judge
 from .memory import auto_batch_size, is_out_of_memory, release_after_out_of_memory
 from .methods import method as method_spec
 from .pair import Pair, pair_spec
-from .sampling import Sampling, sampling_from, stream_key
+from .runspec import RunSpec, describe
+from .sampling import Sampling, stream_key
 from .scoring import mean
 from .store import RunStore, atomic_write_text, output_key
 from .sweep import run_job, sweeping
@@ -65,30 +65,31 @@ def load_benchmark(cfg_benchmark) -> Benchmark:
 def execute(cfg: DictConfig, pair: Pair | None = None) -> dict:
     """Decode what is not yet stored, score, and write metrics.json; return the metrics.
 
-    The config is checked first, so a bad value fails before any data or model loads. Under torchrun
-    the processes share the work (`blendin.parallel`): rank 0 prepares the run directory and writes
-    what is written once, each group decodes its share of the pending outputs.
+    The config is checked first, so a bad value fails before any data or model loads, then described
+    once (`runspec.describe`): everything below reads that description. Under torchrun the processes
+    share the work (`blendin.parallel`): rank 0 prepares the run directory and writes what is written
+    once, each group decodes its share of the pending outputs.
     """
     check_run_config(cfg)
-    settings = cfg.get("parallel") or {}
-    ranks = parallel.setup(settings.get("tp", 1), settings.get("timeout_s", 60), cfg.device)
+    run = describe(cfg)
+    ranks = parallel.setup(run.parallel.tp, run.parallel.timeout_s, run.engine.device)
     try:
-        metrics = _execute(cfg, pair, ranks)
+        metrics = _execute(run, pair, ranks)
     except BaseException as err:
         ranks.fail(err)  # the other ranks stop, naming this one and the cause
         raise
     return metrics
 
 
-def _execute(cfg: DictConfig, pair: Pair | None, ranks: parallel.Ranks) -> dict:
-    benchmark = load_benchmark(cfg.benchmark)
-    samples = benchmark.samples(cfg.benchmark.n)
-    judge = make_judge(cfg.get("judge"))
-    store = RunStore(run_dir(cfg), writer=ranks.writer)
-    sampling = sampling_from(cfg.get("decoding"))
+def _execute(run: RunSpec, pair: Pair | None, ranks: parallel.Ranks) -> dict:
+    benchmark = load_benchmark(run.benchmark)
+    samples = benchmark.samples(run.benchmark["n"])
+    judge = make_judge(run.judge)
+    store = RunStore(run_dir(run), writer=ranks.writer)
+    sampling = run.sampling
     outputs = [(s, k) for s in samples for k in range(sampling.samples)]  # k: the sample index of an item
     with store.lock() if ranks.main else contextlib.nullcontext():  # rank 0 holds it for every process
-        start = ranks.from_main("start", lambda: _start(cfg, store, outputs))
+        start = ranks.from_main("start", lambda: _start(run, store, outputs))
         if start["finished"]:
             if ranks.main:
                 log.info("finished run, skipped (force=true to redo): %s", store.path)
@@ -97,14 +98,14 @@ def _execute(cfg: DictConfig, pair: Pair | None, ranks: parallel.Ranks) -> dict:
         reused = start["reused"]
         if pending and not reused:
             log.info("%s: %d of %d samples to decode -> %s", store.path.name, len(pending), len(outputs), store.path)
-            pair = pair or shared_pair(cfg)
+            pair = pair or shared_pair(run)
             decoder = pair.decoder(
-                OmegaConf.to_container(cfg.method, resolve=True),
-                base_view=cfg.get("base_view", "ids"),
-                guidance_schedule=cfg.get("guidance_schedule", "auto"),
-                compile=cfg.get("compile", "none"),
+                run.method,
+                base_view=run.engine.base_view,
+                guidance_schedule=run.engine.guidance_schedule,
+                compile=run.engine.compile,
                 sampling=sampling,
-                speculate=cfg.get("speculate", 0),
+                speculate=run.engine.speculate,
             )
             rendered = [
                 (
@@ -115,43 +116,43 @@ def _execute(cfg: DictConfig, pair: Pair | None, ranks: parallel.Ranks) -> dict:
             ]
             resuming = store.path if start["resuming"] else None
             # every rank decodes with the same batch size: the smallest that fits each one's memory
-            batch_size = resolved_batch_size(cfg, decoder, [s for s, _ in pending], resuming)
+            batch_size = resolved_batch_size(run, decoder, [s for s, _ in pending], resuming)
             batch_size = ranks.agree_min("batch_size", batch_size)
-            env = dict(environment(cfg), batch_size=batch_size)
+            env = dict(environment(run), batch_size=batch_size)
             digest = prompts_digest(rendered)
 
             def session() -> None:  # rank 0 records it; the others wait, so none decodes a refused resume
                 begin_session(store.path, digest, env, resuming=bool(resuming))
 
             ranks.from_main("session", session)
-            _decode(cfg, decoder, ranks.share(pending), store, batch_size, sampling)
+            _decode(run, decoder, ranks.share(pending), store, batch_size, sampling)
         ranks.barrier("decoded")  # every group's outputs are stored
-        metrics = ranks.from_main("finish", lambda: finish(store, benchmark, outputs, judge, cfg, reused_from=reused))
+        metrics = ranks.from_main("finish", lambda: finish(store, benchmark, outputs, judge, run, reused_from=reused))
     if ranks.main:
-        log_run(cfg, metrics, store.samples(), store.path)
+        log_run(run, metrics, store.samples(), store.path)
     return metrics
 
 
-def _start(cfg: DictConfig, store: RunStore, outputs) -> dict:
+def _start(run: RunSpec, store: RunStore, outputs) -> dict:
     """Rank 0's start of a session (the only process then touching the directory): skip a finished run,
     or clear it (force), write config.yaml, repair what a kill left, and list the outputs still to decode
     (positions in `outputs`) or copy them from another pair's run."""
-    if store.finished and not cfg.force:
+    if store.finished and not run.force:
         return {"finished": True}
-    if cfg.force:
+    if run.force:
         store.reset()
-    atomic_write_text(store.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(store.path / "config.yaml", run.config_yaml)
     done = {output_key(r) for r in store.samples()}
     store.prune_parts(done)
     pending = [i for i, (s, k) in enumerate(outputs) if (s.id, k) not in done]
-    reused = _reuse(cfg, store) if pending and not done else None
+    reused = _reuse(run, store) if pending and not done else None
     return {"finished": False, "pending": pending, "resuming": bool(done), "reused": reused}
 
 
-def _reuse(cfg: DictConfig, store: RunStore) -> str | None:
+def _reuse(run: RunSpec, store: RunStore) -> str | None:
     """For a one-model run (base, guidance, aligned): copy the outputs of the same finished run
     stored under another pair that shares the model, instead of decoding them again."""
-    if not method_spec(cfg.method.name).solo:
+    if not method_spec(run.method_name).solo:
         return None
     same_run = f"*/{store.path.parent.name}/{store.path.name}/metrics.json"  # under any pair
     for metrics_path in sorted(store.path.parents[2].glob(same_run)):
@@ -166,36 +167,37 @@ def _reuse(cfg: DictConfig, store: RunStore) -> str | None:
 _PAIRS: dict[str, Pair] = {}
 
 
-def shared_pair(cfg: DictConfig) -> Pair:
-    """One Pair per (pair config, device, dtype) in this process: the runs of a sweep that share a
-    pair load its models once (a Pair loads each model on first use)."""
-    pair = effective_pair(cfg)
-    split = cfg.get("parallel") or {}
-    tp, guidance = split.get("tp", 1), split.get("guidance", "whole")
-    key = json.dumps([pair, cfg.device, cfg.dtype, tp, guidance], sort_keys=True)
+def shared_pair(cfg: RunSpec) -> Pair:
+    """One Pair per (pair config, device, dtype, split) in this process: the runs of a sweep that share a
+    pair load its models once (a Pair loads each model on first use). cfg: a RunSpec (or a config)."""
+    run = describe(cfg)
+    pair, engine = run.pair, run.engine
+    tp, guidance = run.parallel.tp, run.parallel.guidance
+    key = json.dumps([pair, engine.device, engine.dtype, tp, guidance], sort_keys=True)
     if key not in _PAIRS:
         if _PAIRS:  # keep one pair in memory: a sweep over pairs should not pile them up
             _PAIRS.clear()
             gc.collect()  # a model refers to itself through its compiled forward: only the collector frees it
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        device = parallel.local_device(cfg.device)
-        _PAIRS[key] = Pair(pair_spec(pair), device=device, dtype=cfg.dtype, tp=tp, guidance=guidance)
+        device = parallel.local_device(engine.device)
+        _PAIRS[key] = Pair(pair_spec(pair), device=device, dtype=engine.dtype, tp=tp, guidance=guidance)
     return _PAIRS[key]
 
 
-def _decode(cfg, decoder, pending, store: RunStore, batch_size: int, sampling: Sampling) -> None:
+def _decode(cfg: RunSpec, decoder, pending, store: RunStore, batch_size: int, sampling: Sampling) -> None:
     """Decode `pending` (sample, sample index) pairs, storing outputs as batches finish. Out of GPU memory,
     halve the batch and go on with the outputs not yet stored (the new batch size is recorded as a
     session of the run). Each output's random stream is keyed by (seed, sample id, index), never by
-    its place in a batch."""
+    its place in a batch. cfg: a RunSpec (or a config)."""
     from tqdm import tqdm
 
-    method = cfg.method.name
+    run = describe(cfg)
+    method = run.method_name
     spec = method_spec(method)
-    stop = list(cfg.benchmark.get("stop") or [])
+    stop = list(run.benchmark.get("stop") or [])
     ranks = parallel.ranks()  # a group's first rank stores its outputs; rank 0 shows its group's progress
-    desc = f"{cfg.benchmark.name}/{method}"
+    desc = f"{run.benchmark_name}/{method}"
     bar = tqdm(total=len(pending), desc=desc, unit="sample", file=sys.stderr, disable=not ranks.main)
     totals = {"tokens": 0, "applied": 0, "start": time.perf_counter(), "last": time.perf_counter()}
     todo = list(pending)
@@ -223,12 +225,12 @@ def _decode(cfg, decoder, pending, store: RunStore, batch_size: int, sampling: S
         )
 
     while todo:
-        extra = spec.inputs(cfg, [s for s, _ in todo]) if spec.inputs else {}  # per-sample inputs besides prompts
+        extra = spec.inputs(run, [s for s, _ in todo]) if spec.inputs else {}  # per-sample inputs besides prompts
         try:
             decoder.generate(
                 [s.prompt for s, _ in todo],
                 keys=[stream_key(sampling.seed, s.id, k) for s, k in todo],
-                max_new_tokens=cfg.benchmark.max_new_tokens,
+                max_new_tokens=run.max_new_tokens,
                 stop_strings=stop,
                 batch_size=batch_size,
                 on_batch=on_batch,
@@ -243,21 +245,23 @@ def _decode(cfg, decoder, pending, store: RunStore, batch_size: int, sampling: S
         todo = [(s, k) for s, k in todo if (s.id, k) not in stored]
         batch_size //= 2
         log.warning("out of memory: batch size halved to %d; %d samples left", batch_size, len(todo))
-        record_session(store.path, dict(environment(cfg), batch_size=batch_size, after="out of memory"))
+        record_session(store.path, dict(environment(run), batch_size=batch_size, after="out of memory"))
     bar.close()
 
 
-def resolved_batch_size(cfg, decoder, samples, resuming: Path | None = None) -> int:
+def resolved_batch_size(cfg: RunSpec, decoder, samples, resuming: Path | None = None) -> int:
     """`batch_size`, or for batch_size=auto the largest batch that fits the GPU (`memory.auto_batch_size`);
-    a resumed auto run keeps the batch size it last decoded with (in bf16 another one would change outputs)."""
-    if cfg.batch_size != "auto":
-        return cfg.batch_size
+    a resumed auto run keeps the batch size it last decoded with (in bf16 another one would change outputs).
+    cfg: a RunSpec (or a config)."""
+    run = describe(cfg)
+    if run.engine.batch_size != "auto":
+        return int(run.engine.batch_size)
     last = last_session(resuming) if resuming else None
     if last and isinstance(last.get("batch_size"), int):
         return last["batch_size"]
     models = [decoder.lead] + ([decoder.guidance] if decoder.guidance is not None else [])
     longest = max(len(decoder.lead.prompt_ids(s.prompt)) for s in samples)
-    size = auto_batch_size(models, longest, cfg.benchmark.max_new_tokens)
+    size = auto_batch_size(models, longest, run.max_new_tokens)
     log.info("batch_size=auto: %d", size)
     return size
 
@@ -286,9 +290,10 @@ def _record(sample, k: int, gen, seconds: float, decoder) -> dict:
     }
 
 
-def finish(store: RunStore, benchmark: Benchmark, outputs, judge, cfg, reused_from: str | None = None) -> dict:
+def finish(store: RunStore, benchmark: Benchmark, outputs, judge, cfg: RunSpec, reused_from: str | None = None) -> dict:
     """Score every stored output (rule-based or judge) and write the final files. outputs: the run's
-    (sample, sample index) pairs, in order."""
+    (sample, sample index) pairs, in order; cfg: the RunSpec (or a config)."""
+    run = describe(cfg)
     by_key = {output_key(r): r for r in store.samples()}
     records = []
     for sample, k in outputs:
@@ -298,20 +303,20 @@ def finish(store: RunStore, benchmark: Benchmark, outputs, judge, cfg, reused_fr
         record.update(gold=sample.gold, **benchmark.score(sample, record["output"], judge))
         records.append(record)
     summary = benchmark.summarize(records)
-    method = OmegaConf.to_container(cfg.method, resolve=True)
+    method = run.method
     tokens = sum(r["n_tokens"] for r in records)
     seconds = sum(r["gen_seconds"] for r in records)
-    protocol = protocol_summary(cfg, judge)
+    protocol = protocol_summary(run, judge)
     token_rate = mean([r["intervention_rate"] for r in records])
     # word-level NUDGING's intervention rate is Fei et al.'s word ratio (the paper's NUDGING Int.%)
     rate = (
         mean([r["word_intervention_rate"] for r in records]) if protocol["intervention_unit"] == "word" else token_rate
     )
     metrics = {
-        "pair": cfg.pair.name,
-        "base_model": cfg.pair.base.source,
-        "guidance_model": cfg.pair.guidance.source,
-        "benchmark": cfg.benchmark.name,
+        "pair": run.pair_name,
+        "base_model": run.pair["base"]["source"],
+        "guidance_model": run.pair["guidance"]["source"],
+        "benchmark": run.benchmark_name,
         "method": method["name"],
         "tau": method.get("tau"),
         "alpha": method.get("alpha"),
@@ -319,11 +324,11 @@ def finish(store: RunStore, benchmark: Benchmark, outputs, judge, cfg, reused_fr
         "method_params": method,
         "n_samples": len({r["id"] for r in records}),  # benchmark items
         "samples_per_item": max(r["sample"] for r in records) + 1 if records else 1,
-        "decoding": dataclasses.asdict(sampling_from(cfg.get("decoding"))),
-        "n_spec": str(cfg.benchmark.n),
-        "split": cfg.benchmark.get("split", "test"),
-        "seed": cfg.benchmark.seed,
-        "max_new_tokens": cfg.benchmark.max_new_tokens,
+        "decoding": dataclasses.asdict(run.sampling),
+        "n_spec": str(run.benchmark["n"]),
+        "split": run.benchmark.get("split", "test"),
+        "seed": run.benchmark["seed"],
+        "max_new_tokens": run.max_new_tokens,
         **summary,
         "intervention_rate": rate,
         "intervention_unit": protocol["intervention_unit"],
