@@ -5,7 +5,8 @@ dies ends the others with the rank and the cause named, and a restart completes 
 The reference is the same run decoded by one process (`execute` here). Data parallel at batch size 1
 and one thread does the very same arithmetic, so its files are compared byte for byte; tensor
 parallel sums each layer's halves across processes, so its probabilities are compared to float32
-precision and everything chosen (tokens, sources, ranks, outputs, scores) exactly.
+precision, counts taken in the distribution's tail (the guidance's top token's rank, the top-p size)
+to one place, and everything chosen (tokens, sources, interventions, outputs, scores) exactly.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ CONF = str(REPO / "conf")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
 ENV = {"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
 PROBABILITIES = ("base_top_prob", "alpha", "blend_prob", "guide_top_prob", "base_prob_of_guide_top", "sample_prob")
+# counted in the tail of the base's distribution, where near-equal probabilities may swap places
+TAIL_COUNTS = ("guide_top_rank", "base_top_p_size", "top100_overlap")
 
 
 def tiny(model_dirs, results, *overrides) -> list[str]:
@@ -90,8 +93,12 @@ def assert_same_run(one: Path, many: Path, exact: bool) -> None:
     if exact:
         assert a.equals(b)
         return
-    chosen = [c for c in a.columns if c not in PROBABILITIES]
-    assert a[chosen].equals(b[chosen])
+    chosen = [c for c in a.columns if c not in (*PROBABILITIES, *TAIL_COUNTS, "guide_top_in_base_top_p")]
+    assert a[chosen].equals(b[chosen])  # every token, source, intervention and text offset
+    for column in TAIL_COUNTS:
+        assert (a[column] - b[column]).abs().max() <= 1, column
+    moved = (a[list(TAIL_COUNTS)] != b[list(TAIL_COUNTS)]).any(axis=1)
+    assert a["guide_top_in_base_top_p"][~moved].equals(b["guide_top_in_base_top_p"][~moved])
     for column in PROBABILITIES:
         assert a[column].to_numpy() == pytest.approx(b[column].to_numpy(), abs=1e-5, nan_ok=True), column
 
@@ -147,6 +154,30 @@ def test_a_model_without_a_tensor_parallel_plan_is_refused():
 
     with pytest.raises(ConfigError, match="has no tensor-parallel plan"):
         check_splittable(GPT2Config(n_head=4), 2, "base", "gpt2")
+
+
+def test_the_guidance_on_a_device_of_its_own_keeps_the_run_name_and_is_refused_where_it_cannot_work(
+    model_dirs, tmp_path, monkeypatch
+):
+    from blendin.checks import check_run_config
+    from blendin.identity import run_dir
+
+    def cfg(*overrides):
+        with initialize_config_dir(config_dir=CONF, version_base=None):
+            return compose(config_name="config", overrides=tiny(model_dirs, tmp_path, *overrides))
+
+    placed = cfg("method=nudging", "pair.guidance.device=cpu")
+    check_run_config(placed)
+    assert run_dir(placed) == run_dir(cfg("method=nudging"))  # where a model runs is not what it computes
+    for refused in (("method=nudging", "speculate=2"), ("method=nudging_words",), ("method=forced",)):
+        with pytest.raises(ConfigError, match="only the guidance model may run on a device of its own"):
+            check_run_config(cfg(*refused, "pair.guidance.device=cpu"))
+    with pytest.raises(ConfigError, match="pair.base.device=cpu: only the guidance"):
+        check_run_config(cfg("method=nudging", "pair.base.device=cpu"))
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="several processes"):
+        check_run_config(placed)
 
 
 # ---- how the work is shared ------------------------------------------------------------------------
