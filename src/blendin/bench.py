@@ -585,6 +585,18 @@ def build_pair(args):
         cfg.pair.name = f"synthetic-{args.synthetic}" + ("-flat" if args.flat else "")
         rule = None if args.flat else ScriptedText(unsure=args.unsure, agree=args.agree)
         return synthetic_pair(args.synthetic, args.device, args.dtype, rule), cfg
+    if args.tp > 1:  # torchrun --nproc-per-node T -m blendin.bench --tp T: the base split over T processes
+        from omegaconf import OmegaConf
+
+        from . import parallel
+        from .checks import check_placement
+
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        check_placement(dict(plain, parallel={"tp": args.tp}, device=args.device), "base")
+        if parallel.place().world != args.tp:
+            raise ConfigError(f"--tp {args.tp} needs exactly {args.tp} processes: torchrun --nproc-per-node {args.tp}")
+        parallel.setup(args.tp, device=args.device)
+        return Pair(pair_spec(cfg.pair), parallel.local_device(args.device), args.dtype, tp=args.tp), cfg
     return Pair(pair_spec(cfg.pair), args.device, args.dtype), cfg
 
 
@@ -619,10 +631,15 @@ def run(args) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     stem = f"{'ragged' if args.ragged else 'speed'}-{cfg.pair.name}-{device.type}-{stamp}"
 
+    from .parallel import ranks
+
+    meta["tp"] = args.tp
+
     def save(rows) -> str:  # after every row: a run stopped by a time limit keeps what it measured
-        atomic_write_json(out / f"{stem}.json", {"meta": meta, "rows": rows})
         text = markdown(rows, meta)
-        atomic_write_text(out / f"{stem}.md", text)
+        if ranks().main:  # under --tp every process measures the same rows; rank 0 writes them
+            atomic_write_json(out / f"{stem}.json", {"meta": meta, "rows": rows})
+            atomic_write_text(out / f"{stem}.md", text)
         return text
 
     rows = []
@@ -668,7 +685,8 @@ def run(args) -> Path:
                 args.n,
             )
     text = save(rows)
-    print("\n" + text + f"\nstored {out / stem}.json and .md")
+    if ranks().main:
+        print("\n" + text + f"\nstored {out / stem}.json and .md")
     return out / f"{stem}.json"
 
 
@@ -766,8 +784,16 @@ def main(argv=None) -> None:
         default=None,
         help="also time transformers' static-cache generate (compiled by transformers on a GPU; default: on a GPU)",
     )
+    parser.add_argument(
+        "--tp",
+        type=int,
+        default=1,
+        help="split the base over this many processes: torchrun --nproc-per-node TP -m blendin.bench --tp TP",
+    )
     parser.add_argument("--out", default="results/bench")
     args = parser.parse_args(argv)
+    if args.tp > 1 and args.synthetic:
+        parser.error("--tp splits a pair's saved models (--pair); --synthetic models are built in memory")
     if args.batch_sizes is None:
         args.batch_sizes = [1, 32] if torch.cuda.is_available() and args.device != "cpu" else [1, 8]
     args.n = args.n or max(args.batch_sizes)

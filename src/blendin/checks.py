@@ -37,6 +37,7 @@ RUN_KEYS = {
     "overlap",
     "decoding",
     "plan",
+    "parallel",
 }
 PROTOCOL_KEYS = {"name", "plain_guidance"}
 PAIR_KEYS = {"name", "label", "base", "guidance", "aligned", "guidance_untuned"}
@@ -45,6 +46,7 @@ PAIR_KEYS = {"name", "label", "base", "guidance", "aligned", "guidance_untuned"}
 BENCHMARK_KEYS = set(COMMON_KEYS) | {key for cls in BENCHMARKS.values() for key in cls.OPTIONS}
 LOGGER_KEYS = {"name", "project", "entity", "mode", "dir", "group", "tags"}
 LOGGER_MODES = ("offline", "online", "disabled")
+PARALLEL_KEYS = {"tp", "guidance", "timeout_s"}
 
 
 def check_run_config(cfg) -> None:
@@ -83,6 +85,7 @@ def check_run_config(cfg) -> None:
     make_judge(plain.get("judge"))
     check_logger(plain.get("logger"))
     check_protocol(plain.get("protocol"), plain.get("base_view", "ids"))
+    check_placement(plain, method.get("name"))
 
 
 def check_decoding(decoding, method_name) -> Sampling:
@@ -137,6 +140,39 @@ def check_speculate(speculate, method_name, base_view="ids") -> None:
         )
     if base_view != "ids":
         raise ConfigError(f"speculate={speculate} needs base_view=ids (the base reads the drafts as ids)")
+
+
+def check_placement(plain: dict, method_name) -> None:
+    """Where the models run: `parallel` (processes, tensor-parallel split) and a model's own `device`.
+    A split is checked against each split model's config (heads, a TP plan) before any weights load."""
+    from .models import model_config
+    from .parallel import check_parallel, check_splittable, place, split_roles
+
+    parallel = plain.get("parallel") or {}
+    _known("parallel.", parallel, PARALLEL_KEYS)
+    tp = parallel.get("tp", 1)
+    check_parallel(tp, parallel.get("timeout_s", 60), plain.get("device", "auto"))
+    if parallel.get("guidance", "whole") not in ("whole", "split"):
+        raise ConfigError(
+            f"parallel.guidance={parallel.get('guidance')!r} must be whole (every process holds the whole guidance "
+            "model) or split (split it like the base)"
+        )
+    spec = method_spec(method_name)
+    pair = pair_spec(plain["pair"])
+    for role in split_roles(spec.roles, tp, parallel.get("guidance", "whole")):
+        model = getattr(pair, role)
+        check_splittable(model_config(model), tp, role, model.source)
+    for role in ("base", "guidance", "aligned"):
+        model = getattr(pair, role)
+        if model is None or model.device is None:
+            continue
+        resolve_device(model.device, strict=False)
+        if role != "guidance" or spec.decoder != "token" or plain.get("speculate", 0) or place().world > 1:
+            raise ConfigError(
+                f"pair.{role}.device={model.device}: only the guidance model may run on a device of its own, for "
+                "a token-level method decoding step by step in one process (not with speculate, nudging_words, "
+                f"teacher forcing or several processes). Fix: drop pair.{role}.device"
+            )
 
 
 def check_protocol(protocol, base_view) -> None:

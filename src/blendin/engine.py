@@ -215,8 +215,11 @@ class TokenDecoder:
         if overlap is None:
             overlap = lead.device.type == "cuda"
         # the guidance's own CUDA stream; not with CUDA graphs, whose replays of both models share one
-        # memory pool and must not run at once
+        # memory pool and must not run at once, nor for a guidance on a device of its own (it runs beside
+        # the base there anyway; its logits come to the lead's device, where the two distributions meet)
+        self.guidance_device = guidance.device if guidance is not None else lead.device
         self.side_stream = overlap and lead.device.type == "cuda" and self.compile != "cudagraphs"
+        self.side_stream = self.side_stream and self.guidance_device == lead.device
         self.overlap = overlap and use_cache and base_view == "ids"
         if vocab is not None:
             vocab.prepare()
@@ -568,8 +571,9 @@ class _Batch:
         guide_too = (
             self._every_step() and not self.guidance_view.by_text
         )  # one tokenizer: the guidance reads the same ids
+        guide_ids = _moved(ids, self.d.guidance_device)
         self._beside(
-            (lambda: self.guidance_view.speculate(ids)) if guide_too else None, lambda: self.lead.speculate(ids)
+            (lambda: self.guidance_view.speculate(guide_ids)) if guide_too else None, lambda: self.lead.speculate(ids)
         )
         self.speculated_guide = guide_too
 
@@ -595,11 +599,12 @@ class _Batch:
 
     @property
     def guide_logits(self) -> torch.Tensor:
-        """The every-step schedule: the guidance already read this step's tokens in `_feed`."""
-        return self.guidance_view.logits
+        """The every-step schedule: the guidance already read this step's tokens in `_feed` (on the
+        lead's device, where the two distributions meet)."""
+        return _moved(self.guidance_view.logits, self.d.lead.device)
 
     def _guidance_logits(self) -> torch.Tensor:
-        return self.guidance_view.follow(self.rows)
+        return _moved(self.guidance_view.follow(self.rows), self.d.lead.device)
 
     def _feed(self) -> None:
         """Bring the lead (and, on the every-step schedule, the guidance) up to date with every row."""
@@ -659,6 +664,12 @@ def default_deferred(choice) -> torch.Tensor:
     alpha = choice.alpha.to(torch.float32)
     handed = torch.where(choice.source == SOURCE_GUIDANCE, 1.0, 0.0)
     return torch.where((choice.source != SOURCE_BASE) & (choice.source != SOURCE_GUIDANCE), alpha, handed)
+
+
+def _moved(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` on `device` (itself if already there): queued on the GPU, waited for when it lands on
+    the host (a host read must not see the copy unfinished)."""
+    return tensor.to(device, non_blocking=device.type == "cuda")
 
 
 def cut_at_stop(text: str, stop_strings) -> str:

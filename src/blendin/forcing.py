@@ -300,14 +300,15 @@ class ForcedDecoder:
         return out
 
 
-def references(cfg, samples) -> list[str]:
-    """What teacher forcing walks along: each sample's reference answer, or a stored run's outputs."""
-    source = cfg.method.get("source", "reference")
+def references(run, samples) -> list[str]:
+    """What teacher forcing walks along: each sample's reference answer, or a stored run's outputs.
+    run: the `runspec.RunSpec`."""
+    source = run.method.get("source", "reference")
     if source == "reference":
         missing = [s.id for s in samples if s.reference is None]
         if missing:
             raise ConfigError(
-                f"benchmark {cfg.benchmark.name} has no reference answers to walk along "
+                f"benchmark {run.benchmark_name} has no reference answers to walk along "
                 f"(e.g. {missing[0]}). Fix: use gsm8k, truthfulqa, mmlu or arc_challenge, or "
                 "method.source=<a finished run directory> to walk along its outputs"
             )

@@ -20,12 +20,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .checks import check_decoding, check_engine, check_speculate, overlap_setting
+from . import parallel
+from .checks import check_decoding, check_engine, check_placement, check_speculate, overlap_setting
 from .cli import call, refuse_unknown_keys
 from .errors import ConfigError
 from .methods import make_policy
 from .methods import method as method_spec
 from .pair import Pair, missing_role, pair_spec
+from .parallel import place
 from .prompts import Prompt
 from .sampling import sampling_from, stream_key
 
@@ -59,6 +61,7 @@ SETTINGS = (
     "overlap",
     "speculate",
     "decoding",
+    "parallel",
 )
 
 
@@ -86,6 +89,14 @@ def check(cfg: DictConfig) -> None:
     problem = missing_role(method["name"], method_spec(method["name"]).roles, OmegaConf.to_container(cfg.pair))
     if problem:
         raise ConfigError(problem)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    check_placement(plain, method["name"])
+    if (plain.get("parallel") or {}).get("tp", 1) != place().world:
+        raise ConfigError(
+            f"blendin.generate decodes one prompt: its {place().world} processes all split the models "
+            f"(parallel.tp={place().world}); parallel.tp={(plain.get('parallel') or {}).get('tp', 1)} would leave "
+            "groups with nothing to do. Fix: parallel.tp equal to --nproc-per-node"
+        )
 
 
 def run(cfg: DictConfig) -> dict:
@@ -94,7 +105,15 @@ def run(cfg: DictConfig) -> dict:
     prompt = Prompt(prompt_text(cfg), cfg.system)  # validate before any model loads
     if isinstance(cfg.max_new_tokens, bool) or not isinstance(cfg.max_new_tokens, int) or cfg.max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens={cfg.max_new_tokens!r} must be a positive integer")
-    pair = Pair(pair_spec(cfg.pair), device=cfg.device, dtype=cfg.dtype)
+    split = cfg.get("parallel") or {}
+    parallel.setup(split.get("tp", 1), split.get("timeout_s", 60), cfg.device)
+    pair = Pair(
+        pair_spec(cfg.pair),
+        device=parallel.local_device(cfg.device),
+        dtype=cfg.dtype,
+        tp=split.get("tp", 1),
+        guidance=split.get("guidance", "whole"),
+    )
     method = OmegaConf.to_container(cfg.method, resolve=True)
     sampling = sampling_from(cfg.get("decoding"))
     started = time.perf_counter()
@@ -116,6 +135,8 @@ def run(cfg: DictConfig) -> dict:
     )
     elapsed = time.perf_counter() - loaded
     for k, gen in enumerate(gens):
+        if not parallel.ranks().main:  # every process decoded the same text; rank 0 prints it
+            break
         if sampling.samples > 1:
             print(f"--- sample {k}")
         print(gen.text)
@@ -143,7 +164,9 @@ def run(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base=None, config_path="conf", config_name="generate")
 def _hydra_main(cfg: DictConfig) -> None:
-    print(json.dumps(call(run, cfg)), flush=True)
+    stats = call(run, cfg)
+    if parallel.ranks().main:
+        print(json.dumps(stats), flush=True)
 
 
 def main() -> None:

@@ -22,71 +22,63 @@ import hashlib
 import json
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
-
 from .errors import ConfigError
 from .methods import method as method_spec
 from .models import resolve_device, resolve_dtype
-from .sampling import Sampling, sampling_from
+from .runspec import RunSpec, describe
+from .sampling import Sampling
 from .store import atomic_write_json
 
 SCORING_ONLY_KEYS = ("data_dir", "source", "refusal_classifier")  # never change which outputs are decoded
 
 
-def plain(node):
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-
-
 def effective_pair(cfg) -> dict:
-    """The pair config with the protocol applied: guidance models that the reference protocol shows
-    plain text instead of their chat template (the reference code gave Qwen no template)."""
-    pair = plain(cfg.pair)
-    protocol = plain(cfg.get("protocol")) or {}
-    plain_sources = set(protocol.get("plain_guidance") or [])
-    for role in ("guidance", "aligned"):
-        model = pair.get(role)
-        if model and model.get("source") in plain_sources:
-            pair[role] = dict(model, prompt_format="plain")
-    untuned = pair.get("guidance_untuned")  # the guidance's untuned twin reads what the guidance reads
-    if untuned and (pair.get("guidance") or {}).get("prompt_format") == "plain":
-        pair["guidance_untuned"] = dict(untuned, prompt_format="plain")
-    return pair
+    """The pair config with the protocol applied (`runspec.with_protocol`); cfg: a config or a RunSpec."""
+    return describe(cfg).pair
+
+
+def _placeless(model: dict | None) -> dict | None:
+    """A model's config without where it runs (`device`): the same model decodes the same outputs anywhere."""
+    return {k: v for k, v in model.items() if k != "device"} if model else model
 
 
 def resolved_dtype(cfg) -> str:
-    return str(resolve_dtype(cfg.dtype, resolve_device(cfg.device, strict=False)))
+    engine = describe(cfg).engine
+    return str(resolve_dtype(engine.dtype, resolve_device(engine.device, strict=False)))
 
 
-def run_name(cfg: DictConfig) -> str:
-    """<method>-<params>-n<N>-s<seed>-<hash of everything that shapes the outputs>.
+def run_name(cfg: RunSpec) -> str:
+    """<method>-<params>-n<N>-s<seed>-<hash of everything that shapes the outputs>; cfg: a RunSpec (or a
+    config, described here).
 
     A run of one model alone (base, guidance, aligned) hashes only that model, so pairs that share
     a base model give their base runs the same name, and a finished one is reused.
     """
-    method = plain(cfg.method)
+    run = describe(cfg)
+    method = run.method
     params = "".join(f"-{k}{v}" for k, v in method.items() if k != "name")
-    pair = effective_pair(cfg)
+    pair = run.pair
     spec = method_spec(method["name"])
     roles = spec.roles
-    benchmark = {k: v for k, v in plain(cfg.benchmark).items() if k not in SCORING_ONLY_KEYS}
-    shaping = {
-        "pair": {role: pair.get(role) for role in roles},
+    benchmark = {k: v for k, v in run.benchmark.items() if k not in SCORING_ONLY_KEYS}
+    shaping: dict[str, object] = {
+        "pair": {role: _placeless(pair.get(role)) for role in roles},
         "method": method,
-        "dtype": resolved_dtype(cfg),
+        "dtype": resolved_dtype(run),
         "benchmark": benchmark,
     }
-    if cfg.get("base_view", "ids") != "ids":  # left out at its default so that older run names stay valid
-        shaping["base_view"] = cfg.base_view
-    sampling = sampling_from(cfg.get("decoding"))
+    if run.engine.base_view != "ids":  # left out at its default so that older run names stay valid
+        shaping["base_view"] = run.engine.base_view
+    sampling = run.sampling
     if not sampling.greedy:  # greedy runs keep the names they had before sampling existed
         shaping["decoding"] = dataclasses.asdict(sampling)
-        if cfg.get("speculate", 0):  # the same distribution, other draws: other outputs
-            shaping["speculate"] = cfg.speculate
+        if run.engine.speculate:  # the same distribution, other draws: other outputs
+            shaping["speculate"] = run.engine.speculate
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:8]
-    subset = str(cfg.benchmark.n).replace(":", "")
-    split = "" if cfg.benchmark.get("split", "test") == "test" else f"-{cfg.benchmark.split}"
+    subset = str(run.benchmark["n"]).replace(":", "")
+    split = "" if run.benchmark.get("split", "test") == "test" else f"-{run.benchmark['split']}"
     drawn = "" if sampling.greedy else f"-{decoding_label(sampling)}"
-    return f"{method['name']}{params}{drawn}-n{subset}{split}-s{cfg.benchmark.seed}-{digest}".replace("/", "_")
+    return f"{method['name']}{params}{drawn}-n{subset}{split}-s{run.benchmark['seed']}-{digest}".replace("/", "_")
 
 
 def decoding_label(sampling: Sampling) -> str:
@@ -97,8 +89,10 @@ def decoding_label(sampling: Sampling) -> str:
     return "-".join(parts + [f"x{sampling.samples}", f"seed{sampling.seed}"])
 
 
-def run_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.results_dir) / "runs" / cfg.pair.name / cfg.benchmark.name / run_name(cfg)
+def run_dir(cfg: RunSpec) -> Path:
+    """<results_dir>/runs/<pair>/<benchmark>/<run name>; cfg: a RunSpec (or a config, described here)."""
+    run = describe(cfg)
+    return Path(run.results_dir) / "runs" / run.pair_name / run.benchmark_name / run_name(run)
 
 
 def finished_twin(path: Path) -> Path | None:
@@ -110,25 +104,26 @@ def finished_twin(path: Path) -> Path | None:
     return None
 
 
-def protocol_summary(cfg, judge=None) -> dict:
+def protocol_summary(cfg: RunSpec, judge=None) -> dict:
     """The settings behind a run's numbers, as the analysis labels them."""
-    benchmark = plain(cfg.benchmark)
-    method = plain(cfg.method)
+    run = describe(cfg)
+    benchmark = run.benchmark
+    method = run.method
     spec = method_spec(method["name"])
-    pair = effective_pair(cfg)
+    pair = run.pair
     summary = {
-        "name": (plain(cfg.get("protocol")) or {}).get("name", "ours"),
+        "name": run.protocol.get("name", "ours"),
         "stop_strings": list(benchmark.get("stop") or []),
         "max_new_tokens": benchmark.get("max_new_tokens"),
         "subset_rule": benchmark.get("subset_rule", "seeded"),
         "split": benchmark.get("split", "test"),
-        "base_view": "text" if spec.decoder == "words" else cfg.get("base_view", "ids"),
+        "base_view": "text" if spec.decoder == "words" else run.engine.base_view,
         "base_prompt": (pair.get("base") or {}).get("prompt_format", "plain"),
         "guidance_prompt": (pair.get("guidance") or {}).get("prompt_format", "chat"),
         "intervention_unit": spec.unit,
         "judge": getattr(judge, "name", None),
     }
-    sampling = sampling_from(cfg.get("decoding"))
+    sampling = run.sampling
     if not sampling.greedy:  # absent for greedy runs, as in runs stored before sampling existed
         summary["decoding"] = decoding_label(sampling)
     for key in ("shuffle", "part", "refusal_classifier", "exclude_n"):
@@ -137,20 +132,31 @@ def protocol_summary(cfg, judge=None) -> dict:
     return summary
 
 
-def environment(cfg) -> dict:
+def environment(cfg: RunSpec) -> dict:
     import torch
     import transformers
 
-    return {
-        "device": str(resolve_device(cfg.device, strict=False)),
-        "dtype": resolved_dtype(cfg),
-        "batch_size": cfg.batch_size,
-        "compile": cfg.get("compile", "none"),
-        "guidance_schedule": cfg.get("guidance_schedule", "auto"),
-        "speculate": cfg.get("speculate", 0),
+    from .parallel import ranks
+
+    run = describe(cfg)
+    engine = run.engine
+    env = {
+        "device": str(resolve_device(engine.device, strict=False)),
+        "dtype": resolved_dtype(run),
+        "batch_size": engine.batch_size,
+        "compile": engine.compile,
+        "guidance_schedule": engine.guidance_schedule,
+        "speculate": engine.speculate,
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
     }
+    guidance_device = (run.pair.get("guidance") or {}).get("device")
+    if guidance_device:
+        env["guidance_device"] = str(guidance_device)
+    placed = ranks()
+    if placed.world > 1:  # only where set, so that one-process sessions read as they always have
+        env.update(processes=placed.world, tp=placed.tp)
+    return env
 
 
 def prompts_digest(rendered: list[tuple[str, str | None]]) -> str:

@@ -26,7 +26,8 @@ from lm_eval.models.utils import normalize_gen_kwargs, postprocess_generated_tex
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
 from omegaconf import OmegaConf
 
-from .checks import check_device, check_pair
+from . import parallel
+from .checks import check_device, check_pair, check_placement
 from .cli import CONF_DIR
 from .errors import BlendinError, ConfigError
 from .likelihood import FLOOR, Item, plain_guide_context, score
@@ -35,11 +36,12 @@ from .methods import REGISTRY, Decoder, make_policy
 from .methods import method as method_spec
 from .models import LoadedModel, resolve_device
 from .pair import Pair, missing_role, pair_spec
+from .parallel import place
 from .prompts import Prompt, encode_as_is, prefix_id
 from .sampling import Sampling, sampling_from, stream_key
 
 HARNESS_ARGS = ("pair", "method", "base", "guidance", "aligned", "device", "dtype", "batch_size", "max_batch_size",
-                "seed", "max_length", "floor", "trust_remote_code")  # fmt: skip
+                "seed", "max_length", "floor", "tp", "trust_remote_code")  # fmt: skip
 METHOD_ARGS = sorted({key for spec in REGISTRY.values() for key in spec.params})
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's hf model's default
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ def settings(
     guidance: str | None = None,
     aligned: str | None = None,
     trust_remote_code: bool | None = None,  # lm-eval may pass it; no model code is ever run
+    tp: int = 1,
     **params,
 ) -> dict:
     """Checked settings for these model_args (`GuidedLM`'s), so that a bad value fails here, before any
@@ -111,6 +114,17 @@ def settings(
     if not isinstance(pair, Pair):
         check_device(device, dtype)
         resolve_device(device)  # a GPU named on a machine without one fails now, not at load
+        # tensor parallel (torchrun --nproc-per-node tp): every process scores every request with its share
+        # of the split models, and lm-eval reports from the first; lm-eval's default cuda:0 means each one's GPU
+        check_placement(
+            {"pair": cfg["pair"], "parallel": {"tp": tp}, "device": _tp_device(device, tp)}, method_cfg["name"]
+        )
+        if tp != place().world:
+            raise ConfigError(
+                f"tp={tp} with {place().world} processes: every process of an lm-eval run holds one share of the "
+                "split models. Fix: tp equal to torchrun's --nproc-per-node (lm-eval's own data parallel: its "
+                "accelerate launch, with tp=1)"
+            )
     return {
         "pair": cfg["pair"],
         "method": method_cfg,
@@ -152,16 +166,22 @@ class GuidedLM(LM):
         guidance: str | None = None,
         aligned: str | None = None,
         trust_remote_code: bool | None = None,
+        tp: int = 1,
         **params,
     ):
         super().__init__()
         checked = settings(
             pair, method, device, dtype, batch_size, max_batch_size, seed, max_length, floor, base, guidance, aligned,
-            **params,
+            tp=tp, **params,
         )  # fmt: skip
         self.method, self.policy, self.spec = checked["method"], checked["policy"], checked["spec"]
         self.batch_size, self.max_batch_size, self.floor = checked["batch_size"], max_batch_size, checked["floor"]
-        self.pair = pair if isinstance(pair, Pair) else Pair(pair_spec(checked["pair"]), device=device, dtype=dtype)
+        if not isinstance(pair, Pair):
+            parallel.setup(tp, device=_tp_device(device, tp))
+            device = parallel.local_device(_tp_device(device, tp))
+        self.pair = (
+            pair if isinstance(pair, Pair) else Pair(pair_spec(checked["pair"]), device=device, dtype=dtype, tp=tp)
+        )
         self.seed = seed
         self.reading = _AsRead(self.pair)
         self.lead = self.reading.model(self.spec.roles[0])
@@ -457,6 +477,11 @@ def _decoding(gen_kwargs: dict, default_max: int, seed: int | None = None) -> di
     if not isinstance(budget, int) or budget < 1:
         raise ConfigError(f"max_gen_toks={budget!r} must be a positive integer")
     return {"until": [s for s in until if isinstance(s, str) and s], "max_gen_toks": budget, "sampling": sampling}
+
+
+def _tp_device(device: str, tp: int) -> str:
+    """Under tensor parallel each process takes the GPU of its local rank: lm-eval's cuda:N means cuda."""
+    return "cuda" if tp > 1 and str(device).startswith("cuda") else device
 
 
 def _batch_size(value) -> int | str:

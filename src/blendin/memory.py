@@ -48,19 +48,21 @@ def release_after_out_of_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def kv_bytes_per_token(model) -> int:
-    """Bytes of keys and values one token takes in the cache of `model` (all layers)."""
+def kv_bytes_per_token(model, shards: int = 1) -> int:
+    """Bytes of keys and values one token takes in the cache of `model` (all layers) in one process;
+    shards: the processes a tensor-parallel model is split over (each holds its share of the heads)."""
     config = model.config.get_text_config()
-    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    heads = (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) // shards
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     return 2 * config.num_hidden_layers * heads * head_dim * _dtype_bytes(model)
 
 
-def prefill_bytes_per_token(model) -> int:
+def prefill_bytes_per_token(model, shards: int = 1) -> int:
     """Activations one prompt token needs at the peak of its prefill (one layer at a time: the hidden
-    states and their projections, and the MLP's gate, up and product)."""
+    states and their projections, and the MLP's gate, up and product, of which a split model holds
+    1/shards)."""
     config = model.config.get_text_config()
-    return _dtype_bytes(model) * (6 * config.hidden_size + 3 * config.intermediate_size)
+    return _dtype_bytes(model) * (6 * config.hidden_size + 3 * config.intermediate_size // shards)
 
 
 def _dtype_bytes(model) -> int:
@@ -83,7 +85,8 @@ def auto_batch_size(models, longest_prompt: int, max_new_tokens: int, free_bytes
     """The largest batch whose caches, distributions and prompt prefill fit in `free_bytes` (default: what
     the GPU can give now, `available_bytes`; on a CPU, CPU_BATCH). models: the LoadedModels that decode
     (lead, guidance). Prompts are admitted (prefilled) together, so each row also needs its prompt's
-    activations and the attention masks over it."""
+    activations and the attention masks over it. A model split over tensor-parallel processes
+    (`LoadedModel.tp`) counts the heads this process holds."""
     device = models[0].device
     if free_bytes is None:
         if device.type != "cuda":
@@ -92,6 +95,7 @@ def auto_batch_size(models, longest_prompt: int, max_new_tokens: int, free_bytes
     per_row = 0
     for loaded in models:
         columns = longest_prompt + 2 * (max_new_tokens + 64)  # the plan of `engine._Batch`, generously
-        per_row += kv_bytes_per_token(loaded.model) * columns + 4 * 4 * loaded.vocab_size  # + float32 distributions
-        per_row += prefill_bytes_per_token(loaded.model) * longest_prompt + 2 * longest_prompt * columns  # + masks
+        shards = getattr(loaded, "tp", 1)  # the heads and MLP share this process holds; logits are gathered whole
+        per_row += kv_bytes_per_token(loaded.model, shards) * columns + 4 * 4 * loaded.vocab_size  # + distributions
+        per_row += prefill_bytes_per_token(loaded.model, shards) * longest_prompt + 2 * longest_prompt * columns
     return max(1, min(MAX_BATCH, int(USABLE * free_bytes // per_row)))

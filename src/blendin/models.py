@@ -50,6 +50,8 @@ class ModelSpec:
     prompt_format: "plain" (text as is, for base models) or "chat" (the tokenizer's chat template).
     chat_template_kwargs: extra variables for the chat template, e.g. {"enable_thinking": False}
         so that Qwen3 answers at once instead of opening a <think> block.
+    device: where this model runs, if not where the pair runs (e.g. the guidance on cuda:1 beside a
+        base on cuda:0). Not part of a run's identity: it changes where, not what, is computed.
     """
 
     source: str
@@ -58,6 +60,7 @@ class ModelSpec:
     prompt_format: str = "plain"
     name: str | None = None
     chat_template_kwargs: dict | None = None
+    device: str | None = None
 
     def __post_init__(self):
         if not self.source or not str(self.source).strip():
@@ -84,6 +87,7 @@ class LoadedModel:
     model: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
     eos_ids: frozenset[int] = field(default_factory=frozenset)
+    tp: int = 1  # processes that share its weights (tensor parallel): each holds 1/tp of its heads
 
     @property
     def name(self) -> str:
@@ -140,16 +144,25 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def load_model(spec: ModelSpec, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Load weights and tokenizer for `spec`; errors name the source and how to fix it."""
+def load_model(spec: ModelSpec, device: str = "auto", dtype: str = "auto", tp: int = 1) -> LoadedModel:
+    """Load weights and tokenizer for `spec`; errors name the source and how to fix it.
+
+    tp > 1: split the model over this process's tensor-parallel group (`parallel.setup` made it) with
+    the model's own transformers TP plan; each process reads and holds only its share of the weights,
+    on the device of its local rank."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     location, kwargs = _resolve_location(spec)
+    split = {}
+    if tp > 1:
+        from transformers.distributed import DistributedConfig
+
+        split = {"distributed_config": DistributedConfig(tp_size=tp, tp_plan="auto")}
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **kwargs, **split)
     except (OSError, ValueError) as err:
         raise ModelLoadError(
             f"could not load model '{spec.source}': {err}\n"
@@ -157,8 +170,37 @@ def load_model(spec: ModelSpec, device: str = "auto", dtype: str = "auto") -> Lo
             "with config.json and weights, a path to a .gguf file, or one of "
             + ", ".join(f"embedded:{n}" for n in embedded.embedded_names())
         ) from err
-    model.to(torch_device).eval()
-    return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, eos_ids=_eos_ids(model, tokenizer))
+    if tp == 1:
+        model.to(torch_device)
+    model.eval()
+    return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, eos_ids=_eos_ids(model, tokenizer), tp=tp)
+
+
+def model_config(spec: ModelSpec):
+    """The transformers config of `spec`, read without its weights (config.json, or a GGUF file's
+    header), so that settings that depend on the architecture are checked before anything loads."""
+    from transformers import AutoConfig
+
+    source = str(spec.source)
+    try:
+        if source.startswith("embedded:"):
+            name = source.removeprefix("embedded:")
+            converted = cache_dir() / "converted" / f"{name}-{embedded.package_version(name)}"
+            if (converted / "config.json").is_file():
+                return AutoConfig.from_pretrained(converted)
+            path = embedded.gguf_path(name, cache_dir() / "gguf")
+            return AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        path = Path(source).expanduser()
+        if spec.gguf_file and path.is_dir():
+            path = path / spec.gguf_file
+        if path.suffix == ".gguf":
+            return AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        if path.is_dir():
+            return AutoConfig.from_pretrained(str(path))
+        kwargs = {"revision": spec.revision} if spec.revision else {}
+        return AutoConfig.from_pretrained(source, gguf_file=spec.gguf_file, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not read the config of model '{spec.source}': {err}") from err
 
 
 def _resolve_location(spec: ModelSpec) -> tuple[str, dict]:

@@ -17,6 +17,7 @@ from .forcing import ForcedDecoder
 from .methods import Decoder, make_policy
 from .methods import method as method_spec
 from .models import LoadedModel, ModelSpec, load_model
+from .parallel import split_roles
 from .sampling import Sampling
 from .speculation import SpeculativeDecoder, check_speculate
 from .vocab import VocabMap, build_vocab_map
@@ -55,7 +56,7 @@ def _model_spec(cfg, role: str, default_format: str, pair: str) -> ModelSpec:
             f"pair {pair} has no {role} model: set pair.{role}.source "
             "(a hub id, a local directory, a .gguf file or embedded:<name>)"
         )
-    known = {"source", "gguf_file", "revision", "prompt_format", "name", "chat_template_kwargs"}
+    known = {"source", "gguf_file", "revision", "prompt_format", "name", "chat_template_kwargs", "device"}
     extra = sorted(set(cfg) - known)
     if extra:
         raise ConfigError(f"pair.{role} has unknown keys {extra}; known keys: {sorted(known)}")
@@ -84,8 +85,14 @@ def pair_spec(cfg) -> PairSpec:
 
 
 class Pair:
-    def __init__(self, spec: PairSpec, device: str = "auto", dtype: str = "auto"):
+    """device, dtype: where and in what precision the models run (a model's own `device` wins).
+    tp, guidance: split the base and aligned models (and the guidance with guidance="split") over this
+    process's tensor-parallel group of `tp` processes (`blendin.parallel`)."""
+
+    def __init__(self, spec: PairSpec, device: str = "auto", dtype: str = "auto", tp: int = 1, guidance: str = "whole"):
         self.spec, self.device, self.dtype = spec, device, dtype
+        self.split = split_roles(("base", "guidance", "aligned"), tp, guidance)
+        self.tp = tp
         self._models: dict[str, LoadedModel] = {}
         self._vocab: VocabMap | None = None
 
@@ -96,7 +103,8 @@ class Pair:
                 raise ConfigError(
                     f"a method needs pair.{role}, and pair {self.spec.name} names none. {OPTIONAL_ROLES[role]}"
                 )
-            self._models[role] = load_model(spec, self.device, self.dtype)
+            tp = self.tp if role in self.split else 1
+            self._models[role] = load_model(spec, spec.device or self.device, self.dtype, tp=tp)
             if role == "guidance_untuned":
                 _check_twin(self._models[role], self.model("guidance"), self.spec.name)
         return self._models[role]

@@ -18,7 +18,7 @@ from .cli import CONF_DIR, call
 from .errors import ConfigError
 from .judges import make_judge
 from .run import finish, load_benchmark
-from .sampling import sampling_from
+from .runspec import describe
 from .store import RunStore, output_key
 
 _JUDGES = CONF_DIR / "judge"
@@ -32,7 +32,7 @@ def rescore(run_dir: Path, judge_cfg: dict | None = None) -> dict:
     cfg = OmegaConf.load(config_path)
     benchmark = load_benchmark(cfg.benchmark)
     stored = {output_key(r) for r in store.samples()}
-    per_item = sampling_from(cfg.get("decoding")).samples
+    per_item = describe(cfg).sampling.samples
     wanted = [(s, k) for s in benchmark.samples(cfg.benchmark.n) for k in range(per_item)]
     outputs = [(s, k) for s, k in wanted if (s.id, k) in stored]
     missing = len(wanted) - len(outputs)

@@ -10,6 +10,7 @@ Config: conf/config.yaml.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -23,9 +24,9 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from . import plan
+from . import parallel, plan
 from .benchmarks import Benchmark, benchmark_from_config
 from .checks import check_run_config, overlap_setting
 from .cli import call, refuse_unknown_keys
@@ -33,7 +34,6 @@ from .data import CHECKOUT, REPO_ROOT
 from .failures import EOS_WANTED, foreign, loop, runaway
 from .identity import (
     begin_session,
-    effective_pair,
     environment,
     finished_twin,
     last_session,
@@ -48,7 +48,8 @@ from .judges import make_judge
 from .memory import auto_batch_size, is_out_of_memory, release_after_out_of_memory
 from .methods import method as method_spec
 from .pair import Pair, pair_spec
-from .sampling import Sampling, sampling_from, stream_key
+from .runspec import RunSpec, describe
+from .sampling import Sampling, stream_key
 from .scoring import mean
 from .store import RunStore, atomic_write_text, output_key
 from .sweep import run_job, sweeping
@@ -66,37 +67,48 @@ def load_benchmark(cfg_benchmark) -> Benchmark:
 def execute(cfg: DictConfig, pair: Pair | None = None) -> dict:
     """Decode what is not yet stored, score, and write metrics.json; return the metrics.
 
-    The config is checked first, so a bad value fails before any data or model loads.
+    The config is checked first, so a bad value fails before any data or model loads, then described
+    once (`runspec.describe`): everything below reads that description. Under torchrun the processes
+    share the work (`blendin.parallel`): rank 0 prepares the run directory and writes what is written
+    once, each group decodes its share of the pending outputs.
     """
     check_run_config(cfg)
-    benchmark = load_benchmark(cfg.benchmark)
-    samples = benchmark.samples(cfg.benchmark.n)
-    judge = make_judge(cfg.get("judge"))
-    store = RunStore(run_dir(cfg))
-    with store.lock():
-        if store.finished and not cfg.force:
-            log.info("finished run, skipped (force=true to redo): %s", store.path)
+    run = describe(cfg)
+    ranks = parallel.setup(run.parallel.tp, run.parallel.timeout_s, run.engine.device)
+    try:
+        metrics = _execute(run, pair, ranks)
+    except BaseException as err:
+        ranks.fail(err)  # the other ranks stop, naming this one and the cause
+        raise
+    return metrics
+
+
+def _execute(run: RunSpec, pair: Pair | None, ranks: parallel.Ranks) -> dict:
+    benchmark = load_benchmark(run.benchmark)
+    samples = benchmark.samples(run.benchmark["n"])
+    judge = make_judge(run.judge)
+    store = RunStore(run_dir(run), writer=ranks.writer)
+    sampling = run.sampling
+    outputs = [(s, k) for s in samples for k in range(sampling.samples)]  # k: the sample index of an item
+    with store.lock() if ranks.main else contextlib.nullcontext():  # rank 0 holds it for every process
+        start = ranks.from_main("start", lambda: _start(run, store, outputs))
+        if start["finished"]:
+            if ranks.main:
+                log.info("finished run, skipped (force=true to redo): %s", store.path)
             return json.loads(store.metrics_path.read_text())
-        if cfg.force:
-            store.reset()
-        atomic_write_text(store.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        sampling = sampling_from(cfg.get("decoding"))
-        outputs = [(s, k) for s in samples for k in range(sampling.samples)]  # k: the sample index of an item
-        done = {output_key(r) for r in store.samples()}
-        store.prune_parts(done)
-        pending = [(s, k) for s, k in outputs if (s.id, k) not in done]
-        reused = _reuse(cfg, store) if pending and not done else None
+        pending = [outputs[i] for i in start["pending"]]
+        reused = start["reused"]
         if pending and not reused:
             log.info("%s: %d of %d samples to decode -> %s", store.path.name, len(pending), len(outputs), store.path)
-            pair = pair or shared_pair(cfg)
+            pair = pair or shared_pair(run)
             decoder = pair.decoder(
-                OmegaConf.to_container(cfg.method, resolve=True),
-                base_view=cfg.get("base_view", "ids"),
-                guidance_schedule=cfg.get("guidance_schedule", "auto"),
-                compile=cfg.get("compile", "none"),
-                overlap=overlap_setting(cfg.get("overlap", "auto")),
+                run.method,
+                base_view=run.engine.base_view,
+                guidance_schedule=run.engine.guidance_schedule,
+                compile=run.engine.compile,
+                overlap=overlap_setting(run.engine.overlap),
                 sampling=sampling,
-                speculate=cfg.get("speculate", 0),
+                speculate=run.engine.speculate,
             )
             rendered = [
                 (
@@ -105,20 +117,45 @@ def execute(cfg: DictConfig, pair: Pair | None = None) -> dict:
                 )
                 for s in samples
             ]
-            batch_size = resolved_batch_size(cfg, decoder, [s for s, _ in pending], store.path if done else None)
-            begin_session(
-                store.path, prompts_digest(rendered), dict(environment(cfg), batch_size=batch_size), resuming=bool(done)
-            )
-            _decode(cfg, decoder, pending, store, batch_size, sampling)
-        metrics = finish(store, benchmark, outputs, judge, cfg, reused_from=reused)
-    log_run(cfg, metrics, store.samples(), store.path)
+            resuming = store.path if start["resuming"] else None
+            # every rank decodes with the same batch size: the smallest that fits each one's memory
+            batch_size = resolved_batch_size(run, decoder, [s for s, _ in pending], resuming)
+            batch_size = ranks.agree_min("batch_size", batch_size)
+            env = dict(environment(run), batch_size=batch_size)
+            digest = prompts_digest(rendered)
+
+            def session() -> None:  # rank 0 records it; the others wait, so none decodes a refused resume
+                begin_session(store.path, digest, env, resuming=bool(resuming))
+
+            ranks.from_main("session", session)
+            _decode(run, decoder, ranks.share(pending), store, batch_size, sampling)
+        ranks.barrier("decoded")  # every group's outputs are stored
+        metrics = ranks.from_main("finish", lambda: finish(store, benchmark, outputs, judge, run, reused_from=reused))
+    if ranks.main:
+        log_run(run, metrics, store.samples(), store.path)
     return metrics
 
 
-def _reuse(cfg: DictConfig, store: RunStore) -> str | None:
+def _start(run: RunSpec, store: RunStore, outputs) -> dict:
+    """Rank 0's start of a session (the only process then touching the directory): skip a finished run,
+    or clear it (force), write config.yaml, repair what a kill left, and list the outputs still to decode
+    (positions in `outputs`) or copy them from another pair's run."""
+    if store.finished and not run.force:
+        return {"finished": True}
+    if run.force:
+        store.reset()
+    atomic_write_text(store.path / "config.yaml", run.config_yaml)
+    done = {output_key(r) for r in store.samples()}
+    store.prune_parts(done)
+    pending = [i for i, (s, k) in enumerate(outputs) if (s.id, k) not in done]
+    reused = _reuse(run, store) if pending and not done else None
+    return {"finished": False, "pending": pending, "resuming": bool(done), "reused": reused}
+
+
+def _reuse(run: RunSpec, store: RunStore) -> str | None:
     """For a one-model run (base, guidance, aligned): copy the outputs of the same finished run
     stored under another pair that shares the model, instead of decoding them again."""
-    source = finished_twin(store.path) if method_spec(cfg.method.name).solo else None
+    source = finished_twin(store.path) if method_spec(run.method_name).solo else None
     if source is None:
         return None
     store.copy_outputs_from(source)
@@ -129,32 +166,38 @@ def _reuse(cfg: DictConfig, store: RunStore) -> str | None:
 _PAIRS: dict[str, Pair] = {}
 
 
-def shared_pair(cfg: DictConfig) -> Pair:
-    """One Pair per (pair config, device, dtype) in this process: the runs of a sweep that share a
-    pair load its models once (a Pair loads each model on first use)."""
-    pair = effective_pair(cfg)
-    key = json.dumps([pair, cfg.device, cfg.dtype], sort_keys=True)
+def shared_pair(cfg: RunSpec) -> Pair:
+    """One Pair per (pair config, device, dtype, split) in this process: the runs of a sweep that share a
+    pair load its models once (a Pair loads each model on first use). cfg: a RunSpec (or a config)."""
+    run = describe(cfg)
+    pair, engine = run.pair, run.engine
+    tp, guidance = run.parallel.tp, run.parallel.guidance
+    key = json.dumps([pair, engine.device, engine.dtype, tp, guidance], sort_keys=True)
     if key not in _PAIRS:
         if _PAIRS:  # keep one pair in memory: a sweep over pairs should not pile them up
             _PAIRS.clear()
             gc.collect()  # a model refers to itself through its compiled forward: only the collector frees it
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        _PAIRS[key] = Pair(pair_spec(pair), device=cfg.device, dtype=cfg.dtype)
+        device = parallel.local_device(engine.device)
+        _PAIRS[key] = Pair(pair_spec(pair), device=device, dtype=engine.dtype, tp=tp, guidance=guidance)
     return _PAIRS[key]
 
 
-def _decode(cfg, decoder, pending, store: RunStore, batch_size: int, sampling: Sampling) -> None:
+def _decode(cfg: RunSpec, decoder, pending, store: RunStore, batch_size: int, sampling: Sampling) -> None:
     """Decode `pending` (sample, sample index) pairs, storing outputs as batches finish. Out of GPU memory,
     halve the batch and go on with the outputs not yet stored (the new batch size is recorded as a
     session of the run). Each output's random stream is keyed by (seed, sample id, index), never by
-    its place in a batch."""
+    its place in a batch. cfg: a RunSpec (or a config)."""
     from tqdm import tqdm
 
-    method = cfg.method.name
+    run = describe(cfg)
+    method = run.method_name
     spec = method_spec(method)
-    stop = list(cfg.benchmark.get("stop") or [])
-    bar = tqdm(total=len(pending), desc=f"{cfg.benchmark.name}/{method}", unit="sample", file=sys.stderr)
+    stop = list(run.benchmark.get("stop") or [])
+    ranks = parallel.ranks()  # a group's first rank stores its outputs; rank 0 shows its group's progress
+    desc = f"{run.benchmark_name}/{method}"
+    bar = tqdm(total=len(pending), desc=desc, unit="sample", file=sys.stderr, disable=not ranks.main)
     totals = {"tokens": 0, "applied": 0, "start": time.perf_counter(), "last": time.perf_counter()}
     todo = list(pending)
 
@@ -172,7 +215,8 @@ def _decode(cfg, decoder, pending, store: RunStore, batch_size: int, sampling: S
                 trace.setdefault(key, []).extend(values)
             totals["tokens"] += gen.n_tokens
             totals["applied"] += gen.n_applied
-        store.append(records, trace)
+        if ranks.leader:
+            store.append(records, trace)
         bar.update(len(generations))
         bar.set_postfix(
             tok_s=f"{totals['tokens'] / (now - totals['start']):.1f}",
@@ -180,12 +224,12 @@ def _decode(cfg, decoder, pending, store: RunStore, batch_size: int, sampling: S
         )
 
     while todo:
-        extra = spec.inputs(cfg, [s for s, _ in todo]) if spec.inputs else {}  # per-sample inputs besides prompts
+        extra = spec.inputs(run, [s for s, _ in todo]) if spec.inputs else {}  # per-sample inputs besides prompts
         try:
             decoder.generate(
                 [s.prompt for s, _ in todo],
                 keys=[stream_key(sampling.seed, s.id, k) for s, k in todo],
-                max_new_tokens=cfg.benchmark.max_new_tokens,
+                max_new_tokens=run.max_new_tokens,
                 stop_strings=stop,
                 batch_size=batch_size,
                 on_batch=on_batch,
@@ -193,28 +237,30 @@ def _decode(cfg, decoder, pending, store: RunStore, batch_size: int, sampling: S
             )
             break
         except Exception as err:  # noqa: BLE001 - only out-of-memory is handled; the rest is re-raised
-            if not is_out_of_memory(err) or batch_size == 1:
-                raise
+            if not is_out_of_memory(err) or batch_size == 1 or ranks.world > 1:
+                raise  # several processes: a rank out of memory ends the run (rerun with a smaller batch_size)
         release_after_out_of_memory()  # the failed batch's tensors, graphs and cached blocks
         stored = {output_key(r) for r in store.samples()}
         todo = [(s, k) for s, k in todo if (s.id, k) not in stored]
         batch_size //= 2
         log.warning("out of memory: batch size halved to %d; %d samples left", batch_size, len(todo))
-        record_session(store.path, dict(environment(cfg), batch_size=batch_size, after="out of memory"))
+        record_session(store.path, dict(environment(run), batch_size=batch_size, after="out of memory"))
     bar.close()
 
 
-def resolved_batch_size(cfg, decoder, samples, resuming: Path | None = None) -> int:
+def resolved_batch_size(cfg: RunSpec, decoder, samples, resuming: Path | None = None) -> int:
     """`batch_size`, or for batch_size=auto the largest batch that fits the GPU (`memory.auto_batch_size`);
-    a resumed auto run keeps the batch size it last decoded with (in bf16 another one would change outputs)."""
-    if cfg.batch_size != "auto":
-        return cfg.batch_size
+    a resumed auto run keeps the batch size it last decoded with (in bf16 another one would change outputs).
+    cfg: a RunSpec (or a config)."""
+    run = describe(cfg)
+    if run.engine.batch_size != "auto":
+        return int(run.engine.batch_size)
     last = last_session(resuming) if resuming else None
     if last and isinstance(last.get("batch_size"), int):
         return last["batch_size"]
     models = [decoder.lead] + ([decoder.guidance] if decoder.guidance is not None else [])
     longest = max(len(decoder.lead.prompt_ids(s.prompt)) for s in samples)
-    size = auto_batch_size(models, longest, cfg.benchmark.max_new_tokens)
+    size = auto_batch_size(models, longest, run.max_new_tokens)
     log.info("batch_size=auto: %d", size)
     return size
 
@@ -245,11 +291,12 @@ def _record(sample, k: int, gen, seconds: float, decoder) -> dict:
     }
 
 
-def finish(store: RunStore, benchmark: Benchmark, outputs, judge, cfg, reused_from: str | None = None) -> dict:
+def finish(store: RunStore, benchmark: Benchmark, outputs, judge, cfg: RunSpec, reused_from: str | None = None) -> dict:
     """Score every stored output (rule-based or judge) and write the final files. outputs: the run's
-    (sample, sample index) pairs, in order."""
+    (sample, sample index) pairs, in order; cfg: the RunSpec (or a config)."""
+    run = describe(cfg)
     by_key = {output_key(r): r for r in store.samples()}
-    base_stops = base_stop_reasons(cfg, store)
+    base_stops = base_stop_reasons(run, store)
     records = []
     for sample, k in outputs:
         record = {"id": sample.id, "sample": k, **by_key[(sample.id, k)]}
@@ -263,20 +310,20 @@ def finish(store: RunStore, benchmark: Benchmark, outputs, judge, cfg, reused_fr
         )
         records.append(record)
     summary = {**benchmark.summarize(records), **failure_shares(records)}
-    method = OmegaConf.to_container(cfg.method, resolve=True)
+    method = run.method
     tokens = sum(r["n_tokens"] for r in records)
     seconds = sum(r["gen_seconds"] for r in records)
-    protocol = protocol_summary(cfg, judge)
+    protocol = protocol_summary(run, judge)
     token_rate = mean([r["intervention_rate"] for r in records])
     # word-level NUDGING's intervention rate is Fei et al.'s word ratio (the paper's NUDGING Int.%)
     rate = (
         mean([r["word_intervention_rate"] for r in records]) if protocol["intervention_unit"] == "word" else token_rate
     )
     metrics = {
-        "pair": cfg.pair.name,
-        "base_model": cfg.pair.base.source,
-        "guidance_model": cfg.pair.guidance.source,
-        "benchmark": cfg.benchmark.name,
+        "pair": run.pair_name,
+        "base_model": run.pair["base"]["source"],
+        "guidance_model": run.pair["guidance"]["source"],
+        "benchmark": run.benchmark_name,
         "method": method["name"],
         "tau": method.get("tau"),
         "alpha": method.get("alpha"),
@@ -284,11 +331,11 @@ def finish(store: RunStore, benchmark: Benchmark, outputs, judge, cfg, reused_fr
         "method_params": method,
         "n_samples": len({r["id"] for r in records}),  # benchmark items
         "samples_per_item": max(r["sample"] for r in records) + 1 if records else 1,
-        "decoding": dataclasses.asdict(sampling_from(cfg.get("decoding"))),
-        "n_spec": str(cfg.benchmark.n),
-        "split": cfg.benchmark.get("split", "test"),
-        "seed": cfg.benchmark.seed,
-        "max_new_tokens": cfg.benchmark.max_new_tokens,
+        "decoding": dataclasses.asdict(run.sampling),
+        "n_spec": str(run.benchmark["n"]),
+        "split": run.benchmark.get("split", "test"),
+        "seed": run.benchmark["seed"],
+        "max_new_tokens": run.max_new_tokens,
         **summary,
         "intervention_rate": rate,
         "intervention_unit": protocol["intervention_unit"],
@@ -311,14 +358,14 @@ def finish(store: RunStore, benchmark: Benchmark, outputs, judge, cfg, reused_fr
     return metrics
 
 
-def base_stop_reasons(cfg, store: RunStore) -> dict:
+def base_stop_reasons(cfg: RunSpec, store: RunStore) -> dict:
     """(sample id, sample index) -> how the base alone ended that output, from the base run of the same
-    setting (same pair's base model, benchmark settings and decoding) when it is stored; {} if none is."""
-    if method_spec(cfg.method.name).solo:
+    setting (same pair's base model, benchmark settings and decoding) when it is stored; {} if none is.
+    cfg: a RunSpec (or a config)."""
+    run = describe(cfg)
+    if method_spec(run.method_name).solo:
         return {}
-    base_cfg = cfg.copy()
-    base_cfg.method = {"name": "base"}
-    path = run_dir(base_cfg) / "samples.jsonl"
+    path = run_dir(dataclasses.replace(run, method={"name": "base"})) / "samples.jsonl"
     if path.parent == store.path or not path.is_file():
         return {}
     return {output_key(r): r.get("stop_reason") for r in RunStore(path.parent).samples()}
@@ -381,7 +428,8 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
     if sweeping():  # one job of a multirun: a failure is recorded and reported at the end, not raised
         return run_job(cfg, execute, run_dir, SUMMARY_KEYS)
     metrics = call(execute, cfg)
-    print(json.dumps({k: metrics.get(k) for k in SUMMARY_KEYS}))
+    if parallel.ranks().main:  # one summary line, however many processes decoded
+        print(json.dumps({k: metrics.get(k) for k in SUMMARY_KEYS}))
     return None
 
 

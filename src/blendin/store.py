@@ -2,8 +2,11 @@
 
 While decoding, each finished batch is appended to `samples.jsonl` (flushed and fsynced) and its
 per-token trace written as `_parts/tokens-<id>-<index>.parquet` (named after the batch's first
-output). A restarted run reads the finished outputs' (sample id, sample index) keys and skips them; a
-line torn by a kill is dropped, and trace rows of outputs without a line are pruned. Once every
+output). When several processes decode one run (`blendin.parallel`), each group appends to a file of
+its own, `_parts/samples-<writer>.jsonl`, so that a line torn by a kill is always the last of its
+file and no two processes write one file; the run's outputs are the lines of all these files. A
+restarted run reads the finished outputs' (sample id, sample index) keys and skips them; a line torn
+by a kill is dropped, and trace rows of outputs without a line are pruned. Once every
 output is decoded and scored, `samples.jsonl` is rewritten with the scores, the parts become
 `tokens.parquet`, and `metrics.json` is written last: its presence marks a finished run. Every
 whole-file write is temp file + rename.
@@ -68,12 +71,34 @@ def trace_keys(frame) -> list[tuple[str, int]]:
     return list(zip(frame["sample_id"], (int(i) for i in index)))
 
 
+def _read_lines(path: Path) -> list[dict]:
+    """The records of one JSON-lines file; a torn last line is cut off the file."""
+    if not path.is_file():
+        return []
+    records, good_bytes = [], 0
+    with open(path, "rb") as fh:
+        for line in fh:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+            good_bytes += len(line)
+    if good_bytes != path.stat().st_size:
+        with open(path, "r+b") as fh:
+            fh.truncate(good_bytes)
+    return records
+
+
 class RunStore:
-    def __init__(self, path: Path):
+    """writer: this process's own name among the run's writers (`parallel.Ranks.writer`): it appends to
+    `_parts/samples-<writer>.jsonl`; None (one writer) appends to samples.jsonl itself."""
+
+    def __init__(self, path: Path, writer: str | None = None):
         self.path = Path(path)
         self.samples_path = self.path / "samples.jsonl"
         self.metrics_path = self.path / "metrics.json"
         self.parts = self.path / "_parts"
+        self.appends_to = self.samples_path if writer is None else self.parts / f"samples-{writer}.jsonl"
 
     @property
     def finished(self) -> bool:
@@ -113,21 +138,10 @@ class RunStore:
                 shutil.rmtree(item) if item.is_dir() else item.unlink()
 
     def samples(self) -> list[dict]:
-        """Records written so far; a torn last line (killed mid-write) is cut off the file."""
-        if not self.samples_path.is_file():
-            return []
-        records, good_bytes = [], 0
-        with open(self.samples_path, "rb") as fh:
-            for line in fh:
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break
-                good_bytes += len(line)
-        if good_bytes != self.samples_path.stat().st_size:
-            with open(self.samples_path, "r+b") as fh:
-                fh.truncate(good_bytes)
-        return records
+        """Records written so far (samples.jsonl, then each writer's file); a torn last line (killed
+        mid-write) is cut off its file."""
+        writers = sorted(self.parts.glob("samples-*.jsonl")) if self.parts.is_dir() else []
+        return [r for path in [self.samples_path, *writers] for r in _read_lines(path)]
 
     def prune_parts(self, done: set[tuple[str, int]]) -> None:
         """Keep only the trace rows of recorded outputs (a kill between a batch's trace and its sample
@@ -149,7 +163,7 @@ class RunStore:
         self.parts.mkdir(parents=True, exist_ok=True)
         first = records[0]
         _write_parquet(pd.DataFrame(trace_rows), self.parts / f"tokens-{first['id']}-{first.get('sample', 0)}.parquet")
-        with open(self.samples_path, "a", encoding="utf-8") as fh:
+        with open(self.appends_to, "a", encoding="utf-8") as fh:
             fh.write(_jsonl(records))
             fh.flush()
             os.fsync(fh.fileno())

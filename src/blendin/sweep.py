@@ -26,6 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import BlendinError
+from .parallel import place
 
 log = logging.getLogger("blendin.sweep")
 
@@ -46,7 +47,8 @@ def run_job(cfg: DictConfig, execute, run_dir, summary_keys) -> dict:
     hydra_cfg = HydraConfig.get()
     _share_cpu_threads(hydra_cfg.launcher)
     record = {"job": hydra_cfg.job.num, "overrides": list(hydra_cfg.overrides.task)}
-    print(progress_line(hydra_cfg.job.num), file=sys.stderr, flush=True)
+    if place().rank == 0:
+        print(progress_line(hydra_cfg.job.num), file=sys.stderr, flush=True)
     try:
         path = run_dir(cfg)
         record["run_dir"] = str(path)
@@ -61,7 +63,10 @@ def run_job(cfg: DictConfig, execute, run_dir, summary_keys) -> dict:
     except Exception as err:  # a bug or a crash (CUDA OOM...): keep its traceback, let the sweep go on
         log.exception("job %s (%s) crashed", record["job"], " ".join(record["overrides"]))
         record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
-    atomic_write_json(Path(hydra_cfg.runtime.output_dir) / "job.json", record)
+    from .parallel import ranks
+
+    if ranks().main:  # under torchrun every process runs the job; rank 0 records it
+        atomic_write_json(Path(hydra_cfg.runtime.output_dir) / "job.json", record)
     return record
 
 
@@ -119,14 +124,18 @@ class SweepReport(Callback):
         if config.get("plan"):  # print what would run, start nothing
             from . import plan
 
-            print(plan.report(plan.plan(cfgs), "this sweep"))
+            if place().rank == 0:
+                print(plan.report(plan.plan(cfgs), "this sweep"))
             sys.exit(0)
-        print(f"sweep: {len(jobs)} runs, configs checked; job records in {config.hydra.sweep.dir}", file=sys.stderr)
+        if place().rank == 0:  # under torchrun every process runs the sweep; rank 0 speaks for it
+            print(f"sweep: {len(jobs)} runs, configs checked; job records in {config.hydra.sweep.dir}", file=sys.stderr)
         _SWEEP.update(total=len(jobs), started=time.monotonic())
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from .store import atomic_write_json
 
+        if place().rank != 0:  # under torchrun rank 0 records the jobs and reports them
+            return
         sweep_dir = Path(config.hydra.sweep.dir)
         records = sorted((json.loads(p.read_text()) for p in sweep_dir.glob("*/job.json")), key=lambda r: r["job"])
         expected = len(job_overrides(config))

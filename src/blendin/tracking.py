@@ -11,8 +11,6 @@ import logging
 import os
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -32,8 +30,12 @@ SAMPLE_COLUMNS = (
 
 
 def log_run(cfg, metrics: dict, records: list[dict], run_path: Path) -> str | None:
-    """Log one finished run to W&B when cfg.logger asks for it; return the local W&B run folder."""
-    logger = cfg.get("logger")
+    """Log one finished run to W&B when its logger settings ask for it; return the local W&B run folder.
+    cfg: the `runspec.RunSpec` (or a config)."""
+    from .runspec import describe
+
+    run_spec = describe(cfg)
+    logger = run_spec.logger
     if logger is None or logger.get("name", "none") == "none" or logger.get("mode") == "disabled":
         return None
     try:
@@ -41,18 +43,18 @@ def log_run(cfg, metrics: dict, records: list[dict], run_path: Path) -> str | No
     except ImportError:
         raise ConfigError("logger=wandb needs the wandb package: pip install wandb") from None
     os.environ.setdefault("WANDB_SILENT", "true")
-    Path(logger.dir).mkdir(parents=True, exist_ok=True)
+    Path(logger["dir"]).mkdir(parents=True, exist_ok=True)
     run = wandb.init(
-        project=logger.project,
+        project=logger["project"],
         entity=logger.get("entity"),
-        mode=logger.mode,
-        dir=str(logger.dir),
+        mode=logger["mode"],
+        dir=str(logger["dir"]),
         group=logger.get("group"),
         tags=list(logger.get("tags") or []),
         name=run_path.name,
-        job_type=f"{cfg.benchmark.name}/{metrics['method']}",
+        job_type=f"{run_spec.benchmark_name}/{metrics['method']}",
         reinit="finish_previous",
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config=run_spec.config,
     )
     try:
         run.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float, str, type(None)))})
@@ -66,7 +68,7 @@ def log_run(cfg, metrics: dict, records: list[dict], run_path: Path) -> str | No
         local = str(Path(run.dir).parent)
     finally:
         run.finish()
-    log.info("W&B (%s): %s", logger.mode, local)
+    log.info("W&B (%s): %s", logger["mode"], local)
     return local
 
 
