@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -216,6 +217,20 @@ def shared_pair(model_dirs):
 @pytest.fixture(scope="session")
 def cross_pair(model_dirs):
     return make_pair(model_dirs, "cross")
+
+
+@pytest.fixture(scope="session")
+def real_pair():
+    """The embedded pair (SmolLM2-135M-Instruct guiding Gemma-3-270m), loaded once for every test."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from blendin.pair import Pair, pair_spec
+
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    with initialize_config_dir(config_dir=conf, version_base=None):
+        spec = OmegaConf.to_container(compose(config_name="generate", overrides=["pair=smollm2_gemma3"]).pair)
+    return Pair(pair_spec(spec), device="cpu")
 
 
 PROMPTS = [

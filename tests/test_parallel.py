@@ -42,12 +42,13 @@ PROBABILITIES = ("base_top_prob", "alpha", "blend_prob", "guide_top_prob", "base
 TAIL_COUNTS = ("guide_top_rank", "base_top_p_size", "top100_overlap")
 
 
-def tiny(model_dirs, results, *overrides) -> list[str]:
-    """A run of the tiny shared pair: a Gemma-3 base and a Llama guidance, both 4 heads and 2 key-value heads."""
+def tiny(model_dirs, results, *overrides, kind: str = "shared") -> list[str]:
+    """A run of a tiny pair: shared, a Gemma-3 base and a Llama guidance, both 4 heads and 2 key-value
+    heads; cross, the same with two tokenizers."""
     return [
         "pair.name=tiny",
-        f"pair.base.source={model_dirs['shared_base']}",
-        f"pair.guidance.source={model_dirs['shared_guidance']}",
+        f"pair.base.source={model_dirs[kind + '_base']}",
+        f"pair.guidance.source={model_dirs[kind + '_guidance']}",
         "device=cpu",
         "benchmark=gsm8k",
         f"results_dir={results}",
@@ -85,21 +86,38 @@ def timeless(path: Path) -> dict:
     return {k: v for k, v in json.loads((path / "metrics.json").read_text()).items() if k not in skip}
 
 
+def assert_close(many: dict, one: dict) -> None:
+    """Everything equal but the floats read from the distributions (deferred mass, ...): a split sum rounds
+    differently, so those agree to 1e-5."""
+    assert many.keys() == one.keys()
+    floats = [k for k, v in one.items() if isinstance(v, float)]
+    assert {k: v for k, v in many.items() if k not in floats} == {k: v for k, v in one.items() if k not in floats}
+    assert [many[k] for k in floats] == pytest.approx([one[k] for k in floats], abs=1e-5)
+
+
 def assert_same_run(one: Path, many: Path, exact: bool) -> None:
     assert sorted(p.name for p in many.iterdir()) == sorted(p.name for p in one.iterdir())
-    assert lines(many) == lines(one)
-    assert timeless(many) == timeless(one)
+    if exact:
+        assert lines(many) == lines(one)
+        assert timeless(many) == timeless(one)
+    else:
+        assert len(lines(many)) == len(lines(one))
+        for a, b in zip(lines(many), lines(one), strict=True):
+            assert_close(a, b)
+        assert_close(timeless(many), timeless(one))
     a, b = pd.read_parquet(one / "tokens.parquet"), pd.read_parquet(many / "tokens.parquet")
     if exact:
         assert a.equals(b)
         return
-    chosen = [c for c in a.columns if c not in (*PROBABILITIES, *TAIL_COUNTS, "guide_top_in_base_top_p")]
+    probabilities = [c for c in a.columns if a[c].dtype.kind == "f"]  # read from the distributions
+    assert {*PROBABILITIES} <= {*probabilities}
+    chosen = [c for c in a.columns if c not in (*probabilities, *TAIL_COUNTS, "guide_top_in_base_top_p")]
     assert a[chosen].equals(b[chosen])  # every token, source, intervention and text offset
     for column in TAIL_COUNTS:
         assert (a[column] - b[column]).abs().max() <= 1, column
     moved = (a[list(TAIL_COUNTS)] != b[list(TAIL_COUNTS)]).any(axis=1)
     assert a["guide_top_in_base_top_p"][~moved].equals(b["guide_top_in_base_top_p"][~moved])
-    for column in PROBABILITIES:
+    for column in probabilities:
         assert a[column].to_numpy() == pytest.approx(b[column].to_numpy(), abs=1e-5, nan_ok=True), column
 
 
@@ -234,14 +252,13 @@ def test_tensor_parallel_decodes_what_one_process_decodes(model_dirs, tmp_path):
         assert_same_run(one, tmp_path / "tp" / one.relative_to(tmp_path / "one"), exact=False)
 
 
-@pytest.mark.real
-def test_data_parallel_on_the_embedded_pair_decodes_what_one_process_decodes(tmp_path):
-    settings = ["benchmark=gsm8k", "benchmark.n=4", "benchmark.max_new_tokens=12", "batch_size=1"]
-    done = launch([*TORCHRUN, "-m", "blendin.run", "-m", "method=nudging,blendin", *settings,
-                   f"results_dir={tmp_path / 'dp'}"])  # fmt: skip
+def test_data_parallel_with_two_tokenizers_decodes_what_one_process_decodes(model_dirs, tmp_path):
+    settings = ["benchmark.n=5", "benchmark.max_new_tokens=16", "batch_size=1"]
+    done = launch([*TORCHRUN, "-m", "blendin.run", "-m", "method=nudging,blendin",
+                   *tiny(model_dirs, tmp_path / "dp", *settings, kind="cross")])  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     for method in ("nudging", "blendin"):
-        one = reference([f"method={method}", *settings, f"results_dir={tmp_path / 'one'}"])["path"]
+        one = reference(tiny(model_dirs, tmp_path / "one", f"method={method}", *settings, kind="cross"))["path"]
         many = tmp_path / "dp" / one.relative_to(tmp_path / "one")
         assert_same_run(one, many, exact=True)
         assert [s["processes"] for s in json.loads((many / "identity.json").read_text())["sessions"]] == [2]

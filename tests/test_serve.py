@@ -415,13 +415,6 @@ def real_server(tmp_path_factory):
         process.wait(timeout=60)
 
 
-@pytest.fixture(scope="module")
-def real_pair():
-    from blendin.pair import Pair, pair_spec
-
-    return Pair(pair_spec(settings()["pair"]), device="cpu")
-
-
 @pytest.mark.real
 def test_the_openai_client_completes_chats_and_streams(real_server, real_pair):
     from openai import OpenAI

@@ -68,7 +68,8 @@ def assert_metrics_recompute(path: Path) -> None:
     assert tokens.groupby("sample_id")["applied"].sum().to_dict() == {s["id"]: s["n_interventions"] for s in samples}
 
 
-@pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local"])
+# submitit_local only with the slow tests: the SLURM test below runs the same submitit code path
+@pytest.mark.parametrize("launcher", ["basic", "joblib", pytest.param("submitit_local", marks=pytest.mark.slow)])
 def test_a_sweep_writes_one_complete_run_directory_per_combination(model_dirs, tmp_path, launcher):
     extra = {
         "basic": [],
