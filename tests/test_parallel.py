@@ -167,6 +167,15 @@ def test_tp_on_the_embedded_pair_is_refused_naming_the_heads(model_dirs, tmp_pat
         check_run_config(cfg(f"pair.base.source={model_dirs['shared_base']}", "parallel.guidance=split"))
 
 
+def test_the_guidance_and_its_untuned_twin_are_held_whole_unless_split_is_asked():
+    from blendin.parallel import split_roles
+
+    roles = ("base", "guidance", "guidance_untuned")
+    assert split_roles(roles, 2) == ["base"]
+    assert split_roles(roles, 2, "split") == list(roles)
+    assert split_roles(roles, 1, "split") == []
+
+
 def test_a_model_without_a_tensor_parallel_plan_is_refused():
     from transformers import GPT2Config
 
@@ -220,6 +229,9 @@ def test_each_group_appends_to_a_file_of_its_own_and_a_torn_line_is_cut_there(tm
     two.append([{"id": "b", "sample": 0}], {"sample_id": ["b"], "sample": [0], "step": [0]})
     with open(tmp_path / "_parts" / "samples-group0.jsonl", "a") as fh:
         fh.write('{"id": "c", "sam')  # killed mid-line
+    torn = (tmp_path / "_parts" / "samples-group0.jsonl").read_bytes()
+    assert [r["id"] for r in RunStore(tmp_path).samples(repair=False)] == ["a", "b"]  # another run's reader
+    assert (tmp_path / "_parts" / "samples-group0.jsonl").read_bytes() == torn  # leaves the writer's line
     RunStore(tmp_path).append([{"id": "d", "sample": 0}], {"sample_id": ["d"], "sample": [0], "step": [0]})
     assert [r["id"] for r in RunStore(tmp_path).samples()] == ["d", "a", "b"]
     assert (tmp_path / "_parts" / "samples-group0.jsonl").read_text().count("\n") == 1

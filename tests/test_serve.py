@@ -326,6 +326,32 @@ def test_logprobs_and_echo_are_the_methods_own(server, cross_pair):
     assert echo.json()["choices"][0]["text"] == base.tokenizer.decode(lead_ids, skip_special_tokens=True)
 
 
+def test_proxy_tuning_scores_with_its_third_model(model_dirs):
+    """Proxy-tuning reads the guidance's untuned twin too: the server's log-probabilities of its output
+    are `likelihood.score` with the twin."""
+    from conftest import make_pair
+
+    pair = make_pair(model_dirs, "cross", untuned=True)
+    cfg = tiny_settings(model_dirs, "method=proxy_tuning")
+    cfg["pair"]["guidance_untuned"] = {"source": model_dirs["untuned"]}
+    srv = Background(cfg, pair)
+    try:
+        body = {"model": "tiny_cross/proxy_tuning", "prompt": PROMPTS[0], "max_tokens": 6, "logprobs": 2}
+        answer = post(srv, "/v1/completions", body)
+    finally:
+        srv.close()
+    assert answer.status_code == 200, answer.text
+    lp = answer.json()["choices"][0]["logprobs"]
+    [gen] = offline(pair, PROMPTS[0], 6, method={"name": "proxy_tuning"})
+    base, guidance = pair.model("base"), pair.model("guidance")
+    item = Item(tuple(encode_as_is(base.tokenizer, PROMPTS[0])), tuple(gen.token_ids),
+                tuple(guidance.prompt_ids(Prompt(PROMPTS[0]))))  # fmt: skip
+    policy = _AsRead(pair).decoder({"name": "proxy_tuning"}).policy
+    [(total, _)] = score([item], policy, base, guidance, pair.vocab, floor=-23.025850929940457,
+                         untuned=pair.model("guidance_untuned"))  # fmt: skip
+    assert sum(lp["token_logprobs"]) == pytest.approx(total, abs=1e-4)
+
+
 def test_an_api_key_guards_the_api_but_not_health(model_dirs, cross_pair):
     srv = Background(tiny_settings(model_dirs, "api_key=sesame"), cross_pair)
     try:
@@ -363,6 +389,8 @@ def test_a_greedy_only_method_asked_to_sample_is_refused(model_dirs, cross_pair,
         (["max_tokens=300"], "max_tokens=300"),
         (["+colour=blue"], "no setting colour"),
         (["top_p=0"], "top_p=0"),
+        (["method=proxy_tuning"], "needs pair.guidance_untuned"),
+        (["compile=cudagraphs"], "not offered by the server"),
     ],
 )
 def test_bad_settings_are_refused_before_any_model_loads(overrides, message):

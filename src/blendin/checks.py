@@ -162,7 +162,7 @@ def check_placement(plain: dict, method_name) -> None:
     for role in split_roles(spec.roles, tp, parallel.get("guidance", "whole")):
         model = getattr(pair, role)
         check_splittable(model_config(model), tp, role, model.source)
-    for role in ("base", "guidance", "aligned"):
+    for role in ("base", "guidance", "aligned", "guidance_untuned"):
         model = getattr(pair, role)
         if model is None or model.device is None:
             continue

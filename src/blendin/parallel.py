@@ -140,10 +140,11 @@ def _count(n: int, noun: str) -> str:
 
 def split_roles(roles, tp: int, guidance: str = "whole") -> list[str]:
     """The models of `roles` that parallel.tp=tp splits: the base and aligned models, and the guidance
-    model only with parallel.guidance=split (it is small: by default every process holds it whole)."""
+    model (and its untuned twin) only with parallel.guidance=split (small: by default every process holds
+    them whole)."""
     if tp == 1:
         return []
-    return [role for role in roles if role != "guidance" or guidance == "split"]
+    return [role for role in roles if role not in ("guidance", "guidance_untuned") or guidance == "split"]
 
 
 @dataclass

@@ -60,7 +60,7 @@ def plan(cfgs: list[DictConfig]) -> list[Planned]:
         path = run_dir(cfg)
         store = RunStore(path)
         outputs = _items(cfg) * sampling_from(cfg.get("decoding")).samples
-        stored = len(store.samples()) if (path / "samples.jsonl").is_file() else 0
+        stored = len(store.samples(repair=False))  # a partial run of several processes has only _parts/
         row = Planned(job, cfg.pair.name, cfg.benchmark.name, cfg.method.name, path, outputs, stored, "new")
         solo = method_spec(cfg.method.name).solo
         if store.finished and not cfg.get("force"):

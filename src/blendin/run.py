@@ -365,10 +365,10 @@ def base_stop_reasons(cfg: RunSpec, store: RunStore) -> dict:
     run = describe(cfg)
     if method_spec(run.method_name).solo:
         return {}
-    path = run_dir(dataclasses.replace(run, method={"name": "base"})) / "samples.jsonl"
-    if path.parent == store.path or not path.is_file():
+    path = run_dir(dataclasses.replace(run, method={"name": "base"}))
+    if path == store.path:
         return {}
-    return {output_key(r): r.get("stop_reason") for r in RunStore(path.parent).samples()}
+    return {output_key(r): r.get("stop_reason") for r in RunStore(path).samples(repair=False)}
 
 
 def failure_shares(records: list[dict]) -> dict:

@@ -175,9 +175,11 @@ class ScriptedModel:
         """The tokens whose next-token distributions a forward returns [B, keep]: the last `keep` tokens
         read, except that a prompt (a chunk that starts its row at position 0) starts the text at a place
         of its own, from a hash of all its tokens, so that prompts with the same last token still write
-        different texts (padding left out, so the batch changes nothing)."""
+        different texts (padding left out, so the batch changes nothing). A one-token chunk is read as
+        it is: decode steps then cost a table lookup, as in transformers' own `generate`, which the
+        benchmarks compare with."""
         read = ids[:, ids.shape[1] - keep :]
-        if positions is None:
+        if positions is None or ids.shape[1] == 1:
             return read
         n = self.text_ids.shape[0]
         real = torch.where(ids == self.pad_id, torch.zeros_like(ids), ids)

@@ -20,13 +20,13 @@ import time
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .checks import check_device, check_engine, check_pair
+from .checks import check_device, check_engine, check_pair, check_protocol
 from .cli import call, refuse_unknown_keys
 from .errors import ConfigError
 from .methods import make_policy
 from .methods import method as method_spec
 from .openai_api import Limits, chunk, error_body, new_id, parse, response, role_chunk, usage_chunk
-from .pair import Pair, pair_spec
+from .pair import Pair, missing_role, pair_spec
 from .serving import Job, QueueFull, ServeEngine, ServeError, check_servable
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,9 @@ def check(cfg: dict) -> None:
     make_policy(cfg["method"])
     spec = method_spec(cfg["method"]["name"])
     check_servable(spec)
-    if "aligned" in spec.roles and not cfg["pair"].get("aligned"):
-        raise ConfigError(f"method=aligned needs pair.aligned, and pair {cfg['pair']['name']} has none")
+    problem = missing_role(spec.name, spec.roles, cfg["pair"])
+    if problem:
+        raise ConfigError(problem)
     if not isinstance(cfg["host"], str) or not cfg["host"]:
         raise ConfigError(f"host={cfg['host']!r} must be an address to bind, e.g. 127.0.0.1 or 0.0.0.0")
     _whole("port", cfg["port"], 0, 65535)
@@ -89,9 +90,13 @@ def check(cfg: dict) -> None:
     if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not -1e30 < floor <= 0:
         raise ConfigError(f"floor={floor!r} must be a finite log-probability (a number <= 0): JSON has no -inf")
     check_device(cfg["device"], cfg["dtype"])
+    if cfg["compile"] == "cudagraphs":  # graphs are recorded per cache, and each server batch has caches of its own
+        raise ConfigError(
+            "compile=cudagraphs is not offered by the server: each new batch would record its CUDA graphs "
+            "again. Fix: compile=none (the default) or compile=compile"
+        )
     check_engine(cfg["compile"], cfg["guidance_schedule"], cfg["device"])
-    if cfg["base_view"] not in ("ids", "text"):
-        raise ConfigError(f"base_view={cfg['base_view']!r} must be ids or text")
+    check_protocol(None, cfg["base_view"])
 
 
 def model_name(cfg: dict) -> str:

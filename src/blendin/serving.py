@@ -40,6 +40,7 @@ import torch
 from .engine import Generation, _Batch, _Row
 from .errors import BlendinError, ConfigError
 from .likelihood import FLOOR, Item, TokenScores, plain_guide_context, token_scores
+from .memory import is_out_of_memory, release_after_out_of_memory
 from .methods import method as method_spec
 from .pair import Pair
 from .policies import SOURCE_NAMES
@@ -184,6 +185,7 @@ class ServeEngine:
         self.base_view, self.guidance_schedule, self.compile = base_view, guidance_schedule, compile
         self.lead = pair.model(self.spec.roles[0])
         self.guidance = None if self.spec.solo else pair.model(self.spec.roles[1])
+        self.untuned = pair.model(self.spec.roles[2]) if len(self.spec.roles) > 2 else None  # proxy-tuning
         self.vocab = None if self.spec.solo else pair.vocab
         self.lead_context = context_length(self.lead, max_context)
         self.guide_context = context_length(self.guidance, max_context) if self.guidance is not None else None
@@ -411,8 +413,10 @@ class ServeEngine:
                     for live in lives:
                         self._fail(live.job, ServeError(400, f"these settings cannot decode: {err}", "blendin"))
                     continue
-                # caches planned once for every row the server may decode (no regrowing as clients come)
-                self._batches[key] = _Batch(decoder, self.max_tokens_limit, (), self.batch_size)
+                # caches planned once for every row the server may decode (no regrowing as clients come);
+                # a row decoded alone after its batch failed (key[1] names it) plans for itself only
+                rows = 1 if key[1] is not None else self.batch_size
+                self._batches[key] = _Batch(decoder, self.max_tokens_limit, (), rows)
                 self._members[key] = []
             batch = self._batches[key]
             self._members[key] += lives
@@ -508,6 +512,8 @@ class ServeEngine:
             "serve engine: a batch failed (%s: %s); decoding its rows again one by one", type(err).__name__, err
         )
         self._batches.pop(key, None)
+        if is_out_of_memory(err):  # a CUDA-graph capture cut off by it leaves the graphs' manager unusable
+            release_after_out_of_memory()
         for live in reversed(self._members.pop(key, [])):
             if live.row is not None:
                 self._by_row.pop(id(live.row), None)
@@ -548,7 +554,9 @@ class ServeEngine:
                 items.append(self._item(job, p, gen))
                 owners.append((job, index))
         policy = self.decoder(settings).policy
-        scores = token_scores(items, policy, self.lead, self.guidance, self.vocab, 8, self.floor, top)
+        scores = token_scores(
+            items, policy, self.lead, self.guidance, self.vocab, 8, self.floor, top, untuned=self.untuned
+        )
         for (job, index), scored in zip(owners, scores):
             p, gen = job.outputs[index]
             job.emit(("answer", self._answer(job, index, p, gen, scored)))

@@ -71,8 +71,9 @@ def trace_keys(frame) -> list[tuple[str, int]]:
     return list(zip(frame["sample_id"], (int(i) for i in index)))
 
 
-def _read_lines(path: Path) -> list[dict]:
-    """The records of one JSON-lines file; a torn last line is cut off the file."""
+def _read_lines(path: Path, repair: bool = True) -> list[dict]:
+    """The records of one JSON-lines file; a torn last line is cut off the file (repair=True: only the
+    run's writer, which holds its lock, may do that; another process may be writing that line now)."""
     if not path.is_file():
         return []
     records, good_bytes = [], 0
@@ -83,7 +84,7 @@ def _read_lines(path: Path) -> list[dict]:
             except json.JSONDecodeError:
                 break
             good_bytes += len(line)
-    if good_bytes != path.stat().st_size:
+    if repair and good_bytes != path.stat().st_size:
         with open(path, "r+b") as fh:
             fh.truncate(good_bytes)
     return records
@@ -137,11 +138,12 @@ class RunStore:
             if item.name != ".lock":
                 shutil.rmtree(item) if item.is_dir() else item.unlink()
 
-    def samples(self) -> list[dict]:
+    def samples(self, repair: bool = True) -> list[dict]:
         """Records written so far (samples.jsonl, then each writer's file); a torn last line (killed
-        mid-write) is cut off its file."""
+        mid-write) is cut off its file. repair=False reads without cutting: for reading another run,
+        whose writer may be in the middle of a line."""
         writers = sorted(self.parts.glob("samples-*.jsonl")) if self.parts.is_dir() else []
-        return [r for path in [self.samples_path, *writers] for r in _read_lines(path)]
+        return [r for path in [self.samples_path, *writers] for r in _read_lines(path, repair)]
 
     def prune_parts(self, done: set[tuple[str, int]]) -> None:
         """Keep only the trace rows of recorded outputs (a kill between a batch's trace and its sample

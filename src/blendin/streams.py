@@ -13,9 +13,10 @@ lengths, so a step copies only its chunk and the lengths to the device, in one t
 buffer's capacity is planned once (longest prompt + the budget the caller gives as `headroom`) and
 grows only if a row outruns the plan.
 
-Rows come and go: `select` keeps some rows (finished rows leave the batch and stop costing compute)
-and `merge` adds the rows of another stream (new prompts, prefilled on their own, several at once).
-Each is one copy of the used columns.
+Rows come and go in place: `select` keeps some rows (finished rows leave the batch and stop costing
+compute; the kept rows move down into the freed slots, layer by layer, so no second copy of the KV is
+ever held), and `admit` prefills new prompts straight into free slots (the cache is planned for the
+batch's rows and grows only when more rows arrive than were planned).
 
 Sliding-window layers (Gemma-2/3, Mistral) see the last W positions, which are the last W columns
 of the row. `RecomputeStream` has the same interface and recomputes every row from scratch each
@@ -496,7 +497,8 @@ class CachedStream:
         self.rows = [self.rows[i] for i in keep]
         index = to_device(keep, torch.long, self.device)
         self.logits = self.logits[index]
-        self.cache.compact(index, width)
+        if keep != list(range(len(keep))):  # only rows at the end left: the others are where they were
+            self.cache.compact(index, width)
 
 
 class RecomputeStream:
