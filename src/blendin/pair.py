@@ -86,8 +86,8 @@ def pair_spec(cfg) -> PairSpec:
 
 class Pair:
     """device, dtype: where and in what precision the models run (a model's own `device` wins).
-    tp, guidance: split the base and aligned models (and the guidance and its untuned twin with guidance="split") over this
-    process's tensor-parallel group of `tp` processes (`blendin.parallel`)."""
+    tp, guidance: split the base and aligned models (and the guidance and its untuned twin with
+    guidance="split") over this process's tensor-parallel group of `tp` processes (`blendin.parallel`)."""
 
     def __init__(self, spec: PairSpec, device: str = "auto", dtype: str = "auto", tp: int = 1, guidance: str = "whole"):
         self.spec, self.device, self.dtype = spec, device, dtype
