@@ -193,3 +193,19 @@ def test_bench_ragged_mode_decodes_real_items(tmp_path):
     [path] = tmp_path.glob("ragged-*.json")
     [row] = json.loads(path.read_text())["rows"]
     assert row["mode"] == "ragged" and row["n"] == 3 and row["ragged_vs_fixed_time_per_token"] > 0
+
+
+@pytest.mark.parametrize("other", [None, "compile=none"])
+def test_speculative_rows_are_compared_with_step_by_step_rows_of_the_same_settings(other):
+    from blendin.bench import _ratios
+
+    def row(method, variant, seconds):
+        return {"method": method, "batch_size": 1, "length": 8, "seconds": seconds, "tokens": 8,
+                **({"variant": variant} if variant else {})}  # fmt: skip
+
+    spec = ", ".join(filter(None, [other, "speculate=4"]))
+    rows = _ratios([row("hf_generate", None, 1.0), row("base", other, 2.0), row("nudging", other, 4.0),
+                    row("base", spec, 1.0), row("nudging", spec, 1.6)])  # fmt: skip
+    fast = rows[-1]
+    assert (fast["time_vs_step_base"], fast["time_vs_step_method"]) == (0.8, 0.4)
+    assert "time_vs_step_base" not in rows[2]  # step-by-step rows have no such comparison

@@ -365,7 +365,10 @@ def _ratios(rows) -> list[dict]:
         r["time_vs_hf_generate"] = round(per_token(r) / per_token(ref), 3) if ref else None
         r["time_vs_base"] = round(per_token(r) / per_token(base), 3) if base else None
         if "speculate=" in (r.get("variant") or ""):  # against step-by-step decoding: the base, the same method
-            plain = {x["method"]: x for x in same if x.get("variant") == "default"}
+            # the step-by-step variant: the same settings but speculate (e.g. "compile=none" for
+            # "compile=none, speculate=4")
+            step = ", ".join(p for p in r["variant"].split(", ") if not p.startswith("speculate=")) or "default"
+            plain = {x["method"]: x for x in same if x.get("variant", "default") == step}
             for key, other in (
                 ("time_vs_step_base", plain.get("base")),
                 ("time_vs_step_method", plain.get(r["method"])),
