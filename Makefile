@@ -34,7 +34,7 @@ test: $(STAMP)  ## the whole test suite (tiny local models + the embedded real p
 test-fast: $(STAMP)  ## tests on tiny local models only (skips the real pair)
 	$(PY) -m pytest -q -m "not real"
 
-test-slow: $(STAMP)  ## only the tests that take minutes (torch.compile of the embedded pair)
+test-slow: $(STAMP)  ## only the slow tests (torch.compile and data parallel on the embedded pair, submitit_local)
 	BLENDIN_SLOW_TESTS=1 $(PY) -m pytest -q -m slow
 
 # The main job, on the embedded default pair (SmolLM2-135M-Instruct guiding Gemma-3-270m), then the

@@ -276,6 +276,18 @@ def test_data_parallel_with_two_tokenizers_decodes_what_one_process_decodes(mode
         assert [s["processes"] for s in json.loads((many / "identity.json").read_text())["sessions"]] == [2]
 
 
+@pytest.mark.real
+@pytest.mark.slow  # 40 s; the test above checks the same on the tiny two-tokenizer pair
+def test_data_parallel_on_the_embedded_pair_decodes_what_one_process_decodes(tmp_path):
+    settings = ["benchmark=gsm8k", "benchmark.n=4", "benchmark.max_new_tokens=12", "batch_size=1"]
+    done = launch([*TORCHRUN, "-m", "blendin.run", "-m", "method=nudging,blendin", *settings,
+                   f"results_dir={tmp_path / 'dp'}"])  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    for method in ("nudging", "blendin"):
+        one = reference([f"method={method}", *settings, f"results_dir={tmp_path / 'one'}"])["path"]
+        assert_same_run(one, tmp_path / "dp" / one.relative_to(tmp_path / "one"), exact=True)
+
+
 def _when_outputs_are_stored(results: Path, procs: list[subprocess.Popen], count: int = 1) -> None:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
