@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .vocab import token_bytes
+
 TEXT = """The river town wakes before the sun. Bakers light their ovens at four, and by five the first
 carts roll over the old stone bridge toward the market square. Maria sells apples, pears and honey from
 her family's orchard; her brother Tomas counts coins and writes every sale into a small green notebook.
@@ -95,12 +97,6 @@ class ScriptedText:
         return int.from_bytes(digest, "little") / 2**64
 
 
-def token_texts(tokenizer) -> list[bytes | None]:
-    from .vocab import token_bytes
-
-    return token_bytes(tokenizer)
-
-
 def script_text(tokenizers) -> str:
     """The built-in text cut down to the words whose tokens, in every one of `tokenizers`, have not
     appeared before: each token of the result occurs once, so it has exactly one successor."""
@@ -124,7 +120,7 @@ class ScriptedModel:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         n = len(ids)
         where = {t: i for i, t in enumerate(ids)}
-        texts = token_texts(tokenizer)
+        texts = token_bytes(tokenizer)
         texts += [None] * (vocab_size - len(texts))
         width = 2 + OTHERS
         candidates = np.zeros((vocab_size, width), dtype=np.int64)
