@@ -337,43 +337,20 @@ class _Batch:
         self.longest_stop = max((len(s) for s in stop_strings), default=0)
         # each stream plans its cache for the prompt + every new token (+ spelled and re-tokenized extras)
         headroom = max_new_tokens + 64
-        self.lead = TokenView(
-            decoder.lead,
-            by_text=decoder.base_view == "text",
-            use_cache=decoder.use_cache,
-            headroom=headroom,
-            clock=decoder.clock,
-            role="lead",
-            compile=decoder.compile,
-            rows=rows,
-            cache=decoder.kept_caches.get("lead"),
-        )
-        self.guide = None
+
+        def view(model, role: str, by_text: bool, room: int) -> TokenView:
+            return TokenView(model, by_text=by_text, use_cache=decoder.use_cache, headroom=room,
+                             clock=decoder.clock, role=role, compile=decoder.compile, rows=rows,
+                             cache=decoder.kept_caches.get(role))  # fmt: skip
+
+        self.lead = view(decoder.lead, "lead", decoder.base_view == "text", headroom)
+        # the guidance (and proxy-tuning's third model, read on the steps the guidance is read) may
+        # read the text in other tokens: twice the room
+        self.guide = self.untuned = None
         if decoder.guidance is not None:
-            self.guide = TokenView(
-                decoder.guidance,
-                by_text=not decoder.vocab.identical,
-                use_cache=decoder.use_cache,
-                headroom=2 * headroom,
-                clock=decoder.clock,
-                role="guidance",
-                compile=decoder.compile,
-                rows=rows,
-                cache=decoder.kept_caches.get("guidance"),
-            )
-        self.untuned = None  # proxy-tuning's third model: read on the steps the guidance is read
+            self.guide = view(decoder.guidance, "guidance", not decoder.vocab.identical, 2 * headroom)
         if decoder.untuned is not None:
-            self.untuned = TokenView(
-                decoder.untuned,
-                by_text=not decoder.vocab.identical,
-                use_cache=decoder.use_cache,
-                headroom=2 * headroom,
-                clock=decoder.clock,
-                role="untuned",
-                compile=decoder.compile,
-                rows=rows,
-                cache=decoder.kept_caches.get("untuned"),
-            )
+            self.untuned = view(decoder.untuned, "untuned", not decoder.vocab.identical, 2 * headroom)
         self.guide_eos = None  # the guidance's end ids, for `guide_eos_prob`
         if decoder.guidance is not None:
             self.guide_eos = to_device(sorted(decoder.guidance.eos_ids), torch.long, decoder.lead.device)
